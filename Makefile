@@ -1,0 +1,50 @@
+# jobstack: `make` alone lists the verbs.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help
+help: ## list the verbs
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: ## run every test: workspace tests against local RabbitMQ + PostgreSQL, then the stack checks
+	$(CARGO) nextest run --workspace --no-fail-fast
+	$(MAKE) stack-check
+
+.PHONY: stack-check
+stack-check: ## validate compose, Prometheus rules, dashboards and log regex against real services
+	bash tests/stack/run.sh
+
+.PHONY: lint
+lint: ## rustfmt check and clippy with warnings denied
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: fmt
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+.PHONY: run-api
+run-api: ## run the api against local RabbitMQ and PostgreSQL (LOG_FORMAT=pretty)
+	LOG_FORMAT=$${LOG_FORMAT:-pretty} $(CARGO) run -p api
+
+.PHONY: run-worker
+run-worker: ## run a worker against local RabbitMQ (LOG_FORMAT=pretty)
+	LOG_FORMAT=$${LOG_FORMAT:-pretty} $(CARGO) run -p worker
+
+.PHONY: up
+up: ## start the whole demo stack (docker compose)
+	docker compose up -d --build
+
+.PHONY: down
+down: ## stop the demo stack and delete its volumes
+	docker compose down -v
+
+.PHONY: load
+load: ## drive a running api (default http://127.0.0.1:8080) with a steady job mix
+	$(CARGO) run --release -p loadgen -- --scenario steady
+
+.PHONY: bench
+bench: ## measure throughput, latency and RSS against this machine's limits; writes BENCHMARKS.md
+	bash bench/run.sh

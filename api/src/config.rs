@@ -1,0 +1,74 @@
+//! The api's settings, from the environment (see README "Configuration").
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use shared::amqp::Topology;
+use shared::config::{self, ConfigError};
+
+/// Everything the api can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `DB_MAX_CONNECTIONS`.
+    pub db_max_connections: u32,
+    /// `AMQP_URL`.
+    pub amqp_url: String,
+    /// `API_LISTEN`.
+    pub listen: SocketAddr,
+    /// `AMQP_PREFIX`, `MAX_ATTEMPTS`, `RETRY_BASE_MS`: the names both services agree on.
+    pub topology: Topology,
+    /// `BODY_LIMIT_BYTES`: larger request bodies get 413.
+    pub body_limit: usize,
+    /// `REQUEST_TIMEOUT_SECS`: a request still running after this gets 408.
+    pub request_timeout: Duration,
+    /// `PUBLISH_TIMEOUT_MS`: how long the relay waits for broker confirms.
+    pub publish_timeout: Duration,
+    /// `RELAY_INTERVAL_MS`: how often the relay looks for unpublished jobs when not woken.
+    pub relay_interval: Duration,
+    /// `SHUTDOWN_GRACE_SECS`: how long in-flight requests may finish after a signal.
+    pub grace: Duration,
+}
+
+impl Config {
+    /// Reads and checks every variable; the error names the first bad one.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let database_url = config::string(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/jobstack",
+        );
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(ConfigError {
+                var: "DATABASE_URL",
+                value: config::redact_url(&database_url),
+                reason: "expected a postgres:// URL".into(),
+            });
+        }
+        Ok(Self {
+            database_url,
+            db_max_connections: config::ranged("DB_MAX_CONNECTIONS", 10, 1, 1000)?,
+            amqp_url: config::string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            listen: Self::listen()?,
+            topology: Topology::new(
+                &config::string("AMQP_PREFIX", "jobstack"),
+                config::ranged("MAX_ATTEMPTS", 3, 1, 100)?,
+                config::millis("RETRY_BASE_MS", 1000, 1)?,
+            ),
+            body_limit: config::ranged("BODY_LIMIT_BYTES", 1 << 20, 64, 64 << 20)?,
+            request_timeout: config::seconds("REQUEST_TIMEOUT_SECS", 10)?,
+            publish_timeout: config::millis("PUBLISH_TIMEOUT_MS", 5000, 10)?,
+            relay_interval: config::millis("RELAY_INTERVAL_MS", 1000, 10)?,
+            grace: config::seconds("SHUTDOWN_GRACE_SECS", 25)?,
+        })
+    }
+
+    fn listen() -> Result<SocketAddr, ConfigError> {
+        config::listen("API_LISTEN", "0.0.0.0:8080")
+    }
+
+    /// The listen address, for `api healthcheck` (falls back to the default when unset or bad).
+    pub fn listen_addr() -> SocketAddr {
+        Self::listen().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}

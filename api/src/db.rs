@@ -1,0 +1,60 @@
+//! The PostgreSQL pool: created (with its database, if missing) and migrated at start-up,
+//! retrying with backoff until the server answers. Later outages are the pool's business: each
+//! acquire reconnects, and requests meanwhile get 503.
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::migrate::MigrateDatabase as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+use shared::config::{ConfigError, redact_url};
+
+/// Migrations embedded in the binary, applied at every start (idempotent).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects, creating the database if needed, and migrates.
+pub async fn connect(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(&config.database_url).map_err(|e| ConfigError {
+        var: "DATABASE_URL",
+        value: redact_url(&config.database_url),
+        reason: e.to_string(),
+    })?;
+    let mut failures = 0;
+    loop {
+        match try_connect(config, options.clone()).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(url = %redact_url(&config.database_url), error = format!("{e:#}"), "PostgreSQL not ready; retrying");
+            }
+        }
+        let wait =
+            shared::backoff::jittered(Duration::from_millis(200), Duration::from_secs(5), failures);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {},
+            () = shutdown.cancelled() => anyhow::bail!("stopped before PostgreSQL was reachable"),
+        }
+    }
+}
+
+async fn try_connect(config: &Config, options: PgConnectOptions) -> anyhow::Result<PgPool> {
+    if !Postgres::database_exists(&config.database_url).await? {
+        // Two replicas may race to create it; losing that race is fine.
+        if let Err(e) = Postgres::create_database(&config.database_url).await {
+            tracing::debug!(error = %e, "create database");
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        // Waiting longer than this for a connection means PostgreSQL is down or saturated:
+        // answer 503 rather than hold the request.
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}

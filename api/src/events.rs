@@ -1,0 +1,132 @@
+//! Applies job events from workers to the job rows.
+//!
+//! Events of one job must be applied in the order they were published, but different jobs are
+//! independent: deliveries are spread over a few lanes by job id, each lane applying its events
+//! one by one. A lane that cannot reach PostgreSQL retries the same event with backoff (the
+//! prefetch bounds what waits behind it); an event is acked only once applied or found useless.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use shared::messages::JobEvent;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::store;
+
+const LANES: usize = 8;
+/// Unacked events the broker may push to us at once.
+const PREFETCH: u16 = 512;
+
+/// Consumes the api's events queue until `shutdown` or a broker failure.
+pub async fn consume(
+    conn: &lapin::Connection,
+    queue: String,
+    db: PgPool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.clone().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut lanes = Vec::with_capacity(LANES);
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..LANES {
+        let (tx, rx) = mpsc::channel(usize::from(PREFETCH));
+        lanes.push(tx);
+        workers.spawn(lane(rx, queue.clone(), db.clone(), shutdown.clone()));
+    }
+    let result = loop {
+        let delivery = tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            d = consumer.next() => d,
+        };
+        let delivery = match delivery {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => break Err(e.into()),
+            None => break Err(anyhow::anyhow!("events consumer closed")),
+        };
+        match serde_json::from_slice::<JobEvent>(&delivery.data) {
+            Ok(event) => {
+                let lane = (event.job_id.as_u128() % LANES as u128) as usize;
+                if lanes[lane].send((event, delivery)).await.is_err() {
+                    break Ok(());
+                }
+            }
+            Err(e) => {
+                // Nothing can make this event readable later: drop it, loudly.
+                tracing::warn!(error = %e, "ignoring an undecodable job event");
+                metrics::counter!("jobstack_job_events_total", "event" => "undecodable", "result" => "ignored").increment(1);
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+        }
+    };
+    drop(lanes);
+    // Unacked events go back to the queue when the channel closes; no need to wait long.
+    let _ = tokio::time::timeout(Duration::from_secs(2), workers.join_all()).await;
+    result
+}
+
+async fn lane(
+    mut rx: mpsc::Receiver<(JobEvent, Delivery)>,
+    queue: String,
+    db: PgPool,
+    shutdown: CancellationToken,
+) {
+    while let Some((event, delivery)) = rx.recv().await {
+        let span = shared::amqp::consumer_span(&queue, &delivery);
+        let id = event.job_id.to_string();
+        span.record("messaging.message.id", id.as_str());
+        span.record("job.id", id.as_str());
+        span.record("job.attempt", event.attempt);
+        span.record("job.event", event.change.name());
+        let applied = apply_with_retry(&db, &event, &shutdown)
+            .instrument(span.clone())
+            .await;
+        let Some(applied) = applied else { return };
+        let result = if applied { "applied" } else { "ignored" };
+        span.in_scope(|| tracing::debug!(result, "job event"));
+        metrics::counter!("jobstack_job_events_total", "event" => event.change.name(), "result" => result)
+            .increment(1);
+        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(error = %e, "event ack failed; it will be redelivered and ignored");
+        }
+    }
+}
+
+/// `Some(changed)` once applied; `None` if shutdown came first.
+async fn apply_with_retry(
+    db: &PgPool,
+    event: &JobEvent,
+    shutdown: &CancellationToken,
+) -> Option<bool> {
+    let mut failures = 0;
+    loop {
+        match store::apply_event(db, event).await {
+            Ok(changed) => return Some(changed),
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "cannot apply job event; retrying");
+            }
+        }
+        let wait =
+            shared::backoff::jittered(Duration::from_millis(100), Duration::from_secs(5), failures);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {},
+            () = shutdown.cancelled() => return None,
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The jobstack api: accepts jobs over HTTP, keeps their state in PostgreSQL, relays them to
+//! RabbitMQ through a transactional outbox, and applies the workers' job events.
+//!
+//! # Layout
+//! - [`config`]: settings from the environment.
+//! - [`routes`]: the HTTP app; [`observe`] its telemetry middleware; [`error`] its error type.
+//! - [`store`]: every SQL statement; [`state`]: the job state machine; [`db`]: pool + migrations.
+//! - [`broker`]: the RabbitMQ session, running [`relay`] (outbox → broker) and [`events`]
+//!   (broker → job rows).
+
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod observe;
+pub mod relay;
+pub mod routes;
+pub mod state;
+pub mod store;
+
+use std::sync::Arc;
+
+use shared::amqp::supervise;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use worker::kinds::Registry;
+
+pub use config::Config;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Settings.
+    pub config: Arc<Config>,
+    /// The PostgreSQL pool.
+    pub db: PgPool,
+    /// The broker session's status and publisher.
+    pub broker: broker::Broker,
+    /// The job kinds, to validate payloads before anything is stored.
+    pub registry: Registry,
+}
+
+/// Serves on `listener` until `shutdown` is cancelled, then finishes in-flight requests.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    shared::metrics::install("api");
+    let registry = worker::kinds::registry();
+    // Every series at zero from the start, so `rate()` sees the first increment.
+    for kind in registry.names() {
+        metrics::counter!("jobstack_jobs_created_total", "kind" => kind).absolute(0);
+    }
+    for event in ["started", "progress", "succeeded", "failed", "cancelled"] {
+        for result in ["applied", "ignored"] {
+            metrics::counter!("jobstack_job_events_total", "event" => event, "result" => result)
+                .absolute(0);
+        }
+    }
+    metrics::counter!("jobstack_outbox_published_total").absolute(0);
+    metrics::counter!("jobstack_amqp_reconnects_total").absolute(0);
+    let db = db::connect(&config, &shutdown).await?;
+    let state = AppState {
+        config: Arc::new(config),
+        db,
+        broker: broker::Broker::default(),
+        registry,
+    };
+    let session = {
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let url = state.config.amqp_url.clone();
+            let status = state.broker.status.clone();
+            supervise(&url, "api", status, shutdown.clone(), |conn| {
+                broker::session(conn, state.clone(), shutdown.clone())
+            })
+            .await;
+        })
+    };
+    axum::serve(listener, routes::app(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    session.await?;
+    Ok(())
+}

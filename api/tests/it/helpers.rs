@@ -1,0 +1,396 @@
+//! `TestApp`: an isolated api + worker pair and the requests tests make of it.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use api::Config;
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
+use lapin::{BasicProperties, Channel};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub(crate) const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Telemetry once per test process; log lines are shown only with `TEST_LOG=1`.
+static TELEMETRY: LazyLock<()> = LazyLock::new(|| {
+    let mut settings = shared::telemetry::Settings::from_env("it").expect("valid test env");
+    settings.export = None;
+    let guard = if std::env::var_os("TEST_LOG").is_some() {
+        shared::telemetry::install(&settings, std::io::stderr)
+    } else {
+        shared::telemetry::install(&settings, std::io::sink)
+    };
+    // The provider must live as long as the process.
+    std::mem::forget(guard.expect("telemetry installs"));
+});
+
+/// How to build a test app.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) worker: bool,
+    pub(crate) max_attempts: u32,
+    pub(crate) deadline: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) body_limit: usize,
+    pub(crate) amqp_url: String,
+    pub(crate) worker_amqp_url: String,
+    pub(crate) concurrency: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            max_attempts: 3,
+            deadline: Duration::from_secs(30),
+            grace: Duration::from_secs(10),
+            body_limit: 1 << 20,
+            amqp_url: RABBITMQ.into(),
+            worker_amqp_url: RABBITMQ.into(),
+            concurrency: 4,
+        }
+    }
+}
+
+/// A running api (and worker) with its own database and queue names.
+pub(crate) struct TestApp {
+    pub(crate) url: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) api_config: Config,
+    pub(crate) worker_config: worker::Config,
+    api_stop: CancellationToken,
+    api_task: JoinHandle<anyhow::Result<()>>,
+    worker: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl TestApp {
+    pub(crate) async fn spawn() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub(crate) async fn with(opts: Options) -> Self {
+        LazyLock::force(&TELEMETRY);
+        let (_, api_config, worker_config) = configs(&opts);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let api_stop = CancellationToken::new();
+        let api_task = tokio::spawn(api::run(listener, api_config.clone(), api_stop.clone()));
+        let mut app = Self {
+            url,
+            http: reqwest::Client::new(),
+            api_config,
+            worker_config,
+            api_stop,
+            api_task,
+            worker: None,
+        };
+        if opts.worker {
+            app.start_worker().await;
+        }
+        app.wait_until(Duration::from_secs(30), "api serving", || async {
+            app.http
+                .get(format!("{}/healthz", app.url))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+        app
+    }
+
+    /// Starts a worker (again) with this app's settings.
+    pub(crate) async fn start_worker(&mut self) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = format!("http://{}/readyz", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker::run(
+            listener,
+            self.worker_config.clone(),
+            stop.clone(),
+        ));
+        self.worker = Some((stop, task));
+        let http = self.http.clone();
+        self.wait_until(Duration::from_secs(30), "worker consuming", || async {
+            http.get(&admin)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+    }
+
+    /// Stops the worker as SIGTERM does and waits for it to exit (in-flight jobs drain first).
+    pub(crate) async fn stop_worker(&mut self) -> Duration {
+        let (stop, task) = self.worker.take().expect("a worker runs");
+        let start = Instant::now();
+        stop.cancel();
+        task.await.unwrap().expect("worker exits cleanly");
+        start.elapsed()
+    }
+
+    pub(crate) async fn post(
+        &self,
+        body: Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let res = self
+            .http
+            .post(format!("{}/jobs", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers) = (res.status(), res.headers().clone());
+        (status, headers, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Posts a valid job and returns its id.
+    pub(crate) async fn create(&self, kind: &str, payload: Value) -> String {
+        let (status, _, body) = self.post(json!({ "kind": kind, "payload": payload })).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub(crate) async fn job(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    pub(crate) async fn cancel(&self, id: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .post(format!("{}/jobs/{id}/cancel", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the job until `done(job)`; returns every distinct state seen on the way.
+    pub(crate) async fn wait_for(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let start = Instant::now();
+        let mut seen: Vec<Value> = Vec::new();
+        loop {
+            let job = self.job(id).await;
+            if seen.last() != Some(&job) {
+                seen.push(job.clone());
+            }
+            if done(&job) {
+                return seen;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "job {id} still {job} after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for a final status.
+    pub(crate) async fn wait_final(&self, id: &str, timeout: Duration) -> Value {
+        let seen = self
+            .wait_for(id, timeout, |j| {
+                matches!(
+                    j["status"].as_str(),
+                    Some("succeeded" | "failed" | "cancelled")
+                )
+            })
+            .await;
+        seen.last().cloned().unwrap()
+    }
+
+    pub(crate) async fn wait_until<F, Fut>(&self, timeout: Duration, what: &str, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while !check().await {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A channel on the test broker, for looking at queues directly.
+    pub(crate) async fn channel(&self) -> Channel {
+        let conn = lapin::Connection::connect(RABBITMQ, Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        // Keep the connection alive as long as the test runs.
+        std::mem::forget(conn);
+        ch
+    }
+
+    /// Publishes raw bytes to an exchange.
+    pub(crate) async fn publish_raw(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) {
+        let ch = self.channel().await;
+        ch.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+
+    /// Takes every message now in the dead-letter queue: (reason header, body).
+    pub(crate) async fn drain_dead(&self) -> Vec<(String, Value)> {
+        let ch = self.channel().await;
+        let mut out = Vec::new();
+        while let Some(msg) = ch
+            .basic_get(
+                self.api_config.topology.dead_queue().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let reason = msg
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| match h.inner().get("x-jobstack-reason") {
+                    Some(lapin::types::AMQPValue::LongString(s)) => {
+                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let body = serde_json::from_slice(&msg.delivery.data).unwrap_or(Value::Null);
+            out.push((reason, body));
+        }
+        out
+    }
+
+    /// Stops everything and removes the test's database, queues and exchanges.
+    pub(crate) async fn stop(mut self) {
+        if self.worker.is_some() {
+            self.stop_worker().await;
+        }
+        self.api_stop.cancel();
+        let _ = (&mut self.api_task).await;
+        cleanup(&self.api_config).await;
+    }
+
+    /// The number of job rows, to prove a refused request stored nothing.
+    pub(crate) async fn count_jobs(&self) -> i64 {
+        let pool = sqlx::PgPool::connect(&self.api_config.database_url)
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT count(*) FROM jobs")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Settings for an isolated api + worker pair: a unique name for the database and the AMQP
+/// prefix, fast retries.
+pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
+    let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut api_config = Config::from_env().expect("default config");
+    api_config.database_url = format!("postgres://postgres@127.0.0.1:5432/jobstack_{name}");
+    api_config.amqp_url = opts.amqp_url.clone();
+    api_config.topology =
+        shared::amqp::Topology::new(&name, opts.max_attempts, Duration::from_millis(50));
+    api_config.body_limit = opts.body_limit;
+    api_config.relay_interval = Duration::from_millis(200);
+    api_config.db_max_connections = 4;
+
+    let mut worker_config = worker::Config::from_env().expect("default config");
+    worker_config.amqp_url = opts.worker_amqp_url.clone();
+    worker_config.topology = api_config.topology.clone();
+    worker_config.deadline = opts.deadline;
+    worker_config.grace = opts.grace;
+    worker_config.concurrency = opts.concurrency;
+    (name, api_config, worker_config)
+}
+
+/// Removes a test's queues, exchanges and database.
+pub(crate) async fn cleanup(api_config: &Config) {
+    {
+        let t = &api_config.topology;
+        let conn = lapin::Connection::connect(RABBITMQ, Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let mut queues = vec![t.jobs_queue(), t.dead_queue(), t.events_queue()];
+        queues.extend((1..t.max_attempts()).map(|a| t.retry_queue(t.retry_delay(a))));
+        for q in queues {
+            let _ = ch
+                .queue_delete(q.into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for x in [
+            t.jobs_exchange(),
+            t.dead_letter_exchange(),
+            t.events_exchange(),
+            t.control_exchange(),
+        ] {
+            let _ = ch
+                .exchange_delete(x.into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = conn.close(200, "test over".into()).await;
+    }
+    // The database is named after the prefix (see `configs`).
+    let admin = "postgres://postgres@127.0.0.1:5432/postgres";
+    if let Ok(pool) = sqlx::PgPool::connect(admin).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS jobstack_{} WITH (FORCE)",
+            api_config.topology.jobs_queue().trim_end_matches(".jobs")
+        )))
+        .execute(&pool)
+        .await;
+    }
+}
+
+/// Consumes one message from `queue` (for tests that watch a queue).
+#[allow(dead_code)]
+pub(crate) async fn next_message(ch: &Channel, queue: &str) -> lapin::message::Delivery {
+    let mut c = ch
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    c.next().await.unwrap().unwrap()
+}

@@ -1,0 +1,249 @@
+//! Every kind to its end state; retries, dead-lettering, panics, deadlines, cancellation.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{Options, TestApp};
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn sleep_job_goes_queued_running_succeeded_with_rising_progress() {
+    let app = TestApp::spawn().await;
+    let (status, headers, job) = app
+        .post(json!({"kind": "sleep", "payload": {"duration_ms": 600, "steps": 3}}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(headers["location"], format!("/jobs/{id}").as_str());
+    let traceparent = headers["traceparent"].to_str().unwrap();
+    assert_eq!(job["status"], "queued");
+    assert_eq!(
+        job["trace_id"].as_str().unwrap(),
+        &traceparent[3..35],
+        "job keeps its trace"
+    );
+
+    let seen = app.wait_for(id, LONG, |j| j["status"] == "succeeded").await;
+    let progress: Vec<f64> = seen
+        .iter()
+        .filter(|j| j["status"] == "running")
+        .map(|j| j["progress"].as_f64().unwrap())
+        .collect();
+    assert!(!progress.is_empty(), "saw it running: {seen:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress rises: {progress:?}"
+    );
+    let done = seen.last().unwrap();
+    assert_eq!(done["progress"], 1.0);
+    assert_eq!(done["attempts"], 1);
+    assert_eq!(done["result"], json!({"slept_ms": 600, "steps": 3}));
+    for field in ["created_at", "started_at", "finished_at"] {
+        assert!(done[field].is_string(), "{field} set: {done}");
+    }
+    assert!(done["started_at"].as_str() <= done["finished_at"].as_str());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn hash_job_returns_a_digest() {
+    let app = TestApp::spawn().await;
+    let id = app.create("hash", json!({"rounds": 20000})).await;
+    let job = app.wait_final(&id, LONG).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["rounds"], 20000);
+    assert_eq!(job["result"]["digest"].as_str().unwrap().len(), 64);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failure_retries_then_dead_letters() {
+    let app = TestApp::spawn().await;
+    let id = app.create("fail", json!({"transient": true})).await;
+    let job = app.wait_final(&id, LONG).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["attempts"], 3, "MAX_ATTEMPTS attempts: {job}");
+    assert_eq!(job["error"], "simulated transient failure");
+    let dead = app.drain_dead().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "exhausted");
+    assert_eq!(dead[0].1["id"], id.as_str());
+    assert_eq!(dead[0].1["attempt"], 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_failure_fails_at_once() {
+    let app = TestApp::spawn().await;
+    let id = app.create("fail", json!({"transient": false})).await;
+    let job = app.wait_final(&id, LONG).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["attempts"], 1);
+    let dead = app.drain_dead().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, "permanent");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn undecodable_message_is_dead_lettered_and_the_worker_keeps_consuming() {
+    let app = TestApp::spawn().await;
+    let t = &app.api_config.topology;
+    app.publish_raw(
+        &t.jobs_exchange(),
+        "sleep",
+        b"{not json",
+        BasicProperties::default(),
+    )
+    .await;
+    app.publish_raw(
+        &t.jobs_exchange(),
+        "sleep",
+        br#"{"id":"nope"}"#,
+        BasicProperties::default(),
+    )
+    .await;
+    let mut dead = Vec::new();
+    let start = std::time::Instant::now();
+    while dead.len() < 2 {
+        assert!(start.elapsed() < LONG, "dead letters so far: {dead:?}");
+        dead.extend(app.drain_dead().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        dead.iter().all(|(reason, _)| reason == "undecodable"),
+        "{dead:?}"
+    );
+    let id = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    assert_eq!(app.wait_final(&id, LONG).await["status"], "succeeded");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn panicking_handler_fails_the_job_and_the_worker_survives() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .create("fail", json!({"transient": false, "panic": true}))
+        .await;
+    let job = app.wait_final(&id, LONG).await;
+    assert_eq!(job["status"], "failed");
+    assert!(
+        job["error"].as_str().unwrap().contains("handler panicked"),
+        "{job}"
+    );
+    let id = app.create("hash", json!({"rounds": 10})).await;
+    assert_eq!(app.wait_final(&id, LONG).await["status"], "succeeded");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_deadline_fails_as_timed_out() {
+    let app = TestApp::with(Options {
+        deadline: Duration::from_secs(1),
+        max_attempts: 2,
+        ..Default::default()
+    })
+    .await;
+    let id = app
+        .create("sleep", json!({"duration_ms": 5000, "steps": 5}))
+        .await;
+    let job = app.wait_final(&id, LONG).await;
+    assert_eq!(job["status"], "failed");
+    assert_eq!(job["attempts"], 2, "a timeout is transient: retried once");
+    assert_eq!(job["error"], "timed out after 1s");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_a_queued_job() {
+    let app = TestApp::with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let id = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    let (status, job) = app.cancel(&id).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["status"], "cancelled");
+    let (status, problem) = app.cancel(&id).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        problem["detail"],
+        format!("job {id} already cancelled").as_str()
+    );
+    // A worker arriving later must not resurrect it.
+    let mut app = app;
+    app.start_worker().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.job(&id).await["status"], "cancelled");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_a_running_job_stops_it_between_steps() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .create("sleep", json!({"duration_ms": 5000, "steps": 50}))
+        .await;
+    app.wait_for(&id, LONG, |j| {
+        j["status"] == "running" && j["progress"].as_f64() > Some(0.0)
+    })
+    .await;
+    let (status, _) = app.cancel(&id).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let job = app.wait_final(&id, Duration::from_secs(4)).await;
+    assert_eq!(job["status"], "cancelled");
+    assert!(job["progress"].as_f64().unwrap() < 1.0, "{job}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_and_stale_events_change_nothing() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    let done = app.wait_final(&id, LONG).await;
+    assert_eq!(done["status"], "succeeded");
+    let t = &app.api_config.topology;
+    for (key, event) in [
+        ("job.started", json!({"event": "started"})),
+        (
+            "job.progress",
+            json!({"event": "progress", "progress": 0.5}),
+        ),
+        (
+            "job.failed",
+            json!({"event": "failed", "error": "late", "retrying": false}),
+        ),
+        (
+            "job.succeeded",
+            json!({"event": "succeeded", "result": "other"}),
+        ),
+    ] {
+        for attempt in [0, 1, 2] {
+            let mut e = event.clone();
+            e["job_id"] = json!(id);
+            e["attempt"] = json!(attempt);
+            e["at"] = json!("2030-01-01T00:00:00Z");
+            app.publish_raw(
+                &t.events_exchange(),
+                key,
+                e.to_string().as_bytes(),
+                BasicProperties::default(),
+            )
+            .await;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.job(&id).await, done, "a finished job never changes");
+    app.stop().await;
+}

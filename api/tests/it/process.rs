@@ -1,0 +1,223 @@
+//! The real `api` binary: OTLP export over both protocols with its resource, flushed on SIGTERM
+//! with exit 0; JSON lines on stdout; a bad setting stops it with one line naming the variable.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt as _;
+use tokio::process::Command;
+
+use crate::helpers::{Options, cleanup, configs};
+use crate::otlp;
+
+const API: &str = env!("CARGO_BIN_EXE_api");
+
+/// The api binary running with its own database and queue names, stdout captured.
+struct ApiProcess {
+    child: tokio::process::Child,
+    url: String,
+    config: api::Config,
+    http: reqwest::Client,
+}
+
+impl ApiProcess {
+    /// Starts the binary with `env` on top of an isolated configuration; waits until ready.
+    async fn start(env: &[(&str, &str)]) -> Self {
+        let (_, config, _) = configs(&Options::default());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(API)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("API_LISTEN", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &config.database_url)
+            .env(
+                "AMQP_PREFIX",
+                config.topology.jobs_queue().trim_end_matches(".jobs"),
+            )
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let api = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            config,
+            http: reqwest::Client::new(),
+        };
+        let start = Instant::now();
+        while !api
+            .http
+            .get(format!("{}/readyz", api.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "api binary did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        api
+    }
+
+    async fn post_job(&self) {
+        let res = self
+            .http
+            .post(format!("{}/jobs", self.url))
+            .json(&json!({"kind": "hash", "payload": {"rounds": 1}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 202);
+    }
+
+    /// SIGTERM, as `docker stop` sends: the api must drain, flush and exit 0. Returns stdout.
+    async fn stop(mut self) -> String {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .await
+            .unwrap();
+        assert!(status.success(), "exit status {status}; stdout:\n{stdout}");
+        cleanup(&self.config).await;
+        stdout
+    }
+}
+
+async fn exports_spans_with_its_resource(protocol: &str) {
+    let (endpoint, received) = otlp::receiver(protocol).await;
+    let api = ApiProcess::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=test",
+        ),
+    ])
+    .await;
+    api.post_job().await;
+    let stdout = api.stop().await;
+
+    let resources = received.resources();
+    assert!(
+        !resources.is_empty(),
+        "the receiver got spans over {protocol}"
+    );
+    let names: Vec<&String> = resources.iter().flat_map(|(_, n)| n).collect();
+    assert!(names.iter().any(|n| *n == "POST /jobs"), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("publish ")), "{names:?}");
+    for (attrs, _) in &resources {
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("service.name"), Some("api"));
+        assert_eq!(get("service.version"), Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(get("deployment.environment.name"), Some("test"));
+    }
+
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect();
+    assert!(lines.iter().all(|l| l["service"] == "api"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "job accepted" && l["trace_id"].is_string())
+    );
+}
+
+#[tokio::test]
+async fn exports_over_grpc() {
+    exports_spans_with_its_resource("grpc").await;
+}
+
+#[tokio::test]
+async fn exports_over_http_protobuf() {
+    exports_spans_with_its_resource("http/protobuf").await;
+}
+
+#[tokio::test]
+async fn an_unreachable_collector_neither_blocks_nor_floods_the_logs() {
+    // Nothing listens on port 9 (discard) here: every export fails.
+    let api = ApiProcess::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    ])
+    .await;
+    for _ in 0..50 {
+        api.post_job().await;
+    }
+    let stdout = api.stop().await;
+    let noise: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("opentelemetry"))
+        .collect();
+    assert!(
+        noise.is_empty(),
+        "export failures reached the logs: {noise:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
+    for (var, value) in [
+        ("API_LISTEN", "localhost"),
+        ("DB_MAX_CONNECTIONS", "0"),
+        ("BODY_LIMIT_BYTES", "lots"),
+        ("MAX_ATTEMPTS", "-1"),
+        ("LOG_FORMAT", "xml"),
+        ("RUST_LOG", "api=loud"),
+        ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "jaeger:4317"),
+        ("DATABASE_URL", "mysql://root@127.0.0.1/x"),
+    ] {
+        let mut cmd = Command::new(API);
+        cmd.env("API_LISTEN", "127.0.0.1:0").env(var, value);
+        if var == "OTEL_TRACES_SAMPLER_ARG" {
+            cmd.env("OTEL_TRACES_SAMPLER", "traceidratio");
+        }
+        let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{var}={value}: one line, got:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(var),
+            "{var}={value}: the line names it: {stderr}"
+        );
+    }
+}

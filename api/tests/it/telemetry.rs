@@ -1,0 +1,389 @@
+//! The telemetry contract: one trace per job across both services, JSON log lines that carry it,
+//! OTLP export over gRPC and HTTP, and bounded metrics.
+//!
+//! The api and the worker run in-process here, each on its own thread and current-thread
+//! runtime with a subscriber of its own (`service` field, tracer name), exporting to one
+//! in-memory exporter — as two processes would to one collector.
+
+use std::io::Write;
+use std::net::TcpListener as StdListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{SpanId, SpanKind};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use shared::telemetry::{LogFormat, Settings};
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{Options, cleanup, configs};
+
+/// Log lines written by one service.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn parsed(&self) -> Vec<Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+/// A service on a thread of its own, with its own subscriber.
+struct Isolated {
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    thread: std::thread::JoinHandle<()>,
+    lines: Lines,
+}
+
+impl Isolated {
+    fn spawn<F, Fut>(service: &'static str, exporter: InMemorySpanExporter, run: F) -> Self
+    where
+        F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let listener = StdListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let lines = Lines::default();
+        let (token, sink) = (stop.clone(), lines.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(exporter)
+                .with_resource(Resource::builder().with_service_name(service).build())
+                .build();
+            let settings = Settings {
+                service: service.to_owned(),
+                log_format: LogFormat::Json,
+                log_filter: "info,api=debug".to_owned(),
+                export: None,
+                sampler: Settings::from_env(service).unwrap().sampler,
+            };
+            let writer = move || sink.clone();
+            let _guard = tracing::subscriber::set_default(shared::telemetry::subscriber(
+                &settings, writer, &provider,
+            ));
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                run(listener, token).await.unwrap();
+            });
+        });
+        Self {
+            addr,
+            stop,
+            thread,
+            lines,
+        }
+    }
+
+    fn stop(self) -> Lines {
+        self.stop.cancel();
+        self.thread.join().unwrap();
+        self.lines
+    }
+}
+
+fn attr(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+}
+
+fn scope(span: &SpanData) -> &str {
+    span.instrumentation_scope.name()
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_job_is_one_trace_from_the_request_through_the_worker_and_back() {
+    check_one_trace(false).await;
+}
+
+#[tokio::test]
+async fn a_job_accepted_while_the_broker_was_down_still_joins_its_request_trace() {
+    check_one_trace(true).await;
+}
+
+async fn check_one_trace(broker_down_at_first: bool) {
+    let exporter = InMemorySpanExporter::default();
+    let proxy_port = StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_, mut api_config, worker_config) = configs(&Options::default());
+    if broker_down_at_first {
+        api_config.amqp_url = format!("amqp://guest:guest@127.0.0.1:{proxy_port}/%2f");
+    }
+    let t = api_config.topology.clone();
+
+    let cfg = api_config.clone();
+    let api = Isolated::spawn("api", exporter.clone(), move |l, stop| {
+        api::run(l, cfg, stop)
+    });
+    let api_url = format!("http://{}", api.addr);
+    let worker = Isolated::spawn("worker", exporter.clone(), move |l, stop| {
+        worker::run(l, worker_config, stop)
+    });
+    let http = reqwest::Client::new();
+    let start = Instant::now();
+    while http.get(format!("{api_url}/healthz")).send().await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "api did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let res = http
+        .post(format!("{api_url}/jobs"))
+        .json(&json!({"kind": "sleep", "payload": {"duration_ms": 200, "steps": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let job: Value = res.json().await.unwrap();
+    let (id, trace) = (
+        job["id"].as_str().unwrap().to_owned(),
+        job["trace_id"].as_str().unwrap().to_owned(),
+    );
+    if broker_down_at_first {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _proxy = crate::resilience::open_proxy(proxy_port).await;
+    }
+    let start = Instant::now();
+    loop {
+        let j: Value = http
+            .get(format!("{api_url}/jobs/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if j["status"] == "succeeded" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "job still {j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The job reads as succeeded once the api applied the final event; that event's span ends
+    // just after, so wait for it.
+    let spans = || -> Vec<SpanData> {
+        exporter
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.span_context.trace_id().to_string() == trace)
+            .collect()
+    };
+    wait_until("the api's span for the succeeded event", || {
+        spans()
+            .iter()
+            .any(|s| attr(s, "job.event").as_deref() == Some("succeeded"))
+    })
+    .await;
+    let spans = spans();
+    let by_name =
+        |name: &str| -> Vec<&SpanData> { spans.iter().filter(|s| s.name == name).collect() };
+    let one = |name: &str| -> &SpanData {
+        let found = by_name(name);
+        assert_eq!(
+            found.len(),
+            1,
+            "one {name:?} span in {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        found[0]
+    };
+
+    let root = one("POST /jobs");
+    assert_eq!(
+        root.parent_span_id,
+        SpanId::INVALID,
+        "the HTTP span is the root"
+    );
+    assert_eq!(root.span_kind, SpanKind::Server);
+    assert_eq!(scope(root), "api");
+    assert_eq!(attr(root, "http.route").as_deref(), Some("/jobs"));
+    assert_eq!(attr(root, "http.request.method").as_deref(), Some("POST"));
+    assert_eq!(
+        attr(root, "http.response.status_code").as_deref(),
+        Some("202")
+    );
+
+    let publish = one(&format!("publish {}", t.jobs_exchange()));
+    assert_eq!(publish.span_kind, SpanKind::Producer);
+    assert_eq!(publish.parent_span_id, root.span_context.span_id());
+    assert_eq!(
+        attr(publish, "messaging.system").as_deref(),
+        Some("rabbitmq")
+    );
+    assert_eq!(
+        attr(publish, "messaging.destination.name"),
+        Some(t.jobs_exchange())
+    );
+    assert_eq!(
+        attr(publish, "messaging.rabbitmq.destination.routing_key").as_deref(),
+        Some("sleep")
+    );
+    assert_eq!(
+        attr(publish, "messaging.message.id").as_deref(),
+        Some(id.as_str())
+    );
+
+    let process = one(&format!("process {}", t.jobs_queue()));
+    assert_eq!(process.span_kind, SpanKind::Consumer);
+    assert_eq!(scope(process), "worker");
+    assert_eq!(
+        process.parent_span_id,
+        publish.span_context.span_id(),
+        "worker continues the relay's publish"
+    );
+    assert_eq!(
+        attr(process, "messaging.operation.type").as_deref(),
+        Some("process")
+    );
+    assert_eq!(attr(process, "job.id").as_deref(), Some(id.as_str()));
+    assert_eq!(attr(process, "job.kind").as_deref(), Some("sleep"));
+    assert_eq!(attr(process, "job.attempt").as_deref(), Some("1"));
+
+    for step in ["step 1", "step 2"] {
+        assert_eq!(
+            one(step).parent_span_id,
+            process.span_context.span_id(),
+            "{step} is a child of the process span"
+        );
+    }
+    let event_publishes = by_name(&format!("publish {}", t.events_exchange()));
+    assert!(
+        event_publishes.len() >= 4,
+        "started, 2× progress, succeeded"
+    );
+    assert!(
+        event_publishes
+            .iter()
+            .all(|s| s.parent_span_id == process.span_context.span_id())
+    );
+
+    let handled = by_name(&format!("process {}", t.events_queue()));
+    assert_eq!(
+        handled.len(),
+        event_publishes.len(),
+        "the api handled every event"
+    );
+    for h in &handled {
+        assert_eq!(scope(h), "api");
+        assert!(
+            event_publishes
+                .iter()
+                .any(|p| p.span_context.span_id() == h.parent_span_id),
+            "event handling is a child of the worker's event publish"
+        );
+    }
+
+    let api_lines = api.stop();
+    let worker_lines = worker.stop();
+    check_log_lines(
+        "api",
+        &api_lines.parsed(),
+        &id,
+        &trace,
+        &["job accepted", "job event"],
+    );
+    check_log_lines(
+        "worker",
+        &worker_lines.parsed(),
+        &id,
+        &trace,
+        &["job started", "job succeeded"],
+    );
+    cleanup(&api_config).await;
+}
+
+/// Every line parses and has the contract's fields; the job's lines carry its trace.
+fn check_log_lines(service: &str, lines: &[Value], job_id: &str, trace: &str, expected: &[&str]) {
+    assert!(!lines.is_empty(), "{service} logged");
+    for line in lines {
+        for field in ["timestamp", "level", "target", "message", "service"] {
+            assert!(
+                line[field].is_string(),
+                "{service} line without {field}: {line}"
+            );
+        }
+        chrono::DateTime::parse_from_rfc3339(line["timestamp"].as_str().unwrap())
+            .expect("RFC 3339 timestamp");
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "UTC");
+        assert!(
+            ["trace", "debug", "info", "warn", "error"].contains(&line["level"].as_str().unwrap())
+        );
+        assert_eq!(line["service"], service);
+        if let Some(t) = line["trace_id"].as_str() {
+            assert!(
+                t.len() == 32
+                    && t.chars()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{line}"
+            );
+            let s = line["span_id"].as_str().expect("span_id beside trace_id");
+            assert!(
+                s.len() == 16
+                    && s.chars()
+                        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{line}"
+            );
+        }
+        let text = line.to_string();
+        assert!(
+            !text.contains("guest:guest"),
+            "a password reached a log line: {line}"
+        );
+    }
+    let about_job: Vec<&Value> = lines.iter().filter(|l| l["job.id"] == job_id).collect();
+    for message in expected {
+        assert!(
+            about_job.iter().any(|l| l["message"] == *message),
+            "{service} logged {message:?} about the job: {about_job:#?}"
+        );
+    }
+    for line in &about_job {
+        assert_eq!(
+            line["trace_id"], trace,
+            "{service} line about the job carries its trace: {line}"
+        );
+    }
+}

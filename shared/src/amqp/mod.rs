@@ -1,0 +1,63 @@
+//! RabbitMQ: connecting with backoff, the topology both services declare, confirmed publishing.
+
+mod publisher;
+mod supervisor;
+mod topology;
+
+pub use publisher::{Outgoing, PublishError, Publisher};
+pub use supervisor::{BrokerStatus, supervise};
+pub use topology::Topology;
+
+/// Connects to `url`, naming the connection so it is recognisable in the management UI.
+pub async fn connect(url: &str, name: &str) -> lapin::Result<lapin::Connection> {
+    let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
+    lapin::Connection::connect(url, props).await
+}
+
+/// A producer span named and attributed per the OpenTelemetry messaging conventions. Publish
+/// inside it (or pass it to [`Outgoing::new`]) so the consumer's span becomes its child.
+pub fn producer_span(exchange: &str, routing_key: &str, message_id: &str) -> tracing::Span {
+    let destination = if exchange.is_empty() {
+        routing_key
+    } else {
+        exchange
+    };
+    tracing::info_span!(
+        "amqp.publish",
+        otel.name = format!("publish {destination}"),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = destination,
+        messaging.rabbitmq.destination.routing_key = routing_key,
+        messaging.message.id = message_id,
+    )
+}
+
+/// The consumer span for processing `delivery` from `queue`: named and attributed per the
+/// messaging conventions, and already a child of the publisher's span (read from the message
+/// headers). `messaging.message.id` and the `job.*` fields are declared empty for the caller to
+/// record once it has decoded the message.
+pub fn consumer_span(queue: &str, delivery: &lapin::message::Delivery) -> tracing::Span {
+    let span = tracing::info_span!(
+        "amqp.process",
+        otel.name = format!("process {queue}"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = queue,
+        messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+        messaging.message.id = tracing::field::Empty,
+        job.id = tracing::field::Empty,
+        job.kind = tracing::field::Empty,
+        job.attempt = tracing::field::Empty,
+        job.event = tracing::field::Empty,
+    );
+    // Before the span is first entered, or the parent is ignored.
+    crate::telemetry::propagation::set_parent(
+        &span,
+        crate::telemetry::propagation::extract_amqp(delivery.properties.headers().as_ref()),
+    );
+    span
+}

@@ -1,0 +1,121 @@
+//! Environment-variable helpers: every service builds its `Config` from these, so a bad value
+//! always stops start-up with one line that names the variable.
+
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A setting that could not be used; its `Display` is the one line `main` prints.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: &'static str,
+    /// The value found.
+    pub value: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// The variable's value, or `default` when it is unset or empty.
+pub fn string(var: &'static str, default: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => default.to_owned(),
+    }
+}
+
+/// The variable parsed as `T`, or `default` when it is unset or empty.
+pub fn parse<T>(var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|e: T::Err| ConfigError {
+            var,
+            value: v.clone(),
+            reason: e.to_string(),
+        }),
+        _ => Ok(default),
+    }
+}
+
+/// Like [`parse`], then checked against an inclusive range.
+pub fn ranged<T>(var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display + Copy,
+    T::Err: Display,
+{
+    let v = parse(var, default)?;
+    if v < min || v > max {
+        return Err(ConfigError {
+            var,
+            value: v.to_string(),
+            reason: format!("must be between {min} and {max}"),
+        });
+    }
+    Ok(v)
+}
+
+/// A whole number of seconds, at least 1.
+pub fn seconds(var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    ranged(var, default, 1, 86_400).map(Duration::from_secs)
+}
+
+/// A whole number of milliseconds.
+pub fn millis(var: &'static str, default: u64, min: u64) -> Result<Duration, ConfigError> {
+    ranged(var, default, min, 86_400_000).map(Duration::from_millis)
+}
+
+/// A socket address such as `0.0.0.0:8080`.
+pub fn listen(var: &'static str, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    parse(var, default.parse().expect("default listen address parses"))
+}
+
+/// A URL with its password replaced by `***`, safe to log.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_password_only() {
+        assert_eq!(
+            redact_url("amqp://guest:secret@mq:5672/%2f"),
+            "amqp://guest:***@mq:5672/%2f"
+        );
+        assert_eq!(redact_url("postgres://pg@db/x"), "postgres://pg@db/x");
+        assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(
+            redact_url("postgres://u:p@ss@db/x"),
+            "postgres://u:***@db/x",
+            "the last @ ends the user info"
+        );
+    }
+
+    #[test]
+    fn error_names_the_variable() {
+        let e = ConfigError {
+            var: "WORKER_CONCURRENCY",
+            value: "abc".into(),
+            reason: "invalid digit found in string".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid WORKER_CONCURRENCY=\"abc\": invalid digit found in string"
+        );
+    }
+}

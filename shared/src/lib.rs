@@ -1,0 +1,20 @@
+//! Mechanisms shared by the jobstack services; nothing here knows a job kind or an HTTP route.
+//!
+//! # Layout
+//! - [`config`]: reading environment variables, one clear error per bad value.
+//! - [`telemetry`]: JSON logs with trace ids, OTLP traces, trace-context propagation.
+//! - [`metrics`]: the process-wide Prometheus recorder.
+//! - [`amqp`]: connecting to RabbitMQ, the topology, confirmed publishing.
+//! - [`messages`]: what travels over the queues.
+//! - [`backoff`]: capped exponential backoff with jitter.
+//! - [`shutdown`]: the one cancellation token that SIGINT/SIGTERM trip.
+//! - [`health`]: the `healthcheck` sub-command used by container health checks.
+
+pub mod amqp;
+pub mod backoff;
+pub mod config;
+pub mod health;
+pub mod messages;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;

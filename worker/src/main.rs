@@ -1,0 +1,31 @@
+//! The worker binary: read config, set up telemetry, bind the admin port, run until a signal.
+
+use std::process::ExitCode;
+
+use shared::telemetry::{self, Settings};
+use worker::Config;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    if let Some(code) = shared::health::run_if_requested(Config::listen_addr) {
+        return code;
+    }
+    match start().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start() -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let telemetry = telemetry::init(&Settings::from_env("worker")?)?;
+    let shutdown = shared::shutdown::on_signal();
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, concurrency = config.concurrency, "worker starting");
+    let result = worker::run(listener, config, shutdown).await;
+    telemetry.shutdown().await;
+    result
+}

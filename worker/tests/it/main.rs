@@ -1,0 +1,194 @@
+//! The real `worker` binary against the local RabbitMQ: SIGTERM with a job in flight loses
+//! nothing and exits 0; a bad setting stops it with one line naming the variable.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+    QueueDeleteOptions,
+};
+use lapin::{BasicProperties, Channel, Connection};
+use shared::amqp::Topology;
+use shared::messages::{JobChange, JobEvent, JobMessage};
+use tokio::process::Command;
+
+const WORKER: &str = env!("CARGO_BIN_EXE_worker");
+const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+async fn channel() -> (Connection, Channel) {
+    let conn = Connection::connect(RABBITMQ, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+#[tokio::test]
+async fn sigterm_with_a_job_in_flight_finishes_it_and_exits_zero() {
+    let prefix = format!("w{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let topology = Topology::new(&prefix, 3, Duration::from_secs(1));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(WORKER)
+        .env("AMQP_PREFIX", &prefix)
+        .env("WORKER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("SHUTDOWN_GRACE_SECS", "10")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !shared::health::probe(([127, 0, 0, 1], port).into()).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "worker never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (_conn, ch) = channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let job = JobMessage {
+        id: uuid::Uuid::new_v4(),
+        kind: "sleep".into(),
+        payload: serde_json::json!({"duration_ms": 1500, "steps": 3}),
+        attempt: 1,
+        available_at: chrono::Utc::now(),
+    };
+    ch.basic_publish(
+        topology.jobs_exchange().into(),
+        "sleep".into(),
+        BasicPublishOptions::default(),
+        &serde_json::to_vec(&job).unwrap(),
+        BasicProperties::default().with_delivery_mode(2),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    // Wait for the attempt to start, then stop the worker as `docker stop` would.
+    let mut events = ch
+        .basic_consume(
+            topology.events_queue().into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while !seen.contains(&"started") {
+        let d = tokio::time::timeout(Duration::from_secs(30), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let e: JobEvent = serde_json::from_slice(&d.data).unwrap();
+        assert_eq!(e.job_id, job.id);
+        seen.push(e.change.name());
+        d.acker.ack(Default::default()).await.unwrap();
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+
+    // Every event of the attempt was published before the exit, ending in success.
+    while !seen.contains(&"succeeded") {
+        let d = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no final event; saw {seen:?}"))
+            .unwrap()
+            .unwrap();
+        let e: JobEvent = serde_json::from_slice(&d.data).unwrap();
+        if let JobChange::Succeeded { result } = &e.change {
+            assert_eq!(result["steps"], 3);
+        }
+        seen.push(e.change.name());
+        d.acker.ack(Default::default()).await.unwrap();
+    }
+    // And the job was acked: nothing is left in the work queue.
+    let left = ch
+        .basic_get(
+            topology.jobs_queue().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap();
+    assert!(left.is_none(), "the job was acked, not handed back");
+
+    for q in [
+        topology.jobs_queue(),
+        topology.dead_queue(),
+        topology.events_queue(),
+        topology.retry_queue(topology.retry_delay(1)),
+        topology.retry_queue(topology.retry_delay(2)),
+    ] {
+        let _ = ch
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [
+        topology.jobs_exchange(),
+        topology.dead_letter_exchange(),
+        topology.events_exchange(),
+        topology.control_exchange(),
+    ] {
+        let _ = ch
+            .exchange_delete(x.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
+    for (var, value) in [
+        ("WORKER_CONCURRENCY", "abc"),
+        ("WORKER_CONCURRENCY", "0"),
+        ("WORKER_LISTEN", "8081"),
+        ("JOB_DEADLINE_SECS", "0"),
+        ("SHUTDOWN_GRACE_SECS", "-3"),
+        ("RETRY_BASE_MS", "soon"),
+        ("PUBLISH_TIMEOUT_MS", "1"),
+        ("LOG_FORMAT", "yaml"),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            Command::new(WORKER)
+                .env("WORKER_LISTEN", "127.0.0.1:0")
+                .env(var, value)
+                .output(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{var}={value}: one line, got:\n{stderr}"
+        );
+        assert!(
+            stderr.starts_with("worker: invalid ") && stderr.contains(var),
+            "{stderr}"
+        );
+    }
+}
