@@ -1,9 +1,10 @@
 //! Applies job events from workers to the job rows.
 //!
 //! Events of one job must be applied in the order they were published, but different jobs are
-//! independent: deliveries are spread over a few lanes by job id, each lane applying its events
-//! one by one. A lane that cannot reach PostgreSQL retries the same event with backoff (the
-//! prefetch bounds what waits behind it); an event is acked only once applied or found useless.
+//! independent: deliveries are spread over a few lanes by job id, each lane applying what has
+//! queued up in it, in order, in one transaction. A lane that cannot reach PostgreSQL retries
+//! the same batch with backoff (the prefetch bounds what waits behind it); an event is acked
+//! only once applied or found useless.
 
 use std::time::Duration;
 
@@ -15,13 +16,14 @@ use shared::messages::JobEvent;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use crate::store;
 
 const LANES: usize = 8;
 /// Unacked events the broker may push to us at once.
 const PREFETCH: u16 = 512;
+/// Most events one lane applies in one transaction.
+const BATCH: usize = 64;
 
 /// Consumes the api's events queue until `shutdown` or a broker failure.
 pub async fn consume(
@@ -86,40 +88,53 @@ async fn lane(
     db: PgPool,
     shutdown: CancellationToken,
 ) {
-    while let Some((event, delivery)) = rx.recv().await {
-        let span = shared::amqp::consumer_span(&queue, &delivery);
-        let id = event.job_id.to_string();
-        span.record("messaging.message.id", id.as_str());
-        span.record("job.id", id.as_str());
-        span.record("job.attempt", event.attempt);
-        span.record("job.event", event.change.name());
-        let applied = apply_with_retry(&db, &event, &shutdown)
-            .instrument(span.clone())
-            .await;
-        let Some(applied) = applied else { return };
-        let result = if applied { "applied" } else { "ignored" };
-        span.in_scope(|| tracing::debug!(result, "job event"));
-        metrics::counter!("jobstack_job_events_total", "event" => event.change.name(), "result" => result)
-            .increment(1);
-        if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-            tracing::warn!(error = %e, "event ack failed; it will be redelivered and ignored");
+    let mut batch = Vec::with_capacity(BATCH);
+    // Under load, whatever waits in the lane is applied together: one transaction per batch
+    // instead of one per event. An idle lane applies each event as it comes.
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let spans: Vec<tracing::Span> = batch
+            .iter()
+            .map(|(event, delivery)| {
+                let span = shared::amqp::consumer_span(&queue, delivery);
+                let id = event.job_id.to_string();
+                span.record("messaging.message.id", id.as_str());
+                span.record("job.id", id.as_str());
+                span.record("job.attempt", event.attempt);
+                span.record("job.event", event.change.name());
+                span
+            })
+            .collect();
+        let events: Vec<JobEvent> = batch.iter().map(|(event, _)| event.clone()).collect();
+        let Some(applied) = apply_with_retry(&db, &events, &shutdown).await else {
+            return;
+        };
+        for (((event, delivery), span), applied) in batch.drain(..).zip(spans).zip(applied) {
+            let result = if applied { "applied" } else { "ignored" };
+            span.in_scope(|| tracing::debug!(result, batch = events.len(), "job event"));
+            metrics::counter!("jobstack_job_events_total", "event" => event.change.name(), "result" => result)
+                .increment(1);
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                span.in_scope(|| {
+                    tracing::warn!(error = %e, "event ack failed; it will be redelivered and ignored");
+                });
+            }
         }
     }
 }
 
-/// `Some(changed)` once applied; `None` if shutdown came first.
+/// `Some(changed per event)` once applied; `None` if shutdown came first.
 async fn apply_with_retry(
     db: &PgPool,
-    event: &JobEvent,
+    events: &[JobEvent],
     shutdown: &CancellationToken,
-) -> Option<bool> {
+) -> Option<Vec<bool>> {
     let mut failures = 0;
     loop {
-        match store::apply_event(db, event).await {
-            Ok(changed) => return Some(changed),
+        match store::apply_events(db, events).await {
+            Ok(applied) => return Some(applied),
             Err(e) => {
                 failures += 1;
-                tracing::warn!(error = %e, "cannot apply job event; retrying");
+                tracing::warn!(error = %e, events = events.len(), "cannot apply job events; retrying");
             }
         }
         let wait =

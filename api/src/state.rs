@@ -87,6 +87,20 @@ pub struct Update {
     pub error: Option<String>,
 }
 
+impl Update {
+    /// This update followed by `next`, as one write: what applying both in turn would store
+    /// (the first timestamps stay, the latest result and error win).
+    pub fn then(self, next: Self) -> Self {
+        Self {
+            started_at: self.started_at.or(next.started_at),
+            finished_at: self.finished_at.or(next.finished_at),
+            result: next.result.or(self.result),
+            error: next.error.or(self.error),
+            ..next
+        }
+    }
+}
+
 /// The change `event` makes to a job in state `cur`, or `None` when it changes nothing.
 pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
     let a = event.attempt;
@@ -348,5 +362,46 @@ mod tests {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
         assert_eq!(Status::parse("done"), None);
+    }
+
+    #[test]
+    fn a_batch_writes_what_its_events_would_one_by_one() {
+        let started = ev(1, JobChange::Started);
+        let retrying = ev(
+            1,
+            JobChange::Failed {
+                error: "flaky".into(),
+                retrying: true,
+            },
+        );
+        let succeeded = ev(2, JobChange::Succeeded { result: json!(7) });
+        let mut c = cur(Status::Queued, 0, 0.0);
+        let mut merged: Option<Update> = None;
+        for e in [&started, &retrying, &succeeded] {
+            let u = apply(c, e).expect("each event changes the job");
+            c = Current {
+                status: u.status,
+                attempts: u.attempts,
+                progress: u.progress,
+                ..c
+            };
+            merged = Some(match merged {
+                Some(before) => before.then(u),
+                None => u,
+            });
+        }
+        let m = merged.unwrap();
+        assert_eq!(
+            (m.status, m.attempts, m.progress),
+            (Status::Succeeded, 2, 1.0)
+        );
+        assert_eq!(m.started_at, Some(started.at), "the first start stays");
+        assert_eq!(m.finished_at, Some(succeeded.at));
+        assert_eq!(m.result, Some(json!(7)));
+        assert_eq!(
+            m.error.as_deref(),
+            Some("flaky"),
+            "an earlier error is kept"
+        );
     }
 }

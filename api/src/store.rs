@@ -1,5 +1,7 @@
 //! Every SQL statement the api runs, over the `jobs` table.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -205,45 +207,98 @@ async fn lock(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<Opti
     )
 }
 
-/// Applies a worker's event to its job through the state machine. Returns whether anything
-/// changed (false for duplicates, stale events and unknown jobs).
-pub async fn apply_event(db: &PgPool, event: &JobEvent) -> sqlx::Result<bool> {
+/// Applies workers' events, in order, to their jobs through the state machine, in one
+/// transaction: one lock query, one update and one commit for the whole batch. Returns, per
+/// event, whether it changed anything (false for duplicates, stale events and unknown jobs).
+pub async fn apply_events(db: &PgPool, events: &[JobEvent]) -> sqlx::Result<Vec<bool>> {
     let mut tx = db.begin().await?;
-    let Some(cur) = lock(&mut tx, event.job_id).await? else {
-        return Ok(false);
-    };
-    let Some(u) = state::apply(cur, event) else {
-        return Ok(false);
-    };
-    if matches!(
-        event.change,
-        JobChange::Started | JobChange::Progress { .. }
-    ) {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.job_id).collect();
+    // Locked in id order, so two batches sharing jobs could never deadlock.
+    let rows: Vec<(Uuid, String, i32, f64, bool)> = sqlx::query_as(
+        "SELECT id, status, attempts, progress, cancel_requested FROM jobs \
+         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut jobs: HashMap<Uuid, (Current, Option<state::Update>)> = rows
+        .into_iter()
+        .map(|(id, status, attempts, progress, cancel_requested)| {
+            let cur = Current {
+                status: Status::parse(&status).unwrap_or(Status::Queued),
+                attempts: attempts.max(0) as u32,
+                progress,
+                cancel_requested,
+            };
+            (id, (cur, None))
+        })
+        .collect();
+
+    let mut applied = Vec::with_capacity(events.len());
+    for event in events {
+        let change = jobs.get_mut(&event.job_id).and_then(|(cur, pending)| {
+            let u = state::apply(*cur, event)?;
+            cur.status = u.status;
+            cur.attempts = u.attempts;
+            cur.progress = u.progress;
+            *pending = Some(match pending.take() {
+                Some(before) => before.then(u),
+                None => u,
+            });
+            Some(())
+        });
+        applied.push(change.is_some());
+    }
+
+    let updates: Vec<(Uuid, state::Update)> = jobs
+        .into_iter()
+        .filter_map(|(id, (_, pending))| Some((id, pending?)))
+        .collect();
+    if updates.is_empty() {
+        return Ok(applied);
+    }
+    if events
+        .iter()
+        .all(|e| matches!(e.change, JobChange::Started | JobChange::Progress { .. }))
+    {
         // Losing these to a PostgreSQL crash is harmless (a later event implies them), so
         // they need not wait for the WAL flush; final states always do.
         sqlx::query("SET LOCAL synchronous_commit TO off")
             .execute(&mut *tx)
             .await?;
     }
+    let ids: Vec<Uuid> = updates.iter().map(|(id, _)| *id).collect();
+    let statuses: Vec<&str> = updates.iter().map(|(_, u)| u.status.as_str()).collect();
+    let attempts: Vec<i32> = updates.iter().map(|(_, u)| u.attempts as i32).collect();
+    let progress: Vec<f64> = updates.iter().map(|(_, u)| u.progress).collect();
+    let started: Vec<Option<DateTime<Utc>>> = updates.iter().map(|(_, u)| u.started_at).collect();
+    let finished: Vec<Option<DateTime<Utc>>> = updates.iter().map(|(_, u)| u.finished_at).collect();
+    let results: Vec<Option<Value>> = updates.iter().map(|(_, u)| u.result.clone()).collect();
+    let errors: Vec<Option<String>> = updates.iter().map(|(_, u)| u.error.clone()).collect();
     sqlx::query(
-        "UPDATE jobs SET status = $2, attempts = $3, progress = $4, \
-         started_at = COALESCE(started_at, $5), finished_at = COALESCE(finished_at, $6), \
-         result = COALESCE($7, result), error = COALESCE($8, error), \
-         outbox = CASE WHEN $2 IN ('succeeded', 'failed', 'cancelled') THEN false ELSE outbox END \
-         WHERE id = $1",
+        "UPDATE jobs AS j SET status = u.status, attempts = u.attempts, progress = u.progress, \
+         started_at = COALESCE(j.started_at, u.started_at), \
+         finished_at = COALESCE(j.finished_at, u.finished_at), \
+         result = COALESCE(u.result, j.result), error = COALESCE(u.error, j.error), \
+         outbox = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN false \
+                  ELSE j.outbox END \
+         FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::float8[], $5::timestamptz[], \
+                     $6::timestamptz[], $7::jsonb[], $8::text[]) \
+              AS u(id, status, attempts, progress, started_at, finished_at, result, error) \
+         WHERE j.id = u.id",
     )
-    .bind(event.job_id)
-    .bind(u.status.as_str())
-    .bind(u.attempts as i32)
-    .bind(u.progress)
-    .bind(u.started_at)
-    .bind(u.finished_at)
-    .bind(u.result)
-    .bind(u.error)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&attempts)
+    .bind(&progress)
+    .bind(&started)
+    .bind(&finished)
+    .bind(&results)
+    .bind(&errors)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(true)
+    Ok(applied)
 }
 
 /// A job waiting in the outbox.

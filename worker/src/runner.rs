@@ -6,7 +6,7 @@
 //! idempotently). If any of those publishes fails, the delivery is handed back (nack + requeue)
 //! and the attempt runs again.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -22,6 +22,11 @@ use uuid::Uuid;
 use crate::kinds::{JobContext, JobError};
 use crate::session::Deps;
 
+/// At most one progress event per job in this interval: a handler may report after every
+/// item of a million, and each event costs a publish, a delivery and a row update. The final
+/// event carries the outcome (and 100 % on success) whatever was skipped.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Publishes one job's events on the worker's confirm channel.
 #[derive(Debug, Clone)]
 pub struct Reporter {
@@ -29,6 +34,8 @@ pub struct Reporter {
     exchange: String,
     job_id: Uuid,
     attempt: u32,
+    /// When the last `started` or `progress` event went out (shared by the handler's clones).
+    last_sent: Arc<Mutex<Instant>>,
 }
 
 impl Reporter {
@@ -38,6 +45,7 @@ impl Reporter {
             exchange: deps.config.topology.events_exchange(),
             job_id,
             attempt,
+            last_sent: Arc::new(Mutex::new(Instant::now())),
         }
     }
 
@@ -70,7 +78,15 @@ impl Reporter {
         (msg, span)
     }
 
+    /// Reports progress unless the last report is younger than [`PROGRESS_INTERVAL`].
     pub(crate) async fn progress(&self, progress: f64) {
+        {
+            let mut last = self.last_sent.lock().expect("never poisoned");
+            if last.elapsed() < PROGRESS_INTERVAL {
+                return;
+            }
+            *last = Instant::now();
+        }
         if let Err(e) = self.notify(JobChange::Progress { progress }).await {
             tracing::warn!(error = %e, "progress event not published");
         }
