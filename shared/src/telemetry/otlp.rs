@@ -149,11 +149,8 @@ fn batch(export: &Export) -> anyhow::Result<BatchSpanProcessor> {
             .with_timeout(timeout)
             .build()?,
     };
+    // The SDK's defaults (2048 queued spans, batches of 512), which `OTEL_BSP_*` overrides.
     Ok(BatchSpanProcessor::builder(exporter)
-        .with_batch_config(
-            BatchConfigBuilder::default()
-                .with_max_queue_size(4096)
-                .build(),
-        )
+        .with_batch_config(BatchConfigBuilder::default().build())
         .build())
 }
