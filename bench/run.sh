@@ -388,8 +388,9 @@ drain() { # concurrency
     wait_outbox "$DRAIN_DB" 120 >/dev/null
     local base
     base=$($PG -d "$DRAIN_DB" -c "select count(*) from jobs where status = 'succeeded'")
-    t0=$(date +%s.%N)
     quiet "drain $c"
+    # The clock runs from the worker's start (connecting and declaring included).
+    t0=$(date +%s.%N)
     start_worker "worker_$c" "$DRAIN_PREFIX" "$c"
     sample_rss "$WORKER_PID" "$WORK/rss_worker_$c" &
     sampler=$!
@@ -484,6 +485,31 @@ CPU=$(cat <<EOF
 EOF
 )
 
+# What bounds the results: the machine's CPU per job, from the CPU split above. Every process
+# shares the same cores, so a rate can only rise by as much as the CPU per job falls.
+cores() { awk -v k="$2" '{ for (i = 1; i < NF; i++) if ($i == k) { print $(i + 1); exit } }' <<<"$1"; }
+per_job() { calc "$1 * 1000000 / $2" 0; } # cores, jobs/s -> µs of CPU per job
+BOUNDS=$(cat <<EOF
+- **Durable enqueue** is CPU-bound on the whole machine: the closed loop keeps
+  $(cores "$CPU_USE_off" all) of $(nproc) cores busy, $(per_job "$(cores "$CPU_USE_off" all)" "$CLOSED_OFF") µs of CPU per
+  accepted job: PostgreSQL $(per_job "$(cores "$CPU_USE_off" postgres)" "$CLOSED_OFF"), api $(per_job "$(cores "$CPU_USE_off" api)" "$CLOSED_OFF"),
+  RabbitMQ $(per_job "$(cores "$CPU_USE_off" rabbitmq)" "$CLOSED_OFF") (the relay's confirmed publish), and $(per_job "$(cores "$CPU_USE_off" rest)" "$CLOSED_OFF") for the load
+  generator, the kernel's loopback TCP and the rest. The PostgreSQL limit spends
+  $(per_job "$(cores "$CPU_USE_pg" all)" "$PG_TPS") µs of machine CPU per insert ($(per_job "$(cores "$CPU_USE_pg" postgres)" "$PG_TPS") in PostgreSQL), with no HTTP hop, no
+  broker and no relay update of the row. Half that limit on $(nproc) cores leaves
+  $(calc "$(nproc) * 1000000 / ($LIMIT / 2)" 0) µs per job for everything.
+- **Worker drain**: per no-op job the broker does one delivery and ack on the jobs queue, two
+  confirmed publishes to the events quorum queue and two deliveries and acks to the api, which
+  applies the events in PostgreSQL, all on the same cores. RabbitMQ spends
+  $(per_job "$(cores "$CPU_USE_drain16" rabbitmq)" "$DRAIN_RATE_16") µs per job at concurrency 16 against
+  $(per_job "$(cores "$CPU_USE_con" rabbitmq)" "$RAW_CON16") µs per message in the consume+ack limit; the whole machine
+  $(per_job "$(cores "$CPU_USE_drain16" all)" "$DRAIN_RATE_16") µs per job. The worker itself uses
+  $(per_job "$(cores "$CPU_USE_drain16" worker)" "$DRAIN_RATE_16") µs per job; each of its 16 jobs in flight waits for its final
+  event's confirm before the ack (mean confirm above), which bounds the rate at 16 ÷ the time
+  per job.
+EOF
+)
+
 {
     cat <<EOF
 # jobstack benchmarks
@@ -517,6 +543,10 @@ $TARGETS
 ## Where the CPU went
 
 $CPU
+
+## What bounds the results
+
+$BOUNDS
 
 "all" is the whole machine (busy time from /proc/stat); postgres includes its backends; loadgen
 measures its own CPU (and is part of "rest"); "rest" is everything not listed: the load

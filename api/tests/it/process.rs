@@ -39,6 +39,12 @@ impl ApiProcess {
                 "AMQP_PREFIX",
                 config.topology.jobs_queue().trim_end_matches(".jobs"),
             )
+            // The same retry queues as the config, so `cleanup` finds every queue it declares.
+            .env("MAX_ATTEMPTS", config.topology.max_attempts().to_string())
+            .env(
+                "RETRY_BASE_MS",
+                config.topology.retry_delay(1).as_millis().to_string(),
+            )
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
