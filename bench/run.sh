@@ -544,14 +544,14 @@ $TARGETS
 
 $CPU
 
-## What bounds the results
-
-$BOUNDS
-
 "all" is the whole machine (busy time from /proc/stat); postgres includes its backends; loadgen
 measures its own CPU (and is part of "rest"); "rest" is everything not listed: the load
 generator, kernel network and softirq time, and anything else running on the machine.
 $(if ((${#NOISY[@]})); then echo "Steps that started on a busy machine (noisier numbers): ${NOISY[*]}."; else echo "Every step started on a quiet machine (at least 85 % idle)."; fi)
+
+## What bounds the results
+
+$BOUNDS
 
 ## How it was measured
 
