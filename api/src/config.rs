@@ -48,7 +48,7 @@ impl Config {
         Ok(Self {
             database_url,
             db_max_connections: config::ranged("DB_MAX_CONNECTIONS", 10, 1, 1000)?,
-            amqp_url: config::string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_url: config::amqp_url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")?,
             listen: Self::listen()?,
             topology: Topology::new(
                 &config::string("AMQP_PREFIX", "jobstack"),

@@ -25,6 +25,23 @@ pub fn string(var: &'static str, default: &str) -> String {
     }
 }
 
+/// An `amqp://` URL (the password is redacted in the error), or `default` when unset or empty.
+pub fn amqp_url(var: &'static str, default: &str) -> Result<String, ConfigError> {
+    let url = string(var, default);
+    let refuse = |reason: String| ConfigError {
+        var,
+        value: redact_url(&url),
+        reason,
+    };
+    let uri: lapin::uri::AMQPUri = url.parse().map_err(refuse)?;
+    if uri.scheme != lapin::uri::AMQPScheme::AMQP {
+        return Err(refuse(
+            "expected an amqp:// URL (this build has no TLS for amqps://)".into(),
+        ));
+    }
+    Ok(url)
+}
+
 /// The variable parsed as `T`, or `default` when it is unset or empty.
 pub fn parse<T>(var: &'static str, default: T) -> Result<T, ConfigError>
 where

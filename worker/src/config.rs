@@ -30,7 +30,7 @@ impl Config {
     /// Reads and checks every variable; the error names the first bad one.
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            amqp_url: config::string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_url: config::amqp_url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")?,
             listen: Self::listen()?,
             concurrency: config::ranged("WORKER_CONCURRENCY", 8, 1, 1000)?,
             topology: Topology::new(

@@ -204,6 +204,8 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", "jaeger:4317"),
         ("DATABASE_URL", "mysql://root@127.0.0.1/x"),
+        ("AMQP_URL", "http://guest:secret@rabbitmq:5672"),
+        ("AMQP_URL", "amqps://guest:secret@rabbitmq"),
     ] {
         let mut cmd = Command::new(API);
         cmd.env("API_LISTEN", "127.0.0.1:0").env(var, value);
@@ -224,6 +226,10 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         assert!(
             stderr.contains(var),
             "{var}={value}: the line names it: {stderr}"
+        );
+        assert!(
+            !stderr.contains("secret"),
+            "a password reached stderr: {stderr}"
         );
     }
 }

@@ -8,10 +8,21 @@ pub use publisher::{Outgoing, PublishError, Publisher};
 pub use supervisor::{BrokerStatus, supervise};
 pub use topology::Topology;
 
+/// The largest AMQP frame we ask for, unless the URL sets `?frame_max=`. lapin keeps 32
+/// frames of read and 32 of write buffer, zero-filled: at RabbitMQ's default of 128 KiB that
+/// is 8 MiB of resident memory per connection. Our messages are a few hundred bytes; a larger
+/// one is simply sent as several frames.
+const FRAME_MAX: u32 = 16 * 1024;
+
 /// Connects to `url`, naming the connection so it is recognisable in the management UI.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<lapin::Connection> {
+    // `config::amqp_url` has already refused a URL that does not parse.
+    let mut uri: lapin::uri::AMQPUri = url
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    uri.query.frame_max.get_or_insert(FRAME_MAX);
     let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
-    lapin::Connection::connect(url, props).await
+    lapin::Connection::connect_uri(uri, props).await
 }
 
 /// A producer span named and attributed per the OpenTelemetry messaging conventions. Publish
