@@ -92,8 +92,10 @@ async fn lane(
     // Under load, whatever waits in the lane is applied together: one transaction per batch
     // instead of one per event. An idle lane applies each event as it comes.
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let spans: Vec<tracing::Span> = batch
+        let (events, deliveries): (Vec<JobEvent>, Vec<Delivery>) = batch.drain(..).unzip();
+        let spans: Vec<tracing::Span> = events
             .iter()
+            .zip(&deliveries)
             .map(|(event, delivery)| {
                 let span = shared::amqp::consumer_span(&queue, delivery);
                 let id = event.job_id.to_string();
@@ -104,11 +106,11 @@ async fn lane(
                 span
             })
             .collect();
-        let events: Vec<JobEvent> = batch.iter().map(|(event, _)| event.clone()).collect();
         let Some(applied) = apply_with_retry(&db, &events, &shutdown).await else {
             return;
         };
-        for (((event, delivery), span), applied) in batch.drain(..).zip(spans).zip(applied) {
+        let outcomes = events.iter().zip(deliveries).zip(spans).zip(applied);
+        for (((event, delivery), span), applied) in outcomes {
             let result = if applied { "applied" } else { "ignored" };
             span.in_scope(|| tracing::debug!(result, batch = events.len(), "job event"));
             metrics::counter!("jobstack_job_events_total", "event" => event.change.name(), "result" => result)

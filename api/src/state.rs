@@ -68,6 +68,18 @@ pub struct Current {
     pub cancel_requested: bool,
 }
 
+impl Current {
+    /// The state once `u` is written.
+    pub fn after(self, u: &Update) -> Self {
+        Self {
+            status: u.status,
+            attempts: u.attempts,
+            progress: u.progress,
+            ..self
+        }
+    }
+}
+
 /// The new values to write; `started_at` and `finished_at` are only set where still empty.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Update {
@@ -198,12 +210,7 @@ mod tests {
         events
             .iter()
             .fold(cur(Status::Queued, 0, 0.0), |c, e| match apply(c, e) {
-                Some(u) => Current {
-                    status: u.status,
-                    attempts: u.attempts,
-                    progress: u.progress,
-                    ..c
-                },
+                Some(u) => c.after(&u),
                 None => c,
             })
     }
@@ -379,12 +386,7 @@ mod tests {
         let mut merged: Option<Update> = None;
         for e in [&started, &retrying, &succeeded] {
             let u = apply(c, e).expect("each event changes the job");
-            c = Current {
-                status: u.status,
-                attempts: u.attempts,
-                progress: u.progress,
-                ..c
-            };
+            c = c.after(&u);
             merged = Some(match merged {
                 Some(before) => before.then(u),
                 None => u,

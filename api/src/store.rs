@@ -190,21 +190,26 @@ pub async fn cancel(db: &PgPool, id: Uuid) -> sqlx::Result<Cancel> {
     Ok(Cancel::Accepted(job))
 }
 
+/// The state machine's columns of a row, as locked by [`lock`] and [`apply_events`].
+type StateRow = (String, i32, f64, bool);
+
+fn current((status, attempts, progress, cancel_requested): StateRow) -> Current {
+    Current {
+        status: Status::parse(&status).unwrap_or(Status::Queued),
+        attempts: attempts.max(0) as u32,
+        progress,
+        cancel_requested,
+    }
+}
+
 async fn lock(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<Option<Current>> {
-    let row: Option<(String, i32, f64, bool)> = sqlx::query_as(
+    let row: Option<StateRow> = sqlx::query_as(
         "SELECT status, attempts, progress, cancel_requested FROM jobs WHERE id = $1 FOR UPDATE",
     )
     .bind(id)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(
-        row.map(|(status, attempts, progress, cancel_requested)| Current {
-            status: Status::parse(&status).unwrap_or(Status::Queued),
-            attempts: attempts.max(0) as u32,
-            progress,
-            cancel_requested,
-        }),
-    )
+    Ok(row.map(current))
 }
 
 /// Applies workers' events, in order, to their jobs through the state machine, in one
@@ -223,14 +228,8 @@ pub async fn apply_events(db: &PgPool, events: &[JobEvent]) -> sqlx::Result<Vec<
     .await?;
     let mut jobs: HashMap<Uuid, (Current, Option<state::Update>)> = rows
         .into_iter()
-        .map(|(id, status, attempts, progress, cancel_requested)| {
-            let cur = Current {
-                status: Status::parse(&status).unwrap_or(Status::Queued),
-                attempts: attempts.max(0) as u32,
-                progress,
-                cancel_requested,
-            };
-            (id, (cur, None))
+        .map(|(id, status, attempts, progress, cancel)| {
+            (id, (current((status, attempts, progress, cancel)), None))
         })
         .collect();
 
@@ -238,9 +237,7 @@ pub async fn apply_events(db: &PgPool, events: &[JobEvent]) -> sqlx::Result<Vec<
     for event in events {
         let change = jobs.get_mut(&event.job_id).and_then(|(cur, pending)| {
             let u = state::apply(*cur, event)?;
-            cur.status = u.status;
-            cur.attempts = u.attempts;
-            cur.progress = u.progress;
+            *cur = cur.after(&u);
             *pending = Some(match pending.take() {
                 Some(before) => before.then(u),
                 None => u,
