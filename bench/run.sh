@@ -443,11 +443,13 @@ WORKER_RSS_MAX=$((WORKER_LOAD_16 > WORKER_LOAD_1 ? WORKER_LOAD_16 : WORKER_LOAD_
 lat() { json "$1" '"\(.latency_ms.p50) / \(.latency_ms.p99)"'; }
 errs() { json "$1" '"\(.completed - (.statuses["202"] // 0))"'; }
 
+# Microseconds of CPU per job, from a CPU split ("all 1.86 postgres 0.65 ...") and a rate.
+cores() { awk -v k="$2" '{ for (i = 1; i < NF; i++) if ($i == k) { print $(i + 1); exit } }' <<<"$1"; }
+per_job() { calc "$1 * 1000000 / $2" 0; } # cores, jobs/s -> µs of CPU per job
 # Machine CPU per accepted job in a closed-loop round: steadier than throughput on a shared
 # machine, where a noisy round loses rate and CPU alike.
-machine_us() { calc "$(awk '{ print $2 }' <<<"$1") * 1000000 / $2" 0; } # cpu-use string, jobs/s
-MACHINE_US_off=$(machine_us "$CPU_USE_off" "$CLOSED_OFF")
-MACHINE_US_on=$(machine_us "$CPU_USE_on" "$CLOSED_ON")
+MACHINE_US_off=$(per_job "$(cores "$CPU_USE_off" all)" "$CLOSED_OFF")
+MACHINE_US_on=$(per_job "$(cores "$CPU_USE_on" all)" "$CLOSED_ON")
 MACHINE_COST=$(signed "($MACHINE_US_on / $MACHINE_US_off - 1) * 100" 1)
 TABLE=$(cat <<EOF
 | measurement | jobstack | machine limit | ratio |
@@ -495,8 +497,6 @@ EOF
 
 # What bounds the results: the machine's CPU per job, from the CPU split above. Every process
 # shares the same cores, so a rate can only rise by as much as the CPU per job falls.
-cores() { awk -v k="$2" '{ for (i = 1; i < NF; i++) if ($i == k) { print $(i + 1); exit } }' <<<"$1"; }
-per_job() { calc "$1 * 1000000 / $2" 0; } # cores, jobs/s -> µs of CPU per job
 BOUNDS=$(cat <<EOF
 - **Durable enqueue** is CPU-bound on the whole machine: the closed loop keeps
   $(cores "$CPU_USE_off" all) of $(nproc) cores busy, $(per_job "$(cores "$CPU_USE_off" all)" "$CLOSED_OFF") µs of CPU per
