@@ -5,11 +5,16 @@ use std::process::ExitCode;
 use api::Config;
 use shared::telemetry::{self, Settings};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before any runtime: the probe is blocking, and a runtime inside a runtime panics.
     if let Some(code) = shared::health::run_if_requested(Config::listen_addr) {
         return code;
     }
+    serve()
+}
+
+#[tokio::main]
+async fn serve() -> ExitCode {
     match start().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -9,6 +9,7 @@
 //! - [`backoff`]: capped exponential backoff with jitter.
 //! - [`shutdown`]: the one cancellation token that SIGINT/SIGTERM trip.
 //! - [`health`]: the `healthcheck` sub-command used by container health checks.
+//! - [`readiness`]: the `/readyz` answer, one shape for every service.
 
 pub mod amqp;
 pub mod backoff;
@@ -16,5 +17,6 @@ pub mod config;
 pub mod health;
 pub mod messages;
 pub mod metrics;
+pub mod readiness;
 pub mod shutdown;
 pub mod telemetry;

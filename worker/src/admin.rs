@@ -1,9 +1,9 @@
 //! The worker's small HTTP server: liveness, readiness (connected and consuming) and metrics.
 
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::Response;
 use axum::{Router, extract::State, routing::get};
 use shared::amqp::BrokerStatus;
+use shared::readiness::{self, Check, Need};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -16,15 +16,13 @@ pub fn router(status: BrokerStatus) -> Router {
         .with_state(status)
 }
 
-async fn readyz(State(status): State<BrokerStatus>) -> impl IntoResponse {
-    if status.is_up() {
-        (StatusCode::OK, "ready")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not consuming: RabbitMQ unreachable",
-        )
-    }
+/// Ready while connected and consuming: a worker without its broker can do nothing.
+async fn readyz(State(status): State<BrokerStatus>) -> Response {
+    readiness::answer(&[Check {
+        name: "rabbitmq",
+        up: status.is_up(),
+        need: Need::Required,
+    }])
 }
 
 /// Serves until `shutdown`.

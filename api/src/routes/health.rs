@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::{Json, Router, routing::get};
 use serde_json::json;
 
+use shared::readiness::{self, Check, Need};
+
 use crate::AppState;
-use crate::error::problem;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -23,10 +23,12 @@ pub(super) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: PostgreSQL answers a query and the broker session is up.
+/// Readiness: PostgreSQL answers a query. The broker's state is reported but does not fail
+/// readiness: a job accepted while RabbitMQ is down is committed, and the outbox relay publishes
+/// it once the broker is back (see `shared::readiness`).
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
-    (status = 200, description = "PostgreSQL and RabbitMQ are reachable"),
-    (status = 503, description = "names what is not reachable", body = crate::error::Problem, content_type = "application/problem+json"),
+    (status = 200, description = "PostgreSQL answers; `status` is `degraded` and `rabbitmq` is `down` while the broker is unreachable (jobs are still accepted)"),
+    (status = 503, description = "PostgreSQL does not answer; the body names each dependency's state", body = crate::error::Problem, content_type = "application/problem+json"),
 ))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let query = sqlx::query("SELECT 1").execute(&state.db);
@@ -34,16 +36,16 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
         tokio::time::timeout(Duration::from_secs(1), query).await,
         Ok(Ok(_))
     );
-    let rabbitmq = state.broker.status.is_up();
-    if postgres && rabbitmq {
-        return Json(json!({ "postgres": "ok", "rabbitmq": "ok" })).into_response();
-    }
-    let down: Vec<&str> = [(postgres, "PostgreSQL"), (rabbitmq, "RabbitMQ")]
-        .into_iter()
-        .filter_map(|(up, name)| (!up).then_some(name))
-        .collect();
-    problem(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("not reachable: {}", down.join(", ")),
-    )
+    readiness::answer(&[
+        Check {
+            name: "postgres",
+            up: postgres,
+            need: Need::Required,
+        },
+        Check {
+            name: "rabbitmq",
+            up: state.broker.status.is_up(),
+            need: Need::Degrading,
+        },
+    ])
 }

@@ -15,7 +15,82 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// The test broker: `TEST_AMQP_URL`, or guest/guest on 127.0.0.1:5672 (this machine's RabbitMQ and
+/// the compose one, whose port `.env` publishes on loopback).
+pub(crate) static RABBITMQ: LazyLock<String> = LazyLock::new(|| {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+});
+
+/// The test PostgreSQL server, as a URL of any database on it: `TEST_DATABASE_URL`, or the
+/// compose credentials on 127.0.0.1:5432 (a local server with trust auth ignores the password).
+static POSTGRES: LazyLock<String> = LazyLock::new(|| {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+});
+
+/// The URL of database `name` on the test PostgreSQL server.
+pub(crate) fn database_url(name: &str) -> String {
+    let (scheme, user, host, path) = split_url(&POSTGRES);
+    let query = path
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
+    format!("{scheme}://{user}{host}/{name}{query}")
+}
+
+/// `(scheme, userinfo@ or "", host:port, path)` of a URL like `postgres://u:p@host:port/db?q`.
+fn split_url(url: &str) -> (&str, &str, &str, &str) {
+    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let at = authority.rfind('@').map_or(0, |i| i + 1);
+    (scheme, &authority[..at], &authority[at..], path)
+}
+
+/// The test PostgreSQL server's `host:port`, for proxies that stand in front of it.
+pub(crate) fn postgres_addr() -> String {
+    let (_, _, host, _) = split_url(&POSTGRES);
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:5432")
+    }
+}
+
+/// The URL of database `name` on the test PostgreSQL server, reached through `127.0.0.1:port`.
+fn database_url_via(name: &str, port: u16) -> String {
+    let url = database_url(name);
+    let (scheme, user, _, path) = split_url(&url);
+    format!("{scheme}://{user}127.0.0.1:{port}/{path}")
+}
+
+/// The test broker's `host:port`, for proxies that stand in front of it.
+pub(crate) fn rabbitmq_addr() -> String {
+    let uri: lapin::uri::AMQPUri = RABBITMQ.parse().expect("TEST_AMQP_URL is an amqp:// URL");
+    format!("{}:{}", uri.authority.host, uri.authority.port)
+}
+
+/// The test broker's URL with its address replaced by `127.0.0.1:port` (a proxy's).
+pub(crate) fn rabbitmq_via(port: u16) -> String {
+    let uri: lapin::uri::AMQPUri = RABBITMQ.parse().expect("TEST_AMQP_URL is an amqp:// URL");
+    let user = &uri.authority.userinfo;
+    let (name, password, vhost) = (
+        escape(&user.username),
+        escape(&user.password),
+        escape(&uri.vhost),
+    );
+    format!("amqp://{name}:{password}@127.0.0.1:{port}/{vhost}")
+}
+
+/// Percent-encodes what would end a URL part early.
+fn escape(part: &str) -> String {
+    part.chars()
+        .map(|c| match c {
+            '%' | '@' | ':' | '/' | '?' | '#' => format!("%{:02X}", c as u32),
+            c => c.to_string(),
+        })
+        .collect()
+}
 
 /// Telemetry once per test process; log lines are shown only with `TEST_LOG=1`.
 static TELEMETRY: LazyLock<()> = LazyLock::new(|| {
@@ -41,6 +116,8 @@ pub(crate) struct Options {
     pub(crate) amqp_url: String,
     pub(crate) worker_amqp_url: String,
     pub(crate) concurrency: u16,
+    /// Reach PostgreSQL through this local port (a proxy the test can cut).
+    pub(crate) postgres_via: Option<u16>,
 }
 
 impl Default for Options {
@@ -51,9 +128,10 @@ impl Default for Options {
             deadline: Duration::from_secs(30),
             grace: Duration::from_secs(10),
             body_limit: 1 << 20,
-            amqp_url: RABBITMQ.into(),
-            worker_amqp_url: RABBITMQ.into(),
+            amqp_url: RABBITMQ.clone(),
+            worker_amqp_url: RABBITMQ.clone(),
             concurrency: 4,
+            postgres_via: None,
         }
     }
 }
@@ -236,7 +314,7 @@ impl TestApp {
 
     /// A channel on the test broker, for looking at queues directly.
     pub(crate) async fn channel(&self) -> Channel {
-        let conn = lapin::Connection::connect(RABBITMQ, Default::default())
+        let conn = lapin::Connection::connect(&RABBITMQ, Default::default())
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -324,7 +402,11 @@ impl TestApp {
 pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
     let name = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let mut api_config = Config::from_env().expect("default config");
-    api_config.database_url = format!("postgres://postgres@127.0.0.1:5432/jobstack_{name}");
+    let database = format!("jobstack_{name}");
+    api_config.database_url = match opts.postgres_via {
+        Some(port) => database_url_via(&database, port),
+        None => database_url(&database),
+    };
     api_config.amqp_url = opts.amqp_url.clone();
     api_config.topology =
         shared::amqp::Topology::new(&name, opts.max_attempts, Duration::from_millis(50));
@@ -345,7 +427,7 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
 pub(crate) async fn cleanup(api_config: &Config) {
     {
         let t = &api_config.topology;
-        let conn = lapin::Connection::connect(RABBITMQ, Default::default())
+        let conn = lapin::Connection::connect(&RABBITMQ, Default::default())
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
@@ -369,8 +451,7 @@ pub(crate) async fn cleanup(api_config: &Config) {
         let _ = conn.close(200, "test over".into()).await;
     }
     // The database is named after the prefix (see `configs`).
-    let admin = "postgres://postgres@127.0.0.1:5432/postgres";
-    if let Ok(pool) = sqlx::PgPool::connect(admin).await {
+    if let Ok(pool) = sqlx::PgPool::connect(&POSTGRES).await {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS jobstack_{} WITH (FORCE)",
             api_config.topology.jobs_queue().trim_end_matches(".jobs")

@@ -233,3 +233,38 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         );
     }
 }
+
+/// Runs `api healthcheck` as the compose health check does, against `API_LISTEN=listen`.
+async fn healthcheck(listen: &str) -> std::process::Output {
+    let out = tokio::time::timeout(
+        Duration::from_secs(3),
+        Command::new(API)
+            .arg("healthcheck")
+            .env_clear()
+            .env("API_LISTEN", listen)
+            .output(),
+    )
+    .await
+    .expect("the probe answers within compose's 3 s timeout");
+    out.unwrap()
+}
+
+#[tokio::test]
+async fn the_healthcheck_is_zero_for_a_ready_api_and_non_zero_once_it_is_gone() {
+    let api = ApiProcess::start(&[]).await;
+    let listen = api.url.replace("http://127.0.0.1", "0.0.0.0");
+    let ready = healthcheck(&listen).await;
+    let stdout = String::from_utf8_lossy(&ready.stdout);
+    assert!(ready.status.success(), "{ready:?}");
+    assert!(
+        stdout.starts_with(r#"ready: {"status":"ready""#),
+        "{stdout}"
+    );
+    api.stop().await;
+    let gone = healthcheck(&listen).await;
+    assert!(!gone.status.success(), "a stopped api is not healthy");
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).starts_with("not ready: connect"),
+        "{gone:?}"
+    );
+}

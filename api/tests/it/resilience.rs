@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::helpers::{Options, TestApp};
+use crate::helpers::{Options, TestApp, postgres_addr, rabbitmq_addr, rabbitmq_via};
 
 /// A port with nothing listening (yet).
 async fn free_port() -> u16 {
@@ -19,30 +19,40 @@ async fn free_port() -> u16 {
         .port()
 }
 
-/// Forwards `port` to the local RabbitMQ: the broker "comes back" on that port.
+/// Forwards `port` to the test RabbitMQ: the broker "comes back" on that port.
 pub(crate) async fn open_proxy(port: u16) -> Proxy {
+    open_proxy_to(port, rabbitmq_addr()).await
+}
+
+/// Forwards `127.0.0.1:port` to `upstream` until cut or taken down.
+pub(crate) async fn open_proxy_to(port: u16, upstream: String) -> Proxy {
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let links = Arc::new(Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
     let tracked = links.clone();
-    tokio::spawn(async move {
+    let accept = tokio::spawn(async move {
         loop {
             let Ok((mut inbound, _)) = listener.accept().await else {
                 return;
             };
+            let upstream = upstream.clone();
             let link = tokio::spawn(async move {
-                if let Ok(mut outbound) = TcpStream::connect("127.0.0.1:5672").await {
+                if let Ok(mut outbound) = TcpStream::connect(upstream).await {
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
             });
             tracked.lock().unwrap().push(link.abort_handle());
         }
     });
-    Proxy { links }
+    Proxy {
+        links,
+        accept: accept.abort_handle(),
+    }
 }
 
-/// A TCP forwarder in front of RabbitMQ whose connections the test can cut.
+/// A TCP forwarder in front of a real server whose connections the test can cut.
 pub(crate) struct Proxy {
     links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::AbortHandle,
 }
 
 impl Proxy {
@@ -52,19 +62,35 @@ impl Proxy {
         links.iter().for_each(tokio::task::AbortHandle::abort);
         links.len()
     }
+
+    /// The server is gone: connections cut, the port closed.
+    fn down(&self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.down();
+    }
 }
 
 #[tokio::test]
 async fn a_job_accepted_while_rabbitmq_is_unreachable_runs_once_it_is_back() {
     let port = free_port().await;
     let app = TestApp::with(Options {
-        amqp_url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        amqp_url: rabbitmq_via(port),
         ..Default::default()
     })
     .await;
+    // Still ready: PostgreSQL answers, so jobs are accepted durably; the body names the broker.
     let (status, body) = app.get("/readyz").await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body["detail"], "not reachable: RabbitMQ");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"status": "degraded", "postgres": "up", "rabbitmq": "down"})
+    );
 
     let id = app
         .create("sleep", json!({"duration_ms": 10, "steps": 1}))
@@ -79,8 +105,8 @@ async fn a_job_accepted_while_rabbitmq_is_unreachable_runs_once_it_is_back() {
     let _proxy = open_proxy(port).await;
     let job = app.wait_final(&id, Duration::from_secs(30)).await;
     assert_eq!(job["status"], "succeeded");
-    app.wait_until(Duration::from_secs(10), "ready", || async {
-        app.get("/readyz").await.0 == StatusCode::OK
+    app.wait_until(Duration::from_secs(10), "broker up in /readyz", || async {
+        app.get("/readyz").await.1["rabbitmq"] == "up"
     })
     .await;
     app.stop().await;
@@ -132,15 +158,15 @@ async fn a_job_that_outlives_the_grace_period_goes_back_to_the_queue() {
 async fn both_services_reconnect_after_losing_the_broker_and_readiness_follows() {
     let port = free_port().await;
     let proxy = open_proxy(port).await;
-    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let url = rabbitmq_via(port);
     let app = TestApp::with(Options {
         amqp_url: url.clone(),
         worker_amqp_url: url,
         ..Default::default()
     })
     .await;
-    app.wait_until(Duration::from_secs(10), "api ready", || async {
-        app.get("/readyz").await.0 == StatusCode::OK
+    app.wait_until(Duration::from_secs(10), "api connected", || async {
+        app.get("/readyz").await.1["status"] == "ready"
     })
     .await;
     let before = app
@@ -182,8 +208,43 @@ async fn both_services_reconnect_after_losing_the_broker_and_readiness_follows()
     let job = app.wait_final(&during, Duration::from_secs(30)).await;
     assert_eq!(job["status"], "succeeded");
     app.wait_until(Duration::from_secs(10), "ready again", || async {
-        app.get("/readyz").await.0 == StatusCode::OK
+        app.get("/readyz").await.1["status"] == "ready"
     })
     .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_follows_postgres_and_only_reports_the_broker() {
+    let port = free_port().await;
+    let postgres = open_proxy_to(port, postgres_addr()).await;
+    let app = TestApp::with(Options {
+        worker: false,
+        postgres_via: Some(port),
+        ..Default::default()
+    })
+    .await;
+    app.wait_until(Duration::from_secs(10), "api connected", || async {
+        app.get("/readyz").await.1["status"] == "ready"
+    })
+    .await;
+
+    postgres.down();
+    let res = app
+        .http
+        .get(format!("{}/readyz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/problem+json",
+        "503s are problems like every other error"
+    );
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["detail"], "not ready: postgres down");
+    assert_eq!(body["postgres"], "down");
+    assert_eq!(body["rabbitmq"], "up", "the broker is still named");
     app.stop().await;
 }

@@ -146,7 +146,7 @@ async fn check_one_trace(broker_down_at_first: bool) {
         .port();
     let (_, mut api_config, worker_config) = configs(&Options::default());
     if broker_down_at_first {
-        api_config.amqp_url = format!("amqp://guest:guest@127.0.0.1:{proxy_port}/%2f");
+        api_config.amqp_url = crate::helpers::rabbitmq_via(proxy_port);
     }
     let t = api_config.topology.clone();
 

@@ -15,10 +15,30 @@ use shared::messages::{JobChange, JobEvent, JobMessage};
 use tokio::process::Command;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker");
-const RABBITMQ: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The test broker: `TEST_AMQP_URL`, or guest/guest on 127.0.0.1:5672 (local or compose).
+fn rabbitmq() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Runs `worker healthcheck` as the compose health check does, against `WORKER_LISTEN=listen`.
+async fn healthcheck(listen: &str) -> std::process::Output {
+    let out = tokio::time::timeout(
+        Duration::from_secs(3),
+        Command::new(WORKER)
+            .arg("healthcheck")
+            .env_clear()
+            .env("WORKER_LISTEN", listen)
+            .output(),
+    )
+    .await
+    .expect("the probe answers within compose's 3 s timeout");
+    out.unwrap()
+}
 
 async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(RABBITMQ, Default::default())
+    let conn = Connection::connect(&rabbitmq(), Default::default())
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
@@ -35,6 +55,7 @@ async fn sigterm_with_a_job_in_flight_finishes_it_and_exits_zero() {
         .unwrap()
         .port();
     let mut child = Command::new(WORKER)
+        .env("AMQP_URL", rabbitmq())
         .env("AMQP_PREFIX", &prefix)
         .env("WORKER_LISTEN", format!("127.0.0.1:{port}"))
         .env("SHUTDOWN_GRACE_SECS", "10")
@@ -43,7 +64,9 @@ async fn sigterm_with_a_job_in_flight_finishes_it_and_exits_zero() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while !shared::health::probe(([127, 0, 0, 1], port).into()).await {
+    // Ready when the compose health check says so: the real binary's `healthcheck`.
+    let listen = format!("0.0.0.0:{port}");
+    while !healthcheck(&listen).await.status.success() {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "worker never ready"
@@ -109,6 +132,12 @@ async fn sigterm_with_a_job_in_flight_finishes_it_and_exits_zero() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status}");
+    let gone = healthcheck(&listen).await;
+    assert!(!gone.status.success(), "a stopped worker is not healthy");
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).starts_with("not ready: connect"),
+        "{gone:?}"
+    );
 
     // Every event of the attempt was published before the exit, ending in success.
     while !seen.contains(&"succeeded") {
@@ -192,4 +221,53 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
             "{stderr}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_healthcheck_fails_fast_when_the_worker_cannot_consume_or_does_not_answer() {
+    // A worker whose broker is unreachable serves its admin port but is not ready.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let broker = closed.local_addr().unwrap();
+    drop(closed);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _worker = Command::new(WORKER)
+        .env("AMQP_URL", format!("amqp://guest:guest@{broker}/%2f"))
+        .env("WORKER_LISTEN", &listen)
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let out = loop {
+        let out = healthcheck(&listen).await;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !stderr.starts_with("not ready: connect") {
+            break out;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "admin port never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("answered 503") && stderr.contains("rabbitmq down"),
+        "{stderr}"
+    );
+
+    // A port that accepts and never answers (a hung process): non-zero, inside the 3 s timeout.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = healthcheck(&hung.local_addr().unwrap().to_string()).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no complete answer"),
+        "{out:?}"
+    );
 }
