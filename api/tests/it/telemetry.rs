@@ -180,9 +180,11 @@ async fn check_one_trace(broker_down_at_first: bool) {
         job["id"].as_str().unwrap().to_owned(),
         job["trace_id"].as_str().unwrap().to_owned(),
     );
+    // The broker "comes back" through the proxy, which lives until the test ends.
+    let mut _proxy = None;
     if broker_down_at_first {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let _proxy = crate::resilience::open_proxy(proxy_port).await;
+        _proxy = Some(crate::resilience::open_proxy(proxy_port).await);
     }
     let start = Instant::now();
     loop {
