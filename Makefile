@@ -8,13 +8,21 @@ help: ## list the verbs
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: ## run every test: workspace tests against local RabbitMQ + PostgreSQL, then the stack checks
+test: services ## run every test: workspace tests against RabbitMQ + PostgreSQL, then the stack checks
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(MAKE) stack-check
+
+.PHONY: services
+services: ## make sure the tests' PostgreSQL and RabbitMQ answer (starts the compose ones if Docker is there)
+	@bash tests/services.sh
 
 .PHONY: stack-check
 stack-check: ## validate compose, Prometheus rules, dashboards and log regex against real services
 	bash tests/stack/run.sh
+
+.PHONY: smoke
+smoke: ## check a running `docker compose up` end to end: health, targets, datasources, one job's trace and logs, dashboards
+	python3 tests/stack/smoke.py
 
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings denied

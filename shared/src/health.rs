@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// The whole probe's budget: under compose's 3 s `timeout`, with room for the process to start.
-pub const BUDGET: Duration = Duration::from_millis(2500);
+pub const BUDGET: Duration = Duration::from_secs(2);
 
 /// At most this much of the answer is read: `/readyz` bodies are a few hundred bytes.
 const MAX_ANSWER: usize = 16 * 1024;
@@ -140,24 +140,32 @@ fn parse(addr: SocketAddr, answer: &[u8]) -> Result<String, ProbeError> {
     }
 }
 
-/// Runs the probe when the first argument is `healthcheck`; returns `None` otherwise.
+/// Runs the probe when the first argument is `healthcheck`; returns `None` when there is no
+/// argument (start the service), and a usage error for anything else — a mistyped health check
+/// must fail, not start a second copy of the service.
 ///
 /// Call it first thing in a synchronous `main`, before any runtime is built. It prints one line
 /// (Docker keeps it in `docker inspect`'s health log) and exits 0 only for a 200.
 pub fn run_if_requested(listen: impl FnOnce() -> SocketAddr) -> Option<ExitCode> {
-    if std::env::args().nth(1).as_deref() != Some("healthcheck") {
-        return None;
+    let mut args = std::env::args();
+    let program = args.next().unwrap_or_default();
+    match (args.next().as_deref(), args.next()) {
+        (None, _) => None,
+        (Some("healthcheck"), None) => Some(match probe(target(listen()), BUDGET) {
+            Ok(body) => {
+                println!("ready: {body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("not ready: {e}");
+                ExitCode::FAILURE
+            }
+        }),
+        _ => {
+            eprintln!("usage: {program} [healthcheck]");
+            Some(ExitCode::from(2))
+        }
     }
-    Some(match probe(target(listen()), BUDGET) {
-        Ok(body) => {
-            println!("ready: {body}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("not ready: {e}");
-            ExitCode::FAILURE
-        }
-    })
 }
 
 #[cfg(test)]

@@ -411,6 +411,16 @@ def main():
         curl("GET", f"{API}/jobs/{finished_id}")
     time.sleep(8)  # a few more scrapes and rule evaluations after the last change
 
+    # ------------------------------------------------ the parts of `make smoke` that run here
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "stack", "smoke.py"), "--only", "prometheus,job",
+                        "--api", API, "--prometheus", PROM, "--prometheus-config", cfg_path, "--wait", "30"],
+                       capture_output=True, text=True, timeout=120)
+    for line in r.stdout.splitlines():
+        if re.match(r"(not )?ok - ", line):
+            ok = line.startswith("ok")
+            check(f"make smoke (local part) {line.split(' - ', 1)[1]}", ok, "" if ok else r.stdout[-800:])
+    check("make smoke (local part): exit 0", r.returncode == 0, (r.stdout + r.stderr)[-800:])
+
     # ------------------------------------------------ every dashboard query
     evaluated = with_data = 0
     empty, errors = [], []

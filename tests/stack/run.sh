@@ -7,6 +7,9 @@
 #      from the compose one); every dashboard query and alert expression evaluated
 #   d. the Loki derived-field regex and the Jaeger trace->logs query against real log lines
 #   e. dashboards: JSON, uids, panel ids, datasource uids
+#   f. images: what each pinned image contains (observability/images.yml, with upstream sources)
+#      against every health check, entrypoint and depends_on edge compose resolves
+#   g. our own health checks executed as compose runs them: ready, dependency down, hung, gone
 # Works as root on a fresh Debian bookworm machine (installs prometheus and the Python deps it
 # needs), is idempotent, bounded in time, and ends with one line: `N passed, N failed`.
 set -uo pipefail
@@ -80,6 +83,9 @@ echo "# $(promtool --version 2>&1 | head -1)"
 
 # --- a, e and the pipeline shape ---
 timeout 120 python3 tests/stack/check_static.py 2>&1 | tee -a "$LOG"
+# --- what each pinned image contains (observability/images.yml) vs every health check, entrypoint
+#     and depends_on edge of the resolved compose models ---
+timeout 120 python3 tests/stack/check_images.py 2>&1 | tee -a "$LOG"
 
 # --- b ---
 P=observability/prometheus
@@ -95,6 +101,8 @@ echo "# cargo build -p api -p worker"
 if timeout 1800 cargo build -q -p api -p worker >"$STATE/build.log" 2>&1; then
   say "ok - cargo build -p api -p worker"
   timeout 600 python3 tests/stack/check_live.py 2>&1 | tee -a "$LOG"
+  # our services' compose health checks, executed as compose runs them, in every state
+  timeout 300 python3 tests/stack/check_healthchecks.py 2>&1 | tee -a "$LOG"
 else
   say "not ok - cargo build -p api -p worker (live checks c, d not run)"
   tail -n 30 "$STATE/build.log" | sed 's/^/#   /'

@@ -260,6 +260,10 @@ async fn the_healthcheck_is_zero_for_a_ready_api_and_non_zero_once_it_is_gone() 
         stdout.starts_with(r#"ready: {"status":"ready""#),
         "{stdout}"
     );
+    // A mistyped health check fails; it never starts a second api.
+    let typo = Command::new(API).arg("healthz").output().await.unwrap();
+    assert_eq!(typo.status.code(), Some(2), "{typo:?}");
+    assert!(String::from_utf8_lossy(&typo.stderr).contains("usage:"));
     api.stop().await;
     let gone = healthcheck(&listen).await;
     assert!(!gone.status.success(), "a stopped api is not healthy");
