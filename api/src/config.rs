@@ -36,7 +36,7 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let database_url = config::string(
             "DATABASE_URL",
-            "postgres://postgres@127.0.0.1:5432/jobstack",
+            "postgres://postgres:postgres@127.0.0.1:5432/jobstack",
         );
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(ConfigError {

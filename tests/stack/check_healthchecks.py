@@ -4,8 +4,9 @@
 For every service of docker-compose.yml built from our Dockerfile that has a health check (read
 from the model the real Compose CLI resolves, so a new service is picked up from the file), this
 starts the service as compose would — its `command` and `environment`, with `/usr/local/bin/X`
-mapped to `target/debug/X` and the compose host names mapped to local stand-ins — and runs the
-exact `healthcheck.test` in each state, bounded by the compose `timeout`:
+mapped to `target/debug/X` (or `$CARGO_TARGET_DIR/debug/X`) and the compose host names mapped to
+local stand-ins — and runs the exact `healthcheck.test` in each state, bounded by the compose
+`timeout`:
 
   ready                                   -> exit 0
   each dependency down (a TCP proxy in front of the local PostgreSQL / RabbitMQ is closed)
@@ -37,6 +38,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SUFFIX = "".join(random.choices(string.ascii_lowercase + string.digits, k=8))
 PREFIX = f"hc_{SUFFIX}"
 BIN_DIR = "/usr/local/bin/"  # where the Dockerfile's runtime stage puts our binaries
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 UPSTREAM = {"postgres": ("127.0.0.1", 5432), "rabbitmq": ("127.0.0.1", 5672)}
 # What `healthcheck` answers while a dependency is down, per service (README "Health checks").
 # A pair missing here fails the run: document the answer for a new service or dependency.
@@ -139,7 +141,7 @@ def compose_model():
 
 def local(argv):
     """A command of the image with our binaries' image paths mapped to the local build."""
-    return [os.path.join(ROOT, "target", "debug", a[len(BIN_DIR):]) if a.startswith(BIN_DIR) else a for a in argv]
+    return [os.path.join(TARGET, "debug", a[len(BIN_DIR):]) if a.startswith(BIN_DIR) else a for a in argv]
 
 
 def local_env(environment, proxies, listen_port):
@@ -175,7 +177,7 @@ def run_check(name, test, env, timeout):
         code, out = "timeout", f"killed after {timeout}s (Docker counts this as a failure)"
     took = time.monotonic() - start
     shown = " ".join(f"{k}={v}" for k, v in env.items() if k.endswith("_LISTEN"))
-    note(f"{name}: $ {shown} {' '.join(argv)}  -> exit {code} in {took:.2f}s: {out[:160]}")
+    note(f"{name}: $ {shown} {' '.join(argv)}  -> exit {code} in {took:.2f}s: {out.splitlines()[0][:160] if out else ''}")
     return code, took, out
 
 

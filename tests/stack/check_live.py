@@ -274,7 +274,8 @@ def main():
     signal.signal(signal.SIGINT, lambda *a: sys.exit(130))
     with open(os.path.join(STATE, "db"), "w") as f:
         f.write(DB)
-    api_bin, worker_bin = os.path.join(ROOT, "target/debug/api"), os.path.join(ROOT, "target/debug/worker")
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    api_bin, worker_bin = os.path.join(target, "debug", "api"), os.path.join(target, "debug", "worker")
     check("live: target/debug/api and target/debug/worker are built", os.access(api_bin, os.X_OK) and os.access(worker_bin, os.X_OK))
     if failed:
         return 1

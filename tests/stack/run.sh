@@ -16,6 +16,13 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
+# It installs its tools from Debian's packages, as root. Elsewhere (a laptop), with Docker: the
+# same script inside the pinned build image (tests/stack/in-docker.sh).
+if ! { [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; } && [[ -z ${JOBSTACK_STACK_IN_CONTAINER:-} ]]; then
+  if command -v docker >/dev/null && docker info >/dev/null 2>&1; then exec bash tests/stack/in-docker.sh; fi
+  echo "make stack-check needs Debian's packages (apt-get, as root) or a running Docker" >&2
+  exit 1
+fi
 STATE=$(mktemp -d /tmp/jobstack-stack.XXXXXX)
 export STACK_STATE=$STATE
 LOG=$STATE/out
