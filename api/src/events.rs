@@ -9,10 +9,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use jobs_contract::messages::JobEvent;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use shared::messages::JobEvent;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -21,11 +21,11 @@ pub mod store;
 
 use std::sync::Arc;
 
+use jobs_contract::Catalog;
 use shared::amqp::supervise;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use worker::kinds::Registry;
 
 pub use config::Config;
 
@@ -39,7 +39,7 @@ pub struct AppState {
     /// The broker session's status and publisher.
     pub broker: broker::Broker,
     /// The job kinds, to validate payloads before anything is stored.
-    pub registry: Registry,
+    pub kinds: Catalog,
 }
 
 /// Serves on `listener` until `shutdown` is cancelled, then finishes in-flight requests.
@@ -49,9 +49,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     shared::metrics::install("api");
-    let registry = worker::kinds::registry();
+    let kinds = jobs_contract::kinds::catalog();
     // Every series at zero from the start, so `rate()` sees the first increment.
-    for kind in registry.names() {
+    for kind in kinds.names() {
         metrics::counter!("jobstack_jobs_created_total", "kind" => kind).absolute(0);
     }
     for event in ["started", "progress", "succeeded", "failed", "cancelled"] {
@@ -67,7 +67,7 @@ pub async fn run(
         config: Arc::new(config),
         db,
         broker: broker::Broker::default(),
-        registry,
+        kinds,
     };
     let session = {
         let state = state.clone();

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use jobs_contract::messages::JobMessage;
 use shared::amqp::{Outgoing, Publisher, Topology, producer_span};
-use shared::messages::JobMessage;
 use shared::telemetry::propagation;
 use sqlx::PgPool;
 use tokio::sync::Notify;

@@ -5,8 +5,8 @@
 //! events of an older attempt are ignored, progress only rises, and an attempt starts only once.
 
 use chrono::{DateTime, Utc};
+use jobs_contract::messages::{JobChange, JobEvent};
 use serde_json::Value;
-use shared::messages::{JobChange, JobEvent};
 
 /// A job's lifecycle state, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::state::{self, Current, Status};
-use shared::messages::{JobChange, JobEvent};
+use jobs_contract::messages::{JobChange, JobEvent};
 
 /// A job, as stored and as answered.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]

@@ -5,7 +5,6 @@
 //! - [`telemetry`]: JSON logs with trace ids, OTLP traces, trace-context propagation.
 //! - [`metrics`]: the process-wide Prometheus recorder.
 //! - [`amqp`]: connecting to RabbitMQ, the topology, confirmed publishing.
-//! - [`messages`]: what travels over the queues.
 //! - [`backoff`]: capped exponential backoff with jitter.
 //! - [`shutdown`]: the one cancellation token that SIGINT/SIGTERM trip.
 //! - [`health`]: the `healthcheck` sub-command used by container health checks.
@@ -15,7 +14,6 @@ pub mod amqp;
 pub mod backoff;
 pub mod config;
 pub mod health;
-pub mod messages;
 pub mod metrics;
 pub mod readiness;
 pub mod shutdown;

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment.
-//! - [`kinds`]: the job handlers and their registry (one file per kind).
+//! - [`kinds`]: the job handlers and their registry (one file per kind of the contract).
+//! - [`context`]: what a running handler sees (`JobContext`, `JobError`).
 //! - [`session`]: one broker connection's life: topology, consumers, shutdown.
 //! - [`runner`]: one delivery from decode to ack.
 //! - [`cancellations`]: which jobs the api asked to cancel.
@@ -12,6 +13,7 @@
 pub mod admin;
 pub mod cancellations;
 pub mod config;
+pub mod context;
 pub mod kinds;
 pub mod runner;
 pub mod session;

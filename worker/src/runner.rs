@@ -6,25 +6,30 @@
 //! idempotently). If any of those publishes fails, the delivery is handed back (nack + requeue)
 //! and the attempt runs again.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use jobs_contract::messages::{JobChange, JobEvent, JobMessage};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::Value;
 use shared::amqp::{Outgoing, PublishError, Publisher, producer_span};
-use shared::messages::{JobChange, JobEvent, JobMessage};
 use shared::telemetry::propagation;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::kinds::{JobContext, JobError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::context::{JobContext, JobError};
 use crate::session::Deps;
 
-/// At most one progress event per job in this interval: a handler may report after every
-/// item of a million, and each event costs a publish, a delivery and a row update. The final
-/// event carries the outcome (and 100 % on success) whatever was skipped.
+/// At most one progress event per job in this interval, the first no earlier than this after the
+/// start: a handler may report after every item of a million, and each event costs a publish, a
+/// delivery and a row update. The latest report wins; the final event carries the outcome (and
+/// 100 % on success) whatever was coalesced.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Publishes one job's events on the worker's confirm channel.
@@ -34,8 +39,6 @@ pub struct Reporter {
     exchange: String,
     job_id: Uuid,
     attempt: u32,
-    /// When the last `started` or `progress` event went out (shared by the handler's clones).
-    last_sent: Arc<Mutex<Instant>>,
 }
 
 impl Reporter {
@@ -45,7 +48,6 @@ impl Reporter {
             exchange: deps.config.topology.events_exchange(),
             job_id,
             attempt,
-            last_sent: Arc::new(Mutex::new(Instant::now())),
         }
     }
 
@@ -77,20 +79,39 @@ impl Reporter {
         let msg = Outgoing::new(&self.exchange, &routing_key, body, &id, &span);
         (msg, span)
     }
+}
 
-    /// Reports progress unless the last report is younger than [`PROGRESS_INTERVAL`].
-    pub(crate) async fn progress(&self, progress: f64) {
-        {
-            let mut last = self.last_sent.lock().expect("never poisoned");
-            if last.elapsed() < PROGRESS_INTERVAL {
-                return;
+/// Runs `attempt` while forwarding the handler's progress reports as events, at most one per
+/// [`PROGRESS_INTERVAL`] (the latest value wins). Returns once `attempt` has ended and no
+/// progress publish is halfway: one is never abandoned mid-send.
+async fn with_progress<T>(
+    attempt: impl Future<Output = T>,
+    mut reports: watch::Receiver<f64>,
+    reporter: &Reporter,
+) -> T {
+    let done = CancellationToken::new();
+    let forward = async {
+        loop {
+            let next = async {
+                tokio::time::sleep(PROGRESS_INTERVAL).await;
+                reports.changed().await
+            };
+            tokio::select! {
+                () = done.cancelled() => return,
+                changed = next => if changed.is_err() { return },
             }
-            *last = Instant::now();
+            let progress = *reports.borrow_and_update();
+            if let Err(e) = reporter.notify(JobChange::Progress { progress }).await {
+                tracing::warn!(error = %e, "progress event not published");
+            }
         }
-        if let Err(e) = self.notify(JobChange::Progress { progress }).await {
-            tracing::warn!(error = %e, "progress event not published");
-        }
-    }
+    };
+    let run = async {
+        let out = attempt.await;
+        done.cancel();
+        out
+    };
+    tokio::join!(run, forward).0
 }
 
 /// Handles one delivery from the work queue; never panics, always acks or hands back.
@@ -175,8 +196,8 @@ async fn process(msg: JobMessage, publisher: &Publisher, deps: &Deps) -> Result<
         let in_flight = metrics::gauge!("jobstack_jobs_in_flight", "kind" => kind.clone());
         in_flight.increment(1.0);
         let started = Instant::now();
-        let ctx = JobContext::new(msg.id, msg.attempt, cancel, reporter.clone());
-        let outcome = execute(&msg, ctx, deps).await;
+        let (ctx, reports) = JobContext::new(msg.id, msg.attempt, cancel);
+        let outcome = with_progress(execute(&msg, ctx, deps), reports, &reporter).await;
         in_flight.decrement(1.0);
         let label = match &outcome {
             Ok(_) => "succeeded",

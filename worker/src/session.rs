@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
+use jobs_contract::messages::ControlMessage;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use shared::amqp::{BrokerStatus, Publisher};
-use shared::messages::ControlMessage;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

@@ -5,10 +5,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::{Json, Router, routing::get, routing::post};
+use jobs_contract::messages::ControlMessage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use shared::amqp::{Outgoing, producer_span};
-use shared::messages::ControlMessage;
 use shared::telemetry::propagation;
 use tracing::Instrument as _;
 use utoipa::{IntoParams, ToSchema};
@@ -57,8 +57,8 @@ pub(super) async fn create(
     body: Result<Json<CreateJob>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(req) = body?;
-    if !state.registry.contains(&req.kind) {
-        let known: Vec<_> = state.registry.names().collect();
+    if !state.kinds.contains(&req.kind) {
+        let known: Vec<_> = state.kinds.names().collect();
         return Err(ApiError::Unprocessable(format!(
             "unknown kind {:?}; known kinds: {}",
             req.kind,
@@ -66,7 +66,7 @@ pub(super) async fn create(
         )));
     }
     state
-        .registry
+        .kinds
         .validate(&req.kind, &req.payload)
         .map_err(|e| ApiError::Unprocessable(format!("invalid payload for {}: {e}", req.kind)))?;
 
@@ -157,7 +157,7 @@ pub(super) async fn list(
         })
         .transpose()?;
     if let Some(k) = &q.kind
-        && !state.registry.contains(k)
+        && !state.kinds.contains(k)
     {
         return Err(ApiError::BadRequest(format!("unknown kind {k:?}")));
     }

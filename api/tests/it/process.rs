@@ -57,13 +57,8 @@ impl ApiProcess {
             http: reqwest::Client::new(),
         };
         let start = Instant::now();
-        while !api
-            .http
-            .get(format!("{}/readyz", api.url))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
+        // Ready and connected: the api is also ready (degraded) before its broker session is up.
+        while !api.connected().await {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "api binary did not become ready"
@@ -71,6 +66,15 @@ impl ApiProcess {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         api
+    }
+
+    async fn connected(&self) -> bool {
+        let Ok(res) = self.http.get(format!("{}/readyz", self.url)).send().await else {
+            return false;
+        };
+        res.json::<Value>()
+            .await
+            .is_ok_and(|b| b["status"] == "ready")
     }
 
     async fn post_job(&self) {

@@ -293,8 +293,8 @@ async fn check_one_trace(broker_down_at_first: bool) {
     }
     let event_publishes = by_name(&format!("publish {}", t.events_exchange()));
     assert!(
-        event_publishes.len() >= 4,
-        "started, 2× progress, succeeded"
+        event_publishes.len() >= 3,
+        "started, progress (coalesced: at most one per 100 ms), succeeded"
     );
     assert!(
         event_publishes

@@ -3,33 +3,19 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use jobs_contract::kinds::fail::Payload;
 use serde_json::Value;
 
-use super::{JobContext, JobError, JobKind};
+use super::{Handler, JobContext, JobError};
 
-/// The `fail` kind.
+/// Runs `fail` jobs.
 #[derive(Debug)]
 pub struct Fail;
 
-/// `{"transient": bool, "panic": bool}` (`panic` is optional).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Payload {
-    transient: bool,
-    #[serde(default)]
-    panic: bool,
-}
-
-impl JobKind for Fail {
-    const NAME: &'static str = "fail";
+impl Handler for Fail {
+    type Kind = jobs_contract::kinds::Fail;
     // It fails at once.
     const DEADLINE: Duration = Duration::from_secs(10);
-    type Payload = Payload;
-
-    fn validate(_: &Payload) -> Result<(), String> {
-        Ok(())
-    }
 
     async fn run(_ctx: JobContext, p: Payload) -> Result<Value, JobError> {
         if p.panic {

@@ -3,40 +3,24 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use jobs_contract::kinds::hash::Payload;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tracing::Instrument as _;
 
-use super::{JobContext, JobError, JobKind};
+use super::{Handler, JobContext, JobError};
 
-const MAX_ROUNDS: u64 = 10_000_000;
 /// Progress is reported in this many steps.
 const STEPS: u64 = 4;
 
-/// The `hash` kind.
+/// Runs `hash` jobs.
 #[derive(Debug)]
 pub struct Hash;
 
-/// `{"rounds": N}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Payload {
-    rounds: u64,
-}
-
-impl JobKind for Hash {
-    const NAME: &'static str = "hash";
+impl Handler for Hash {
+    type Kind = jobs_contract::kinds::Hash;
     // 10 M rounds take a few seconds; anything near this is a stuck pool.
     const DEADLINE: Duration = Duration::from_secs(120);
-    type Payload = Payload;
-
-    fn validate(p: &Payload) -> Result<(), String> {
-        if !(1..=MAX_ROUNDS).contains(&p.rounds) {
-            return Err(format!("rounds must be between 1 and {MAX_ROUNDS}"));
-        }
-        Ok(())
-    }
 
     async fn run(ctx: JobContext, p: Payload) -> Result<Value, JobError> {
         let mut digest = [0u8; 32];
@@ -56,7 +40,7 @@ impl JobKind for Hash {
                 .instrument(span)
                 .await
                 .map_err(|e| JobError::Permanent(format!("hashing task failed: {e}")))?;
-            ctx.progress(i as f64 / STEPS as f64).await;
+            ctx.progress(i as f64 / STEPS as f64);
         }
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         Ok(json!({ "rounds": p.rounds, "digest": hex }))

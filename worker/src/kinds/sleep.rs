@@ -3,43 +3,20 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use jobs_contract::kinds::sleep::Payload;
 use serde_json::{Value, json};
 use tracing::Instrument as _;
 
-use super::{JobContext, JobError, JobKind};
+use super::{Handler, JobContext, JobError};
 
-/// Longest sleep accepted (5 minutes), so a job cannot outlive the default deadline.
-const MAX_DURATION_MS: u64 = 300_000;
-const MAX_STEPS: u32 = 100;
-
-/// The `sleep` kind.
+/// Runs `sleep` jobs.
 #[derive(Debug)]
 pub struct Sleep;
 
-/// `{"duration_ms": N, "steps": K}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Payload {
-    duration_ms: u64,
-    steps: u32,
-}
-
-impl JobKind for Sleep {
-    const NAME: &'static str = "sleep";
+impl Handler for Sleep {
+    type Kind = jobs_contract::kinds::Sleep;
     // The longest sleep accepted, plus slack.
     const DEADLINE: Duration = Duration::from_secs(330);
-    type Payload = Payload;
-
-    fn validate(p: &Payload) -> Result<(), String> {
-        if p.duration_ms > MAX_DURATION_MS {
-            return Err(format!("duration_ms must be at most {MAX_DURATION_MS}"));
-        }
-        if !(1..=MAX_STEPS).contains(&p.steps) {
-            return Err(format!("steps must be between 1 and {MAX_STEPS}"));
-        }
-        Ok(())
-    }
 
     async fn run(ctx: JobContext, p: Payload) -> Result<Value, JobError> {
         let step = Duration::from_millis(p.duration_ms) / p.steps;
@@ -50,7 +27,7 @@ impl JobKind for Sleep {
             if !step.is_zero() {
                 tokio::time::sleep(step).instrument(span).await;
             }
-            ctx.progress(f64::from(i) / f64::from(p.steps)).await;
+            ctx.progress(f64::from(i) / f64::from(p.steps));
         }
         Ok(json!({ "slept_ms": p.duration_ms, "steps": p.steps }))
     }

@@ -5,13 +5,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use jobs_contract::messages::{JobChange, JobEvent, JobMessage};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
     QueueDeleteOptions,
 };
 use lapin::{BasicProperties, Channel, Connection};
 use shared::amqp::Topology;
-use shared::messages::{JobChange, JobEvent, JobMessage};
 use tokio::process::Command;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker");

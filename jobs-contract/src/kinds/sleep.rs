@@ -1,0 +1,50 @@
+//! `sleep`: wait `duration_ms` in `steps` equal steps, reporting progress after each: the
+//! stand-in for any long, I/O-bound job.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::JobKind;
+
+/// Longest sleep accepted (5 minutes), so a job cannot outlive the worker's default deadline.
+pub const MAX_DURATION_MS: u64 = 300_000;
+/// Most steps accepted (one progress report each).
+pub const MAX_STEPS: u32 = 100;
+
+/// The `sleep` kind.
+#[derive(Debug)]
+pub struct Sleep;
+
+/// `{"duration_ms": N, "steps": K}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    /// How long the whole job sleeps, in milliseconds.
+    #[schemars(range(max = 300_000))]
+    pub duration_ms: u64,
+    /// In how many equal steps, each reporting progress.
+    #[schemars(range(min = 1, max = 100))]
+    pub steps: u32,
+}
+
+impl JobKind for Sleep {
+    const NAME: &'static str = "sleep";
+    type Payload = Payload;
+
+    fn validate(p: &Payload) -> Result<(), String> {
+        if p.duration_ms > MAX_DURATION_MS {
+            return Err(format!("duration_ms must be at most {MAX_DURATION_MS}"));
+        }
+        if !(1..=MAX_STEPS).contains(&p.steps) {
+            return Err(format!("steps must be between 1 and {MAX_STEPS}"));
+        }
+        Ok(())
+    }
+
+    fn example() -> Payload {
+        Payload {
+            duration_ms: 3000,
+            steps: 3,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! What the jobstack services agree on, and nothing else: the messages on the queues and, per
+//! job kind, its name, payload type, validation and JSON Schema.
+//!
+//! The api validates a job against this contract before it stores it; the worker runs handlers
+//! written against its payload types. Neither depends on the other, and a worker written in
+//! another language can validate what it receives against the exported schemas. No runtime
+//! dependencies on purpose: no async runtime, no broker client, no HTTP.
+//!
+//! # Layout
+//! - [`messages`]: job, event and control messages (JSON bodies on RabbitMQ).
+//! - [`kinds`]: the job kinds — one file per kind — and the [`Catalog`] of them.
+
+pub mod kinds;
+pub mod messages;
+
+pub use kinds::{Catalog, JobKind};
