@@ -24,6 +24,12 @@ stack-check: ## validate compose, Prometheus rules, dashboards and log regex aga
 smoke: ## check a running `docker compose up` end to end: health, targets, datasources, one job's trace and logs, dashboards
 	python3 tests/stack/smoke.py
 
+.PHONY: contract
+contract: ## regenerate the committed contract files: api/openapi.json and jobs-contract/schemas/*.schema.json
+	$(CARGO) run -q -p api --example openapi > api/openapi.json
+	rm -f jobs-contract/schemas/*.schema.json
+	$(CARGO) run -q -p jobs-contract --example schemas -- jobs-contract/schemas
+
 .PHONY: lint
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all --check

@@ -1,10 +1,10 @@
 //! `/jobs`: accept, read, list and cancel jobs.
 
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::{Json, Router, routing::get, routing::post};
 use jobs_contract::messages::ControlMessage;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,6 +12,7 @@ use shared::amqp::{Outgoing, producer_span};
 use shared::telemetry::propagation;
 use tracing::Instrument as _;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -22,29 +23,29 @@ use crate::store::{self, Cancel, Cursor, Job};
 const DEFAULT_LIMIT: u32 = 20;
 const MAX_LIMIT: u32 = 100;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs", post(create).get(list))
-        .route("/jobs/{id}", get(read))
-        .route("/jobs/{id}/cancel", post(cancel))
+/// The routes, each documented where it is registered.
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(read))
+        .routes(routes!(cancel))
 }
 
-/// A job to run.
+/// A job to run. In the OpenAPI document this is a `oneOf` by `kind`, each with its payload's
+/// schema from the contract (see `openapi.rs`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateJob {
-    /// The handler: `sleep`, `hash` or `fail`.
-    #[schema(example = "sleep")]
+    /// The kind of job.
     kind: String,
-    /// The handler's input: `sleep` `{"duration_ms": N, "steps": K}`, `hash` `{"rounds": N}`,
-    /// `fail` `{"transient": bool}`.
-    #[schema(value_type = Object, example = json!({"duration_ms": 300, "steps": 3}))]
+    /// The kind's input.
+    #[schema(value_type = Object)]
     payload: Value,
 }
 
 /// Accepts a job. The 202 means the job is committed to PostgreSQL and will run, even if
 /// RabbitMQ is down right now.
-#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = CreateJob, responses(
+#[utoipa::path(post, path = "/jobs", tag = "jobs", operation_id = "createJob", request_body = CreateJob, responses(
     (status = 202, description = "accepted; `Location` names the job", body = Job),
     (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
     (status = 413, description = "body over the limit", body = Problem, content_type = "application/problem+json"),
@@ -98,7 +99,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// One job.
-#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", params(("id" = Uuid, Path, description = "job id")), responses(
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", operation_id = "getJob", params(("id" = Uuid, Path, description = "job id")), responses(
     (status = 200, body = Job),
     (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
     (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -136,7 +137,7 @@ pub(crate) struct JobPage {
 }
 
 /// Lists jobs, newest first, with cursor pagination.
-#[utoipa::path(get, path = "/jobs", tag = "jobs", params(ListQuery), responses(
+#[utoipa::path(get, path = "/jobs", tag = "jobs", operation_id = "listJobs", params(ListQuery), responses(
     (status = 200, body = JobPage),
     (status = 400, description = "bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
 ))]
@@ -183,7 +184,7 @@ pub(super) async fn list(
 }
 
 /// Cancels a job: a queued job is cancelled at once; a running one stops at its next step.
-#[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs", params(("id" = Uuid, Path, description = "job id")), responses(
+#[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs", operation_id = "cancelJob", params(("id" = Uuid, Path, description = "job id")), responses(
     (status = 202, description = "it will be (or is) cancelled", body = Job),
     (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
     (status = 404, body = Problem, content_type = "application/problem+json"),

@@ -4,24 +4,44 @@ mod health;
 mod jobs;
 mod openapi;
 
+use std::sync::Arc;
+
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::{Router, middleware, routing::get};
+use axum::{Json, Router, middleware, routing::get};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::{AppState, observe};
 
 pub use openapi::ApiDoc;
 
+/// Every documented route: a route is registered here, with its documentation, or not at all.
+fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(jobs::router())
+        .merge(health::router())
+}
+
+/// The OpenAPI document of the routes `app` serves, with the job contract's kinds.
+pub fn openapi(kinds: &jobs_contract::Catalog) -> serde_json::Value {
+    let (_, paths) = documented().split_for_parts();
+    openapi::document(paths, kinds)
+}
+
 /// The whole app, without a socket, so tests can call it directly.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
     let timeout = state.config.request_timeout;
-    Router::new()
-        .merge(jobs::router())
-        .merge(health::router())
-        .merge(openapi::router())
+    let (routes, paths) = documented().split_for_parts();
+    let doc = Arc::new(openapi::document(paths, &state.kinds));
+    routes
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(doc.as_ref().clone()) }),
+        )
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(body_limit))
         // Layers run outside-in from the last one: observe sees the final status of everything.

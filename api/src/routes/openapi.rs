@@ -1,25 +1,19 @@
-//! `/openapi.json`, generated from the handlers and types.
+//! The OpenAPI document: paths from the routes as they are registered (utoipa-axum), and the job
+//! contract's kinds in `POST /jobs` as a `oneOf` discriminated by `kind`, each with its payload's
+//! JSON Schema and an example (from `jobs_contract`).
 
-use axum::{Json, Router, routing::get};
+use jobs_contract::Catalog;
+use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
-use crate::AppState;
-
-/// The OpenAPI document of the api.
+/// The parts of the document that are not paths.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "jobstack api",
         description = "Accepts long-running jobs, keeps their state, reports their progress."
     ),
-    paths(
-        super::jobs::create,
-        super::jobs::read,
-        super::jobs::list,
-        super::jobs::cancel,
-        super::health::healthz,
-        super::health::readyz
-    ),
+    paths(metrics, openapi_json),
     components(schemas(
         crate::store::Job,
         super::jobs::CreateJob,
@@ -29,6 +23,68 @@ use crate::AppState;
 )]
 pub struct ApiDoc;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+/// Prometheus metrics (text format). Served outside the traced routes: scrapes make no spans.
+#[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "metrics", responses(
+    (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
+))]
+#[allow(dead_code)] // documents the route `routes::app` serves with `shared::metrics::render`
+fn metrics() {}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "health", operation_id = "openapi", responses(
+    (status = 200, description = "the OpenAPI 3.1 document of this api", content_type = "application/json"),
+))]
+#[allow(dead_code)] // documents the route `routes::app` serves with this module's `document`
+fn openapi_json() {}
+
+/// The whole document: `paths` (what the router serves) completed with the job contract.
+pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Value {
+    let mut doc = serde_json::to_value(paths).expect("the document serializes");
+    let schemas = doc["components"]["schemas"]
+        .as_object_mut()
+        .expect("components.schemas");
+    let mut variants = Vec::new();
+    let mut mapping = Map::new();
+    for kind in kinds.names() {
+        let name = format!("CreateJob_{kind}");
+        let mut payload = kinds.schema(kind).expect("every kind has a schema");
+        if let Some(p) = payload.as_object_mut() {
+            p.remove("$schema"); // the document's dialect (JSON Schema 2020-12) already applies
+        }
+        let example = json!({ "kind": kind, "payload": kinds.example(kind) });
+        schemas.insert(
+            name.clone(),
+            json!({
+                "type": "object",
+                "title": kind,
+                "required": ["kind", "payload"],
+                "additionalProperties": false,
+                "properties": {
+                    "kind": { "type": "string", "const": kind },
+                    "payload": payload,
+                },
+                "examples": [example],
+            }),
+        );
+        let reference = format!("#/components/schemas/{name}");
+        mapping.insert(kind.to_owned(), json!(reference));
+        variants.push(json!({ "$ref": reference }));
+    }
+    schemas.insert(
+        "CreateJob".into(),
+        json!({
+            "description": "A job to run: its kind and that kind's payload.",
+            "oneOf": variants,
+            "discriminator": { "propertyName": "kind", "mapping": mapping },
+        }),
+    );
+    // From an accepted job to reading and cancelling it.
+    let by_id = json!({ "id": "$response.body#/id" });
+    doc["paths"]["/jobs"]["post"]["responses"]["202"]["links"] = json!({
+        "GetJob": { "operationId": "getJob", "parameters": by_id,
+                    "description": "The job's state: poll it until it is final." },
+        "CancelJob": { "operationId": "cancelJob", "parameters": by_id,
+                       "description": "Cancel it while it is queued or running." },
+    });
+    doc
 }

@@ -67,6 +67,8 @@ async fn openapi_document_lists_every_route() {
         ("/jobs/{id}/cancel", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
     ] {
         assert!(
             doc["paths"][path][method].is_object(),

@@ -3,6 +3,7 @@
 //! suite runs in parallel.
 
 mod bad_input;
+mod contract;
 mod helpers;
 mod lifecycle;
 mod listing;

@@ -66,10 +66,7 @@ impl Catalog {
             K::NAME,
             Entry {
                 validate: validate::<K>,
-                schema: || {
-                    serde_json::to_value(schemars::schema_for!(K::Payload))
-                        .expect("schemas serialize")
-                },
+                schema: schema::<K>,
                 example: || serde_json::to_value(K::example()).expect("payloads serialize"),
             },
         );
@@ -112,6 +109,13 @@ pub fn parse<K: JobKind>(payload: &Value) -> Result<K::Payload, String> {
     Ok(parsed)
 }
 
+fn schema<K: JobKind>() -> Value {
+    let mut schema =
+        serde_json::to_value(schemars::schema_for!(K::Payload)).expect("schemas serialize");
+    schema["title"] = Value::String(format!("{} payload", K::NAME));
+    schema
+}
+
 fn validate<K: JobKind>(payload: &Value) -> Result<(), String> {
     parse::<K>(payload).map(drop)
 }
@@ -148,6 +152,28 @@ mod tests {
             assert!(
                 c.validate(kind, &bad).is_err(),
                 "{kind} {bad} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn the_committed_schemas_are_fresh() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let c = catalog();
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .expect("jobs-contract/schemas exists: run `make contract`")
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let expected: Vec<String> = c.names().map(|k| format!("{k}.schema.json")).collect();
+        assert_eq!(files, expected, "one schema per kind: run `make contract`");
+        for kind in c.names() {
+            let text = std::fs::read_to_string(dir.join(format!("{kind}.schema.json"))).unwrap();
+            let committed: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                committed,
+                c.schema(kind).unwrap(),
+                "{kind}: stale, run `make contract`"
             );
         }
     }

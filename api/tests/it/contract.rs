@@ -1,0 +1,124 @@
+//! The OpenAPI document states the job contract, and the api keeps it: every request valid by
+//! the document's schema for a kind is accepted, and the committed document is the served one.
+
+use reqwest::StatusCode;
+use serde_json::{Map, Value, json};
+
+use crate::helpers::{Options, TestApp};
+
+/// Instances of a (JSON Schema 2020-12) schema: its boundaries — each integer at its minimum,
+/// then at its maximum — for the shapes the contract uses (objects, integers, booleans, strings).
+fn instances(schema: &Value) -> [Value; 2] {
+    [generate(schema, Bound::Low), generate(schema, Bound::High)]
+}
+
+#[derive(Clone, Copy)]
+enum Bound {
+    Low,
+    High,
+}
+
+fn generate(schema: &Value, bound: Bound) -> Value {
+    match schema["type"].as_str() {
+        Some("object") => {
+            let mut out = Map::new();
+            for (name, field) in schema["properties"].as_object().into_iter().flatten() {
+                out.insert(name.clone(), generate(field, bound));
+            }
+            Value::Object(out)
+        }
+        Some("integer") => {
+            let low = schema["minimum"].as_i64().unwrap_or(0);
+            let high = schema["maximum"].as_i64().unwrap_or(low + 1000);
+            json!(match bound {
+                Bound::Low => low,
+                Bound::High => high,
+            })
+        }
+        Some("boolean") => json!(matches!(bound, Bound::High)),
+        Some("string") => json!("x"),
+        other => panic!("the generator does not know type {other:?} in {schema}"),
+    }
+}
+
+#[tokio::test]
+async fn every_kind_accepts_what_its_schema_allows_and_refuses_what_it_does_not() {
+    let app = TestApp::with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let schemas = &doc["components"]["schemas"];
+    let variants = schemas["CreateJob"]["oneOf"].as_array().expect("oneOf");
+    let kinds: Vec<&str> = jobs_contract::kinds::catalog().names().collect();
+    assert_eq!(variants.len(), kinds.len(), "one variant per kind");
+    for variant in variants {
+        let name = variant["$ref"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap();
+        let schema = &schemas[name];
+        let kind = schema["properties"]["kind"]["const"].as_str().unwrap();
+        assert_eq!(
+            schemas["CreateJob"]["discriminator"]["mapping"][kind],
+            variant["$ref"]
+        );
+        let payload_schema = &schema["properties"]["payload"];
+        let mut requests: Vec<Value> = schema["examples"].as_array().unwrap().clone();
+        requests.extend(
+            instances(payload_schema).map(|payload| json!({ "kind": kind, "payload": payload })),
+        );
+        for request in requests {
+            let (status, _, body) = app.post(request.clone()).await;
+            assert_eq!(
+                status,
+                StatusCode::ACCEPTED,
+                "schema-valid {request} refused: {body}"
+            );
+        }
+        // Past a bound, or with a field the schema does not allow: refused, 422.
+        let mut beyond = generate(payload_schema, Bound::High);
+        for (name, field) in payload_schema["properties"].as_object().unwrap() {
+            if let Some(max) = field["maximum"].as_i64() {
+                beyond[name] = json!(max + 1);
+            }
+        }
+        beyond["not_in_the_schema"] = json!(1);
+        let (status, _, body) = app.post(json!({ "kind": kind, "payload": beyond })).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{kind}: {body}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_committed_openapi_document_is_the_served_one() {
+    let app = TestApp::with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let (_, served) = app.get("/openapi.json").await;
+    let committed: Value = serde_json::from_str(include_str!("../../openapi.json")).unwrap();
+    assert!(
+        served == committed,
+        "api/openapi.json is stale: run `make contract`"
+    );
+    let links = &served["paths"]["/jobs"]["post"]["responses"]["202"]["links"];
+    for (link, operation) in [("GetJob", "getJob"), ("CancelJob", "cancelJob")] {
+        assert_eq!(links[link]["operationId"], operation);
+        assert_eq!(links[link]["parameters"]["id"], "$response.body#/id");
+    }
+    let operations: Vec<&str> = served["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|p| p.as_object().unwrap().values())
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    assert!(operations.contains(&"getJob") && operations.contains(&"cancelJob"));
+    app.stop().await;
+}
