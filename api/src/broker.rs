@@ -37,8 +37,9 @@ pub async fn session(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = &state.config;
-    let publisher = Publisher::open(&conn, config.publish_timeout).await?;
+    let publisher = Publisher::open(&conn, config.amqp.publish_timeout).await?;
     config
+        .amqp
         .topology
         .declare(publisher.channel())
         .await
@@ -48,14 +49,14 @@ pub async fn session(
     let relay = relay::run(
         state.db.clone(),
         publisher,
-        config.topology.clone(),
+        config.amqp.topology.clone(),
         state.broker.wake_relay.clone(),
         config.relay_interval,
         shutdown.clone(),
     );
     let events = events::consume(
         &conn,
-        config.topology.events_queue(),
+        config.amqp.topology.events_queue(),
         state.db.clone(),
         shutdown.clone(),
     );

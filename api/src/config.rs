@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shared::amqp::Topology;
+use shared::amqp;
 use shared::config::{self, ConfigError};
 
 /// Everything the api can be told.
@@ -13,18 +13,14 @@ pub struct Config {
     pub database_url: String,
     /// `DB_MAX_CONNECTIONS`.
     pub db_max_connections: u32,
-    /// `AMQP_URL`.
-    pub amqp_url: String,
+    /// `AMQP_URL`, `AMQP_PREFIX`, `MAX_ATTEMPTS`, `RETRY_BASE_MS`, `PUBLISH_TIMEOUT_MS`.
+    pub amqp: amqp::Settings,
     /// `API_LISTEN`.
     pub listen: SocketAddr,
-    /// `AMQP_PREFIX`, `MAX_ATTEMPTS`, `RETRY_BASE_MS`: the names both services agree on.
-    pub topology: Topology,
     /// `BODY_LIMIT_BYTES`: larger request bodies get 413.
     pub body_limit: usize,
     /// `REQUEST_TIMEOUT_SECS`: a request still running after this gets 408.
     pub request_timeout: Duration,
-    /// `PUBLISH_TIMEOUT_MS`: how long the relay waits for broker confirms.
-    pub publish_timeout: Duration,
     /// `RELAY_INTERVAL_MS`: how often the relay looks for unpublished jobs when not woken.
     pub relay_interval: Duration,
     /// `SHUTDOWN_GRACE_SECS`: how long in-flight requests may finish after a signal.
@@ -48,18 +44,12 @@ impl Config {
         Ok(Self {
             database_url,
             db_max_connections: config::ranged("DB_MAX_CONNECTIONS", 10, 1, 1000)?,
-            amqp_url: config::amqp_url("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")?,
+            amqp: amqp::Settings::from_env()?,
             listen: Self::listen()?,
-            topology: Topology::new(
-                &config::string("AMQP_PREFIX", "jobstack"),
-                config::ranged("MAX_ATTEMPTS", 3, 1, 100)?,
-                config::millis("RETRY_BASE_MS", 1000, 1)?,
-            ),
             body_limit: config::ranged("BODY_LIMIT_BYTES", 1 << 20, 64, 64 << 20)?,
             request_timeout: config::seconds("REQUEST_TIMEOUT_SECS", 10)?,
-            publish_timeout: config::millis("PUBLISH_TIMEOUT_MS", 5000, 10)?,
             relay_interval: config::millis("RELAY_INTERVAL_MS", 1000, 10)?,
-            grace: config::seconds("SHUTDOWN_GRACE_SECS", 25)?,
+            grace: shared::shutdown::grace_from_env()?,
         })
     }
 

@@ -11,6 +11,7 @@ use sqlx::{PgPool, Postgres};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
+use shared::backoff::{self, Policy};
 use shared::config::{ConfigError, redact_url};
 
 /// Migrations embedded in the binary, applied at every start (idempotent).
@@ -23,22 +24,20 @@ pub async fn connect(config: &Config, shutdown: &CancellationToken) -> anyhow::R
         value: redact_url(&config.database_url),
         reason: e.to_string(),
     })?;
-    let mut failures = 0;
-    loop {
-        match try_connect(config, options.clone()).await {
-            Ok(pool) => return Ok(pool),
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(url = %redact_url(&config.database_url), error = format!("{e:#}"), "PostgreSQL not ready; retrying");
-            }
-        }
-        let wait =
-            shared::backoff::jittered(Duration::from_millis(200), Duration::from_secs(5), failures);
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {},
-            () = shutdown.cancelled() => anyhow::bail!("stopped before PostgreSQL was reachable"),
-        }
-    }
+    let policy = Policy {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+    };
+    let url = redact_url(&config.database_url);
+    let connected = backoff::retry(
+        policy,
+        shutdown,
+        || try_connect(config, options.clone()),
+        |e, _| tracing::warn!(%url, error = format!("{e:#}"), "PostgreSQL not ready; retrying"),
+    );
+    connected
+        .await
+        .ok_or_else(|| anyhow::anyhow!("stopped before PostgreSQL was reachable"))
 }
 
 async fn try_connect(config: &Config, options: PgConnectOptions) -> anyhow::Result<PgPool> {

@@ -13,6 +13,7 @@ use jobs_contract::messages::JobEvent;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use shared::backoff::{self, Policy};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -130,20 +131,15 @@ async fn apply_with_retry(
     events: &[JobEvent],
     shutdown: &CancellationToken,
 ) -> Option<Vec<bool>> {
-    let mut failures = 0;
-    loop {
-        match store::apply_events(db, events).await {
-            Ok(applied) => return Some(applied),
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, events = events.len(), "cannot apply job events; retrying");
-            }
-        }
-        let wait =
-            shared::backoff::jittered(Duration::from_millis(100), Duration::from_secs(5), failures);
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {},
-            () = shutdown.cancelled() => return None,
-        }
-    }
+    let policy = Policy {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+    };
+    backoff::retry(
+        policy,
+        shutdown,
+        || store::apply_events(db, events),
+        |e, _| tracing::warn!(error = %e, events = events.len(), "cannot apply job events; retrying"),
+    )
+    .await
 }

@@ -19,6 +19,7 @@ pub mod routes;
 pub mod state;
 pub mod store;
 
+use std::future::IntoFuture as _;
 use std::sync::Arc;
 
 use jobs_contract::Catalog;
@@ -73,7 +74,7 @@ pub async fn run(
         let state = state.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let url = state.config.amqp_url.clone();
+            let url = state.config.amqp.url.clone();
             let status = state.broker.status.clone();
             supervise(&url, "api", status, shutdown.clone(), |conn| {
                 broker::session(conn, state.clone(), shutdown.clone())
@@ -81,9 +82,20 @@ pub async fn run(
             .await;
         })
     };
-    axum::serve(listener, routes::app(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let grace = state.config.grace;
+    let server = axum::serve(listener, routes::app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    // In-flight requests may finish within the grace period, and no longer: a client that never
+    // completes its request must not keep the process from exiting.
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = deadline => tracing::warn!(grace_secs = grace.as_secs(), "requests still open after the grace period; closing them"),
+    }
     session.await?;
     Ok(())
 }

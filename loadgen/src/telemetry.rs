@@ -1,78 +1,17 @@
 //! Client spans: every request starts its own trace and carries it in a W3C `traceparent`;
-//! spans are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-//!
-//! Kept small and local until `shared::telemetry` can be used from here; spans go through the
-//! `opentelemetry::global` tracer and propagator, so switching is a change to [`init`] only.
-
-use std::time::Duration;
+//! spans are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set — through
+//! `shared::telemetry`, like every service (same variables, sampler and exporter).
 
 use opentelemetry::propagation::Injector;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue, global};
-use opentelemetry_otlp::SpanExporter;
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use shared::telemetry::{Settings, TelemetryGuard};
 
-/// Keeps the tracer provider; [`Telemetry::shutdown`] flushes the spans still queued.
-#[derive(Debug)]
-pub struct Telemetry {
-    provider: SdkTracerProvider,
-}
-
-/// Installs the propagator and the global tracer provider. Must run inside the Tokio runtime
-/// (the gRPC exporter needs it).
-pub fn init() -> anyhow::Result<Telemetry> {
-    global::set_text_map_propagator(TraceContextPropagator::new());
-    let mut resource = Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
-        resource = resource.with_service_name("loadgen");
-    }
-    // Without an exporter the provider still makes real, sampled ids for `traceparent`.
-    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
-    if let Some(exporter) = exporter()? {
-        builder = builder.with_batch_exporter(exporter);
-    }
-    let provider = builder.build();
-    global::set_tracer_provider(provider.clone());
-    Ok(Telemetry { provider })
-}
-
-fn exporter() -> anyhow::Result<Option<SpanExporter>> {
-    use opentelemetry_otlp::WithExportConfig as _;
-    if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").map_or(true, |e| e.is_empty()) {
-        return Ok(None);
-    }
-    // Leaving the endpoint out of the builder makes the exporter read the variable itself
-    // (and append /v1/traces for HTTP).
-    let timeout = Duration::from_secs(3);
-    let protocol = std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|_| "grpc".into());
-    let exporter = match protocol.as_str() {
-        "grpc" => SpanExporter::builder()
-            .with_tonic()
-            .with_timeout(timeout)
-            .build()?,
-        "http/protobuf" => SpanExporter::builder()
-            .with_http()
-            .with_timeout(timeout)
-            .build()?,
-        other => {
-            anyhow::bail!("OTEL_EXPORTER_OTLP_PROTOCOL: `{other}` is not grpc or http/protobuf")
-        }
-    };
-    Ok(Some(exporter))
-}
-
-impl Telemetry {
-    /// Flushes and stops the exporter. Runs on a blocking thread: the export may need this
-    /// runtime to make progress while the flush waits.
-    pub async fn shutdown(self) {
-        let provider = self.provider;
-        let _ = tokio::task::spawn_blocking(move || {
-            provider.shutdown_with_timeout(Duration::from_secs(5))
-        })
-        .await;
-    }
+/// Installs the propagator and the tracer provider (service `loadgen` unless
+/// `OTEL_SERVICE_NAME` says otherwise). Log lines go to stderr: stdout carries the report.
+/// Must run inside the Tokio runtime (the gRPC exporter needs it).
+pub fn init() -> anyhow::Result<TelemetryGuard> {
+    shared::telemetry::install(&Settings::from_env("loadgen")?, std::io::stderr)
 }
 
 /// A client span for one HTTP request, and the headers that carry it.

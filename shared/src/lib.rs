@@ -9,7 +9,9 @@
 //! - [`shutdown`]: the one cancellation token that SIGINT/SIGTERM trip.
 //! - [`health`]: the `healthcheck` sub-command used by container health checks.
 //! - [`readiness`]: the `/readyz` answer, one shape for every service.
+//! - [`admin`]: the admin router (`/healthz`, `/readyz`, `/metrics`) of a service.
 
+pub mod admin;
 pub mod amqp;
 pub mod backoff;
 pub mod config;

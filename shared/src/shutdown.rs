@@ -36,3 +36,9 @@ async fn wait_for_signal() {
         () = terminate => {},
     }
 }
+
+/// `SHUTDOWN_GRACE_SECS` (default 25): how long in-flight work may finish after the signal.
+/// Keep it below the orchestrator's kill timeout (compose `stop_grace_period: 30s`).
+pub fn grace_from_env() -> Result<std::time::Duration, crate::config::ConfigError> {
+    crate::config::seconds("SHUTDOWN_GRACE_SECS", 25)
+}

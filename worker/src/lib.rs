@@ -43,7 +43,7 @@ pub async fn run(
     describe_metrics(&registry);
     let deps = Arc::new(session::Deps::new(config, registry));
     let tracker = TaskTracker::new();
-    let url = deps.config.amqp_url.clone();
+    let url = deps.config.amqp.url.clone();
     supervise(&url, "worker", status.clone(), shutdown.clone(), |conn| {
         session::run(
             conn,

@@ -45,7 +45,7 @@ impl Reporter {
     fn new(publisher: Publisher, deps: &Deps, job_id: Uuid, attempt: u32) -> Self {
         Self {
             publisher,
-            exchange: deps.config.topology.events_exchange(),
+            exchange: deps.config.amqp.topology.events_exchange(),
             job_id,
             attempt,
         }
@@ -116,7 +116,7 @@ async fn with_progress<T>(
 
 /// Handles one delivery from the work queue; never panics, always acks or hands back.
 pub(crate) async fn handle(delivery: Delivery, publisher: Publisher, deps: Arc<Deps>) {
-    let span = shared::amqp::consumer_span(&deps.config.topology.jobs_queue(), &delivery);
+    let span = shared::amqp::consumer_span(&deps.config.amqp.topology.jobs_queue(), &delivery);
     async move {
         let settled = match serde_json::from_slice::<JobMessage>(&delivery.data) {
             Ok(msg) => {
@@ -164,7 +164,7 @@ async fn dead_letter_undecodable(
         "undecodable job message; dead-lettering"
     );
     propagation::record_error(&tracing::Span::current(), error);
-    let exchange = deps.config.topology.dead_letter_exchange();
+    let exchange = deps.config.amqp.topology.dead_letter_exchange();
     let span = producer_span(&exchange, "undecodable", "");
     let msg = Outgoing::new(&exchange, "undecodable", delivery.data.clone(), "", &span)
         .with_header("x-jobstack-reason", "undecodable")
@@ -202,7 +202,9 @@ async fn process(msg: JobMessage, publisher: &Publisher, deps: &Deps) -> Result<
         let label = match &outcome {
             Ok(_) => "succeeded",
             Err(JobError::Cancelled) => "cancelled",
-            Err(JobError::Transient(_)) if msg.attempt < deps.config.topology.max_attempts() => {
+            Err(JobError::Transient(_))
+                if msg.attempt < deps.config.amqp.topology.max_attempts() =>
+            {
                 "retried"
             }
             Err(_) => "failed",
@@ -256,7 +258,7 @@ async fn settle(
     publisher: &Publisher,
     deps: &Deps,
 ) -> Result<(), PublishError> {
-    let topology = &deps.config.topology;
+    let topology = &deps.config.amqp.topology;
     let (error, reason) = match outcome {
         Ok(result) => {
             reporter.send(JobChange::Succeeded { result }).await?;
@@ -330,7 +332,7 @@ async fn retry(
         available_at: Utc::now() + delay,
         ..msg.clone()
     };
-    let queue = deps.config.topology.retry_queue(delay);
+    let queue = deps.config.amqp.topology.retry_queue(delay);
     let span = producer_span("", &queue, &msg.id.to_string());
     let out = Outgoing::new(
         "",

@@ -50,8 +50,8 @@ pub async fn run(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let topology = &deps.config.topology;
-    let publisher = Publisher::open(&conn, deps.config.publish_timeout).await?;
+    let topology = &deps.config.amqp.topology;
+    let publisher = Publisher::open(&conn, deps.config.amqp.publish_timeout).await?;
     topology
         .declare(publisher.channel())
         .await

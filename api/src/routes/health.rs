@@ -2,10 +2,8 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::Response;
-use serde_json::json;
 
 use shared::readiness::{self, Check, Need};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -21,8 +19,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 
 /// Liveness.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "the process serves")))]
-pub(super) async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+pub(super) async fn healthz() -> Response {
+    shared::admin::alive().await
 }
 
 /// Readiness: PostgreSQL answers a query. The broker's state is reported but does not fail

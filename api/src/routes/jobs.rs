@@ -217,7 +217,7 @@ async fn broadcast_cancel(state: &AppState, id: Uuid) {
         tracing::warn!(job.id = %id, "RabbitMQ unavailable; a running job will finish its attempt");
         return;
     };
-    let exchange = state.config.topology.control_exchange();
+    let exchange = state.config.amqp.topology.control_exchange();
     let body = serde_json::to_vec(&ControlMessage::Cancel { job_id: id }).expect("serializes");
     let span = producer_span(&exchange, "", &id.to_string());
     let msg = Outgoing::new(&exchange, "", body, &id.to_string(), &span);

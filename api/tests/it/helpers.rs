@@ -351,7 +351,7 @@ impl TestApp {
         let mut out = Vec::new();
         while let Some(msg) = ch
             .basic_get(
-                self.api_config.topology.dead_queue().into(),
+                self.api_config.amqp.topology.dead_queue().into(),
                 BasicGetOptions { no_ack: true },
             )
             .await
@@ -407,16 +407,17 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
         Some(port) => database_url_via(&database, port),
         None => database_url(&database),
     };
-    api_config.amqp_url = opts.amqp_url.clone();
-    api_config.topology =
+    api_config.amqp.url = opts.amqp_url.clone();
+    api_config.amqp.topology =
         shared::amqp::Topology::new(&name, opts.max_attempts, Duration::from_millis(50));
     api_config.body_limit = opts.body_limit;
+    api_config.grace = opts.grace;
     api_config.relay_interval = Duration::from_millis(200);
     api_config.db_max_connections = 4;
 
     let mut worker_config = worker::Config::from_env().expect("default config");
-    worker_config.amqp_url = opts.worker_amqp_url.clone();
-    worker_config.topology = api_config.topology.clone();
+    worker_config.amqp.url = opts.worker_amqp_url.clone();
+    worker_config.amqp.topology = api_config.amqp.topology.clone();
     worker_config.deadline = opts.deadline;
     worker_config.grace = opts.grace;
     worker_config.concurrency = opts.concurrency;
@@ -426,7 +427,7 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
 /// Removes a test's queues, exchanges and database.
 pub(crate) async fn cleanup(api_config: &Config) {
     {
-        let t = &api_config.topology;
+        let t = &api_config.amqp.topology;
         let conn = lapin::Connection::connect(&RABBITMQ, Default::default())
             .await
             .unwrap();
@@ -454,7 +455,11 @@ pub(crate) async fn cleanup(api_config: &Config) {
     if let Ok(pool) = sqlx::PgPool::connect(&POSTGRES).await {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS jobstack_{} WITH (FORCE)",
-            api_config.topology.jobs_queue().trim_end_matches(".jobs")
+            api_config
+                .amqp
+                .topology
+                .jobs_queue()
+                .trim_end_matches(".jobs")
         )))
         .execute(&pool)
         .await;

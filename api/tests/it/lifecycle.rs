@@ -92,7 +92,7 @@ async fn permanent_failure_fails_at_once() {
 #[tokio::test]
 async fn undecodable_message_is_dead_lettered_and_the_worker_keeps_consuming() {
     let app = TestApp::spawn().await;
-    let t = &app.api_config.topology;
+    let t = &app.api_config.amqp.topology;
     app.publish_raw(
         &t.jobs_exchange(),
         "sleep",
@@ -213,7 +213,7 @@ async fn duplicate_and_stale_events_change_nothing() {
         .await;
     let done = app.wait_final(&id, LONG).await;
     assert_eq!(done["status"], "succeeded");
-    let t = &app.api_config.topology;
+    let t = &app.api_config.amqp.topology;
     for (key, event) in [
         ("job.started", json!({"event": "started"})),
         (

@@ -29,7 +29,7 @@ async fn metrics_after_jobs_have_the_documented_series() {
         .text()
         .await
         .unwrap();
-    let p = &app.api_config.topology;
+    let p = &app.api_config.amqp.topology;
     let expected = [
         r#"http_server_request_duration_seconds_bucket{method="POST",route="/jobs",status="202",le="0.001"}"#.to_owned(),
         r#"http_server_request_duration_seconds_count{method="GET",route="/jobs/{id}",status="200"}"#.to_owned(),

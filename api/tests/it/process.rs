@@ -37,13 +37,16 @@ impl ApiProcess {
             .env("DATABASE_URL", &config.database_url)
             .env(
                 "AMQP_PREFIX",
-                config.topology.jobs_queue().trim_end_matches(".jobs"),
+                config.amqp.topology.jobs_queue().trim_end_matches(".jobs"),
             )
             // The same retry queues as the config, so `cleanup` finds every queue it declares.
-            .env("MAX_ATTEMPTS", config.topology.max_attempts().to_string())
+            .env(
+                "MAX_ATTEMPTS",
+                config.amqp.topology.max_attempts().to_string(),
+            )
             .env(
                 "RETRY_BASE_MS",
-                config.topology.retry_delay(1).as_millis().to_string(),
+                config.amqp.topology.retry_delay(1).as_millis().to_string(),
             )
             .envs(env.iter().copied())
             .stdout(Stdio::piped())

@@ -248,3 +248,24 @@ async fn readiness_follows_postgres_and_only_reports_the_broker() {
     assert_eq!(body["rabbitmq"], "up", "the broker is still named");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_that_never_completes_does_not_hold_shutdown_past_the_grace_period() {
+    let app = TestApp::with(Options {
+        worker: false,
+        grace: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    // Headers complete, half the body: the handler is running, reading a body that never ends.
+    let mut stalled = TcpStream::connect(app.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"POST /jobs HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"kind\"")
+        .await
+        .unwrap();
+    // Without the bound this takes REQUEST_TIMEOUT_SECS (10 s, then a 408).
+    tokio::time::timeout(Duration::from_secs(5), app.stop())
+        .await
+        .expect("the api stops within its grace period (1 s) despite the stalled request");
+}

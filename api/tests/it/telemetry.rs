@@ -146,9 +146,9 @@ async fn check_one_trace(broker_down_at_first: bool) {
         .port();
     let (_, mut api_config, worker_config) = configs(&Options::default());
     if broker_down_at_first {
-        api_config.amqp_url = crate::helpers::rabbitmq_via(proxy_port);
+        api_config.amqp.url = crate::helpers::rabbitmq_via(proxy_port);
     }
-    let t = api_config.topology.clone();
+    let t = api_config.amqp.topology.clone();
 
     let cfg = api_config.clone();
     let api = Isolated::spawn("api", exporter.clone(), move |l, stop| {

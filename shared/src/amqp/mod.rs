@@ -1,10 +1,12 @@
 //! RabbitMQ: connecting with backoff, the topology both services declare, confirmed publishing.
 
 mod publisher;
+mod settings;
 mod supervisor;
 mod topology;
 
 pub use publisher::{Outgoing, PublishError, Publisher};
+pub use settings::Settings;
 pub use supervisor::{BrokerStatus, supervise};
 pub use topology::Topology;
 

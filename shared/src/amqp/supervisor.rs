@@ -43,42 +43,44 @@ pub async fn supervise<F, Fut>(
     F: FnMut(lapin::Connection) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let mut failures = 0u32;
+    let policy = backoff::Policy {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(10),
+    };
+    let mut sessions = 0u32;
     status.set_up(false);
-    while !shutdown.is_cancelled() {
-        let connected = tokio::select! {
-            c = super::connect(url, name) => c,
-            () = shutdown.cancelled() => return,
+    loop {
+        let connect = || async {
+            // A connect that hangs (a broker that accepts and never speaks) yields to shutdown.
+            tokio::select! {
+                c = super::connect(url, name) => c.map(Some),
+                () = shutdown.cancelled() => Ok(None),
+            }
         };
-        match connected {
-            Ok(conn) => {
-                if failures > 0 {
-                    metrics::counter!("jobstack_amqp_reconnects_total").increment(1);
-                }
-                tracing::info!(url = %redact_url(url), "connected to RabbitMQ");
-                failures = 0;
-                let outcome = session(conn).await;
-                status.set_up(false);
-                match outcome {
-                    Ok(()) => return,
-                    Err(e) => tracing::warn!(
-                        error = format!("{e:#}"),
-                        "broker session ended; reconnecting"
-                    ),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(url = %redact_url(url), error = %e, "cannot connect to RabbitMQ; retrying");
-            }
+        let warn = |e: &lapin::Error, _| {
+            tracing::warn!(url = %redact_url(url), error = %e, "cannot connect to RabbitMQ; retrying");
+        };
+        let Some(Some(conn)) = backoff::retry(policy, &shutdown, connect, warn).await else {
+            return;
+        };
+        if sessions > 0 {
+            metrics::counter!("jobstack_amqp_reconnects_total").increment(1);
         }
-        failures += 1;
-        let wait = backoff::jittered(
-            Duration::from_millis(200),
-            Duration::from_secs(10),
-            failures,
-        );
+        sessions += 1;
+        tracing::info!(url = %redact_url(url), "connected to RabbitMQ");
+        let outcome = session(conn).await;
+        status.set_up(false);
+        match outcome {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "broker session ended; reconnecting"
+            ),
+        }
+        // A session that fails at once (e.g. topology refused) must not spin: pause before the
+        // next connect like after a failed one.
         tokio::select! {
-            () = tokio::time::sleep(wait) => {},
+            () = tokio::time::sleep(backoff::jittered(policy.base, policy.max, 1)) => {},
             () = shutdown.cancelled() => return,
         }
     }
