@@ -24,6 +24,10 @@ stack-check: ## validate compose, Prometheus rules, dashboards and log regex aga
 smoke: ## check a running `docker compose up` end to end: health, targets, datasources, one job's trace and logs, dashboards
 	python3 tests/stack/smoke.py
 
+.PHONY: new-kind
+new-kind: ## add a job kind: make new-kind NAME=resize (contract + handler + registration + tests)
+	bash tools/new-kind.sh "$(NAME)"
+
 .PHONY: contract
 contract: ## regenerate the committed contract files: api/openapi.json and jobs-contract/schemas/*.schema.json
 	$(CARGO) run -q -p api --example openapi > api/openapi.json

@@ -156,7 +156,10 @@ impl Payloads {
             "fail" => {
                 json!({ "transient": rng.next_u64() % 100 < u64::from(self.fail_transient_pct) })
             }
-            _ => json!({}),
+            // Any other kind of the contract: its example payload.
+            other => jobs_contract::kinds::catalog()
+                .example(other)
+                .unwrap_or_else(|| json!({})),
         };
         json!({ "kind": kind, "payload": payload })
     }
