@@ -28,6 +28,10 @@ smoke: ## check a running `docker compose up` end to end: health, targets, datas
 new-kind: ## add a job kind: make new-kind NAME=resize (contract + handler + registration + tests)
 	bash tools/new-kind.sh "$(NAME)"
 
+.PHONY: fork-check
+fork-check: ## prove the fork path: cargo generate a project named acme-jobs and test it; make new-kind and test
+	bash tests/fork.sh
+
 .PHONY: contract
 contract: ## regenerate the committed contract files: api/openapi.json and jobs-contract/schemas/*.schema.json
 	$(CARGO) run -q -p api --example openapi > api/openapi.json
