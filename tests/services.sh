@@ -16,14 +16,16 @@ answers() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
 
 read -r pg_host pg_port < <(hostport "${TEST_DATABASE_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}" 5432)
 read -r mq_host mq_port < <(hostport "${TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}" 5672)
-missing=()
-answers "$pg_host" "$pg_port" || missing+=("PostgreSQL on $pg_host:$pg_port")
-answers "$mq_host" "$mq_port" || missing+=("RabbitMQ on $mq_host:$mq_port")
+missing=() services=()
+answers "$pg_host" "$pg_port" || { missing+=("PostgreSQL on $pg_host:$pg_port"); services+=(postgres); }
+answers "$mq_host" "$mq_port" || { missing+=("RabbitMQ on $mq_host:$mq_port"); services+=(rabbitmq); }
 [[ ${#missing[@]} -eq 0 ]] && exit 0
+what=${missing[0]}${missing[1]:+ and ${missing[1]}}
 
+# Only what is missing: a local server that answers keeps its port.
 if command -v docker >/dev/null && docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then
-  echo "# nothing answers for ${missing[*]}: starting the compose postgres and rabbitmq (docker compose up -d --wait)"
-  exec docker compose up -d --wait postgres rabbitmq
+  echo "# nothing answers for $what: docker compose up -d --wait ${services[*]}"
+  exec docker compose up -d --wait "${services[@]}"
 fi
-echo "make test needs ${missing[*]}: run 'docker compose up -d --wait postgres rabbitmq', or set TEST_DATABASE_URL / TEST_AMQP_URL" >&2
+echo "make test needs $what: run 'docker compose up -d --wait ${services[*]}', or set TEST_DATABASE_URL / TEST_AMQP_URL" >&2
 exit 1

@@ -17,11 +17,10 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::Value;
 use shared::amqp::{Outgoing, PublishError, Publisher, producer_span};
 use shared::telemetry::propagation;
-use tracing::Instrument as _;
-use uuid::Uuid;
-
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
 
 use crate::context::{JobContext, JobError};
 use crate::session::Deps;
