@@ -145,6 +145,8 @@ pub(crate) struct TestApp {
     api_stop: CancellationToken,
     api_task: JoinHandle<anyhow::Result<()>>,
     worker: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    /// Set by [`TestApp::stop`]; otherwise `Drop` cleans up (a failed assertion unwound).
+    cleaned: bool,
 }
 
 impl TestApp {
@@ -167,6 +169,7 @@ impl TestApp {
             api_stop,
             api_task,
             worker: None,
+            cleaned: false,
         };
         if opts.worker {
             app.start_worker().await;
@@ -383,6 +386,7 @@ impl TestApp {
         self.api_stop.cancel();
         let _ = (&mut self.api_task).await;
         cleanup(&self.api_config).await;
+        self.cleaned = true;
     }
 
     /// The number of job rows, to prove a refused request stored nothing.
@@ -394,6 +398,31 @@ impl TestApp {
             .fetch_one(&pool)
             .await
             .unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    /// A test that fails before `stop()` still leaves no database, queue or exchange behind.
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        self.api_stop.cancel();
+        self.api_task.abort();
+        if let Some((stop, task)) = &self.worker {
+            stop.cancel();
+            task.abort();
+        }
+        let config = self.api_config.clone();
+        // Drop cannot await, and the test's runtime may be unwinding: a thread of its own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for cleanup")
+                .block_on(cleanup(&config));
+        })
+        .join();
     }
 }
 

@@ -247,3 +247,46 @@ async fn duplicate_and_stale_events_change_nothing() {
     assert_eq!(app.job(&id).await, done, "a finished job never changes");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_test_that_fails_still_removes_its_database_and_queues() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let failed = tokio::spawn(async move {
+        let app = TestApp::with(Options {
+            worker: false,
+            ..Default::default()
+        })
+        .await;
+        let _ = tx.send(app.api_config.clone());
+        panic!("an assertion failed before stop()");
+    })
+    .await;
+    assert!(failed.is_err(), "the test body panicked");
+    let config = rx.await.unwrap();
+    let pool = sqlx::PgPool::connect(&crate::helpers::database_url("postgres"))
+        .await
+        .unwrap();
+    let database = config.database_url.rsplit('/').next().unwrap().to_owned();
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(&database)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "database {database} dropped");
+    let conn = lapin::Connection::connect(&crate::helpers::RABBITMQ, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let queue = config.amqp.topology.jobs_queue();
+    let declared = ch
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await;
+    assert!(declared.is_err(), "queue {queue} deleted");
+}
