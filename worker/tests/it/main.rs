@@ -16,6 +16,8 @@ use tokio::process::Command;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker");
 
+mod behaviour;
+
 /// The test broker: `TEST_AMQP_URL`, or guest/guest on 127.0.0.1:5672 (local or compose).
 fn rabbitmq() -> String {
     std::env::var("TEST_AMQP_URL")
@@ -162,14 +164,21 @@ async fn sigterm_with_a_job_in_flight_finishes_it_and_exits_zero() {
         .await
         .unwrap();
     assert!(left.is_none(), "the job was acked, not handed back");
+    remove(&topology).await;
+}
 
-    for q in [
+/// Removes a test's queues and exchanges from the shared broker.
+async fn remove(topology: &Topology) {
+    let (_conn, ch) = channel().await;
+    let mut queues = vec![
         topology.jobs_queue(),
         topology.dead_queue(),
         topology.events_queue(),
-        topology.retry_queue(topology.retry_delay(1)),
-        topology.retry_queue(topology.retry_delay(2)),
-    ] {
+    ];
+    queues.extend(
+        (1..topology.max_attempts()).map(|a| topology.retry_queue(topology.retry_delay(a))),
+    );
+    for q in queues {
         let _ = ch
             .queue_delete(q.into(), QueueDeleteOptions::default())
             .await;

@@ -1,0 +1,281 @@
+//! The worker on its own, in-process against the test broker: what it does with each outcome of
+//! a handler — success, transient failure (retries, then the dead-letter queue), permanent
+//! failure, panic, deadline — and with a message nobody can read. `TestWorker` owns its AMQP
+//! prefix and removes its queues and exchanges on drop, also when an assertion fails.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use jobs_contract::messages::{JobChange, JobEvent, JobMessage};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection};
+use serde_json::{Value, json};
+use shared::amqp::Topology;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::rabbitmq;
+
+/// A worker with its own queue names, and a channel to feed and watch them.
+struct TestWorker {
+    topology: Topology,
+    conn: Connection,
+    ch: Channel,
+    events: lapin::Consumer,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestWorker {
+    /// A running worker: `max_attempts` attempts 50 ms apart, attempts capped at `deadline`.
+    async fn spawn(max_attempts: u32, deadline: Duration) -> Self {
+        let prefix = format!("tw{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let topology = Topology::new(&prefix, max_attempts, Duration::from_millis(50));
+        let conn = Connection::connect(&rabbitmq(), Default::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        // Declared here first, so the events queue exists before the first event.
+        topology.declare(&ch).await.unwrap();
+        let events = ch
+            .basic_consume(
+                topology.events_queue().into(),
+                "".into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let mut config = worker::Config::from_env().expect("default config");
+        config.amqp.url = rabbitmq();
+        config.amqp.topology = topology.clone();
+        config.deadline = deadline;
+        config.concurrency = 2;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker::run(listener, config, stop.clone()));
+        let start = std::time::Instant::now();
+        // The probe blocks: off the runtime thread, which the worker needs to answer it.
+        let ready = move || {
+            tokio::task::spawn_blocking(move || {
+                shared::health::probe(admin, Duration::from_secs(1)).is_ok()
+            })
+        };
+        while !ready().await.unwrap() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "worker never ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            topology,
+            conn,
+            ch,
+            events,
+            stop,
+            task,
+        }
+    }
+
+    /// Publishes a first attempt of `kind` (confirmed); returns its id.
+    async fn submit(&self, kind: &str, payload: Value) -> Uuid {
+        let job = JobMessage {
+            id: Uuid::new_v4(),
+            kind: kind.into(),
+            payload,
+            attempt: 1,
+            available_at: chrono::Utc::now(),
+        };
+        self.publish(kind, serde_json::to_vec(&job).unwrap()).await;
+        job.id
+    }
+
+    async fn publish(&self, routing_key: &str, body: Vec<u8>) {
+        self.ch
+            .basic_publish(
+                self.topology.jobs_exchange().into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// Every event of `id` until its final one (`failed` without retry counts as final).
+    async fn until_final(&mut self, id: Uuid) -> Vec<JobEvent> {
+        let mut seen = Vec::new();
+        loop {
+            let delivery = tokio::time::timeout(Duration::from_secs(30), self.events.next())
+                .await
+                .unwrap_or_else(|_| panic!("no final event for {id}; saw {seen:#?}"))
+                .unwrap()
+                .unwrap();
+            delivery.acker.ack(Default::default()).await.unwrap();
+            let event: JobEvent = serde_json::from_slice(&delivery.data).unwrap();
+            if event.job_id != id {
+                continue;
+            }
+            let last = match &event.change {
+                JobChange::Succeeded { .. } | JobChange::Cancelled => true,
+                JobChange::Failed { retrying, .. } => !retrying,
+                _ => false,
+            };
+            seen.push(event);
+            if last {
+                return seen;
+            }
+        }
+    }
+
+    /// The dead-letter queue's messages: (`x-jobstack-reason` header, body).
+    async fn dead_letters(&self) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        while let Some(msg) = self
+            .ch
+            .basic_get(
+                self.topology.dead_queue().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let reason = msg
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-jobstack-reason"))
+                .and_then(|v| v.as_long_string().map(ToString::to_string))
+                .unwrap_or_default();
+            out.push((reason, msg.delivery.data.clone()));
+        }
+        out
+    }
+}
+
+impl Drop for TestWorker {
+    /// Stops the worker and removes this test's queues and exchanges, pass or fail.
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.task.abort();
+        let topology = self.topology.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for cleanup")
+                .block_on(crate::remove(&topology));
+        })
+        .join();
+        let _ = &self.conn;
+    }
+}
+
+fn failed(event: &JobEvent) -> Option<(&str, bool)> {
+    match &event.change {
+        JobChange::Failed { error, retrying } => Some((error.as_str(), *retrying)),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_until_the_attempts_run_out_then_dead_lettered() {
+    let mut w = TestWorker::spawn(3, Duration::from_secs(30)).await;
+    let id = w.submit("fail", json!({"transient": true})).await;
+    let events = w.until_final(id).await;
+    let failures: Vec<_> = events.iter().filter_map(failed).collect();
+    assert_eq!(
+        failures
+            .iter()
+            .map(|(_, retrying)| *retrying)
+            .collect::<Vec<_>>(),
+        [true, true, false],
+        "three attempts, the last one final: {events:#?}"
+    );
+    assert_eq!(
+        events.iter().map(|e| e.attempt).max(),
+        Some(3),
+        "the attempt number travels with the message"
+    );
+    let dead = w.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, "exhausted");
+    let copy: JobMessage = serde_json::from_slice(&dead[0].1).unwrap();
+    assert_eq!((copy.id, copy.attempt), (id, 3));
+}
+
+#[tokio::test]
+async fn a_permanent_failure_and_a_panic_are_dead_lettered_at_once() {
+    let mut w = TestWorker::spawn(3, Duration::from_secs(30)).await;
+    for (payload, error) in [
+        (json!({"transient": false}), "simulated permanent failure"),
+        (
+            json!({"transient": true, "panic": true}),
+            "handler panicked",
+        ),
+    ] {
+        let id = w.submit("fail", payload).await;
+        let events = w.until_final(id).await;
+        let failures: Vec<_> = events.iter().filter_map(failed).collect();
+        assert_eq!(failures.len(), 1, "one attempt only: {events:#?}");
+        assert!(failures[0].0.contains(error), "{:?}", failures[0]);
+    }
+    let reasons: Vec<String> = w.dead_letters().await.into_iter().map(|d| d.0).collect();
+    assert_eq!(reasons, ["permanent", "permanent"]);
+}
+
+#[tokio::test]
+async fn an_attempt_past_its_deadline_fails_as_timed_out_and_is_retried() {
+    let mut w = TestWorker::spawn(2, Duration::from_millis(300)).await;
+    let id = w
+        .submit("sleep", json!({"duration_ms": 5000, "steps": 1}))
+        .await;
+    let events = w.until_final(id).await;
+    let failures: Vec<_> = events.iter().filter_map(failed).collect();
+    assert_eq!(failures.len(), 2, "{events:#?}");
+    assert!(
+        failures.iter().all(|(e, _)| e.contains("timed out")),
+        "{failures:?}"
+    );
+    assert_eq!(w.dead_letters().await[0].0, "exhausted");
+}
+
+#[tokio::test]
+async fn an_undecodable_message_is_dead_lettered_and_the_worker_keeps_consuming() {
+    let mut w = TestWorker::spawn(3, Duration::from_secs(30)).await;
+    w.publish("sleep", b"{not json".to_vec()).await;
+    let id = w
+        .submit("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    let events = w.until_final(id).await;
+    assert!(matches!(
+        events.last().unwrap().change,
+        JobChange::Succeeded { .. }
+    ));
+    let dead = w.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0], ("undecodable".to_owned(), b"{not json".to_vec()));
+}
+
+#[tokio::test]
+async fn a_success_reports_started_then_its_result() {
+    let mut w = TestWorker::spawn(3, Duration::from_secs(30)).await;
+    let id = w.submit("hash", json!({"rounds": 10})).await;
+    let events = w.until_final(id).await;
+    assert_eq!(events.first().unwrap().change, JobChange::Started);
+    let JobChange::Succeeded { result } = &events.last().unwrap().change else {
+        panic!("{events:#?}");
+    };
+    assert_eq!(result["rounds"], 10);
+    assert!(w.dead_letters().await.is_empty());
+}
