@@ -389,6 +389,16 @@ impl TestApp {
         self.cleaned = true;
     }
 
+    /// The sum of the samples of `series` whose labels contain `labels` (from `/metrics`).
+    pub(crate) async fn metric_sum(&self, series: &str, labels: &str) -> f64 {
+        let res = self.http.get(format!("{}/metrics", self.url)).send().await;
+        let text = res.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{series}{{")) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// The number of job rows, to prove a refused request stored nothing.
     pub(crate) async fn count_jobs(&self) -> i64 {
         let pool = sqlx::PgPool::connect(&self.api_config.database_url)

@@ -179,10 +179,14 @@ async fn cancel_a_queued_job() {
         problem["detail"],
         format!("job {id} already cancelled").as_str()
     );
-    // A worker arriving later must not resurrect it.
+    // A worker arriving later must not resurrect it: once a job submitted after it has run
+    // (the relay and the worker take jobs in order), it is still cancelled.
     let mut app = app;
     app.start_worker().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    assert_eq!(app.wait_final(&later, LONG).await["status"], "succeeded");
     assert_eq!(app.job(&id).await["status"], "cancelled");
     app.stop().await;
 }
@@ -243,7 +247,14 @@ async fn duplicate_and_stale_events_change_nothing() {
             .await;
         }
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Signal, not a sleep: all 12 stale events counted as ignored (nextest runs each test in a
+    // process of its own, so the counter is this test's).
+    app.wait_until(LONG, "12 ignored events", || async {
+        app.metric_sum("jobstack_job_events_total", r#"result="ignored""#)
+            .await
+            >= 12.0
+    })
+    .await;
     assert_eq!(app.job(&id).await, done, "a finished job never changes");
     app.stop().await;
 }

@@ -17,18 +17,6 @@ async fn metrics_after_jobs_have_the_documented_series() {
         app.wait_final(id, Duration::from_secs(30)).await;
     }
     app.get(&format!("/jobs/{ok}")).await;
-    // The relay samples its backlog after each pass; give it one.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     let p = &app.api_config.amqp.topology;
     let expected = [
         r#"http_server_request_duration_seconds_bucket{method="POST",route="/jobs",status="202",le="0.001"}"#.to_owned(),
@@ -55,11 +43,28 @@ async fn metrics_after_jobs_have_the_documented_series() {
         format!(r#"jobstack_build_info{{service="worker",version="{}"}} 1"#, env!("CARGO_PKG_VERSION")),
         "jobstack_worker_concurrency 4".to_owned(),
     ];
-    let missing: Vec<_> = expected
-        .iter()
-        .filter(|e| !text.contains(e.as_str()))
-        .collect();
-    assert!(missing.is_empty(), "missing series: {missing:#?}\n\n{text}");
+    // Some series lag the jobs' end (the relay samples its backlog after each pass): wait
+    // until every one is there, or report those still missing.
+    let scrape = || async {
+        let res = app.http.get(format!("{}/metrics", app.url)).send().await;
+        res.unwrap().text().await.unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape().await;
+        let missing: Vec<_> = expected
+            .iter()
+            .filter(|e| !text.contains(e.as_str()))
+            .collect();
+        if missing.is_empty() {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missing series: {missing:#?}\n\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         !text.contains(&ok) && !text.contains(&bad),
         "no job id is ever a label"
