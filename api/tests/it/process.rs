@@ -8,10 +8,26 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt as _;
 use tokio::process::Command;
 
-use crate::helpers::{Options, cleanup, configs};
-use crate::otlp;
+use test_support::otlp;
 
 const API: &str = env!("CARGO_BIN_EXE_api");
+
+/// An api configuration with its own database and AMQP prefix on the test servers.
+fn isolated_config() -> api::Config {
+    let name = format!("p{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut config = api::Config::from_env().expect("default config");
+    config.database_url = test_support::services::database_url(&format!("jobstack_{name}"));
+    config.amqp.url = test_support::services::RABBITMQ.clone();
+    config.amqp.topology = shared::amqp::Topology::new(&name, 3, Duration::from_millis(50));
+    config
+}
+
+/// Removes what `isolated_config` named: queues, exchanges, database.
+async fn cleanup(config: &api::Config) {
+    test_support::cleanup::remove_topology(&config.amqp.topology).await;
+    let database = config.database_url.rsplit('/').next().unwrap_or_default();
+    test_support::cleanup::drop_database(database).await;
+}
 
 /// The api binary running with its own database and queue names, stdout captured.
 struct ApiProcess {
@@ -24,7 +40,7 @@ struct ApiProcess {
 impl ApiProcess {
     /// Starts the binary with `env` on top of an isolated configuration; waits until ready.
     async fn start(env: &[(&str, &str)]) -> Self {
-        let (_, config, _) = configs(&Options::default());
+        let config = isolated_config();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -35,6 +51,7 @@ impl ApiProcess {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("API_LISTEN", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", &config.database_url)
+            .env("AMQP_URL", &config.amqp.url)
             .env(
                 "AMQP_PREFIX",
                 config.amqp.topology.jobs_queue().trim_end_matches(".jobs"),

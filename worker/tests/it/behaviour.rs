@@ -169,14 +169,7 @@ impl Drop for TestWorker {
         self.stop.cancel();
         self.task.abort();
         let topology = self.topology.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for cleanup")
-                .block_on(crate::remove(&topology));
-        })
-        .join();
+        test_support::cleanup::on_drop(async move { crate::remove(&topology).await });
         let _ = &self.conn;
     }
 }

@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use jobs_contract::messages::{JobChange, JobEvent, JobMessage};
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use shared::amqp::Topology;
 use tokio::process::Command;
@@ -20,8 +17,7 @@ mod behaviour;
 
 /// The test broker: `TEST_AMQP_URL`, or guest/guest on 127.0.0.1:5672 (local or compose).
 fn rabbitmq() -> String {
-    std::env::var("TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    test_support::services::RABBITMQ.clone()
 }
 
 /// Runs `worker healthcheck` as the compose health check does, against `WORKER_LISTEN=listen`.
@@ -169,30 +165,7 @@ async fn sigterm_with_a_job_in_flight_finishes_it_and_exits_zero() {
 
 /// Removes a test's queues and exchanges from the shared broker.
 async fn remove(topology: &Topology) {
-    let (_conn, ch) = channel().await;
-    let mut queues = vec![
-        topology.jobs_queue(),
-        topology.dead_queue(),
-        topology.events_queue(),
-    ];
-    queues.extend(
-        (1..topology.max_attempts()).map(|a| topology.retry_queue(topology.retry_delay(a))),
-    );
-    for q in queues {
-        let _ = ch
-            .queue_delete(q.into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for x in [
-        topology.jobs_exchange(),
-        topology.dead_letter_exchange(),
-        topology.events_exchange(),
-        topology.control_exchange(),
-    ] {
-        let _ = ch
-            .exchange_delete(x.into(), ExchangeDeleteOptions::default())
-            .await;
-    }
+    test_support::cleanup::remove_topology(topology).await;
 }
 
 #[tokio::test]

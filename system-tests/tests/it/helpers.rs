@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use api::Config;
 use futures_util::StreamExt as _;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::{BasicProperties, Channel};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -15,82 +13,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The test broker: `TEST_AMQP_URL`, or guest/guest on 127.0.0.1:5672 (this machine's RabbitMQ and
-/// the compose one, whose port `.env` publishes on loopback).
-pub(crate) static RABBITMQ: LazyLock<String> = LazyLock::new(|| {
-    std::env::var("TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-});
-
-/// The test PostgreSQL server, as a URL of any database on it: `TEST_DATABASE_URL`, or the
-/// compose credentials on 127.0.0.1:5432 (a local server with trust auth ignores the password).
-static POSTGRES: LazyLock<String> = LazyLock::new(|| {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
-});
-
-/// The URL of database `name` on the test PostgreSQL server.
-pub(crate) fn database_url(name: &str) -> String {
-    let (scheme, user, host, path) = split_url(&POSTGRES);
-    let query = path
-        .split_once('?')
-        .map(|(_, q)| format!("?{q}"))
-        .unwrap_or_default();
-    format!("{scheme}://{user}{host}/{name}{query}")
-}
-
-/// `(scheme, userinfo@ or "", host:port, path)` of a URL like `postgres://u:p@host:port/db?q`.
-fn split_url(url: &str) -> (&str, &str, &str, &str) {
-    let (scheme, rest) = url.split_once("://").expect("a URL with a scheme");
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let at = authority.rfind('@').map_or(0, |i| i + 1);
-    (scheme, &authority[..at], &authority[at..], path)
-}
-
-/// The test PostgreSQL server's `host:port`, for proxies that stand in front of it.
-pub(crate) fn postgres_addr() -> String {
-    let (_, _, host, _) = split_url(&POSTGRES);
-    if host.contains(':') {
-        host.to_owned()
-    } else {
-        format!("{host}:5432")
-    }
-}
-
-/// The URL of database `name` on the test PostgreSQL server, reached through `127.0.0.1:port`.
-fn database_url_via(name: &str, port: u16) -> String {
-    let url = database_url(name);
-    let (scheme, user, _, path) = split_url(&url);
-    format!("{scheme}://{user}127.0.0.1:{port}/{path}")
-}
-
-/// The test broker's `host:port`, for proxies that stand in front of it.
-pub(crate) fn rabbitmq_addr() -> String {
-    let uri: lapin::uri::AMQPUri = RABBITMQ.parse().expect("TEST_AMQP_URL is an amqp:// URL");
-    format!("{}:{}", uri.authority.host, uri.authority.port)
-}
-
-/// The test broker's URL with its address replaced by `127.0.0.1:port` (a proxy's).
-pub(crate) fn rabbitmq_via(port: u16) -> String {
-    let uri: lapin::uri::AMQPUri = RABBITMQ.parse().expect("TEST_AMQP_URL is an amqp:// URL");
-    let user = &uri.authority.userinfo;
-    let (name, password, vhost) = (
-        escape(&user.username),
-        escape(&user.password),
-        escape(&uri.vhost),
-    );
-    format!("amqp://{name}:{password}@127.0.0.1:{port}/{vhost}")
-}
-
-/// Percent-encodes what would end a URL part early.
-fn escape(part: &str) -> String {
-    part.chars()
-        .map(|c| match c {
-            '%' | '@' | ':' | '/' | '?' | '#' => format!("%{:02X}", c as u32),
-            c => c.to_string(),
-        })
-        .collect()
-}
+use test_support::services::database_url_via;
+pub(crate) use test_support::services::{
+    RABBITMQ, database_url, postgres_addr, rabbitmq_addr, rabbitmq_via,
+};
 
 /// Telemetry once per test process; log lines are shown only with `TEST_LOG=1`.
 static TELEMETRY: LazyLock<()> = LazyLock::new(|| {
@@ -308,11 +234,7 @@ impl TestApp {
         F: Fn() -> Fut,
         Fut: Future<Output = bool>,
     {
-        let start = Instant::now();
-        while !check().await {
-            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        test_support::wait_until(timeout, what, check).await;
     }
 
     /// A channel on the test broker, for looking at queues directly.
@@ -424,15 +346,7 @@ impl Drop for TestApp {
             task.abort();
         }
         let config = self.api_config.clone();
-        // Drop cannot await, and the test's runtime may be unwinding: a thread of its own.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for cleanup")
-                .block_on(cleanup(&config));
-        })
-        .join();
+        test_support::cleanup::on_drop(async move { cleanup(&config).await });
     }
 }
 
@@ -465,44 +379,11 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
 
 /// Removes a test's queues, exchanges and database.
 pub(crate) async fn cleanup(api_config: &Config) {
-    {
-        let t = &api_config.amqp.topology;
-        let conn = lapin::Connection::connect(&RABBITMQ, Default::default())
-            .await
-            .unwrap();
-        let ch = conn.create_channel().await.unwrap();
-        let mut queues = vec![t.jobs_queue(), t.dead_queue(), t.events_queue()];
-        queues.extend((1..t.max_attempts()).map(|a| t.retry_queue(t.retry_delay(a))));
-        for q in queues {
-            let _ = ch
-                .queue_delete(q.into(), QueueDeleteOptions::default())
-                .await;
-        }
-        for x in [
-            t.jobs_exchange(),
-            t.dead_letter_exchange(),
-            t.events_exchange(),
-            t.control_exchange(),
-        ] {
-            let _ = ch
-                .exchange_delete(x.into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-        let _ = conn.close(200, "test over".into()).await;
-    }
+    test_support::cleanup::remove_topology(&api_config.amqp.topology).await;
     // The database is named after the prefix (see `configs`).
-    if let Ok(pool) = sqlx::PgPool::connect(&POSTGRES).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS jobstack_{} WITH (FORCE)",
-            api_config
-                .amqp
-                .topology
-                .jobs_queue()
-                .trim_end_matches(".jobs")
-        )))
-        .execute(&pool)
-        .await;
-    }
+    let prefix = api_config.amqp.topology.jobs_queue();
+    let name = format!("jobstack_{}", prefix.trim_end_matches(".jobs"));
+    test_support::cleanup::drop_database(&name).await;
 }
 
 /// Consumes one message from `queue` (for tests that watch a queue).

@@ -1,79 +1,17 @@
 //! Nothing accepted is lost: a broker outage at accept time, a worker stopped mid-job.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
+use test_support::net::{Proxy, free_port};
+use tokio::net::TcpStream;
 
 use crate::helpers::{Options, TestApp, postgres_addr, rabbitmq_addr, rabbitmq_via};
 
-/// A port with nothing listening (yet).
-async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Forwards `port` to the test RabbitMQ: the broker "comes back" on that port.
 pub(crate) async fn open_proxy(port: u16) -> Proxy {
-    open_proxy_to(port, rabbitmq_addr()).await
-}
-
-/// Forwards `127.0.0.1:port` to `upstream` until cut or taken down.
-pub(crate) async fn open_proxy_to(port: u16, upstream: String) -> Proxy {
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    let links = Arc::new(Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
-    let tracked = links.clone();
-    let accept = tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            let upstream = upstream.clone();
-            let link = tokio::spawn(async move {
-                if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-            tracked.lock().unwrap().push(link.abort_handle());
-        }
-    });
-    Proxy {
-        links,
-        accept: accept.abort_handle(),
-    }
-}
-
-/// A TCP forwarder in front of a real server whose connections the test can cut.
-pub(crate) struct Proxy {
-    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-    accept: tokio::task::AbortHandle,
-}
-
-impl Proxy {
-    /// Drops every connection through the proxy, as a broker restart or a forced close does.
-    fn cut(&self) -> usize {
-        let links: Vec<_> = self.links.lock().unwrap().drain(..).collect();
-        links.iter().for_each(tokio::task::AbortHandle::abort);
-        links.len()
-    }
-
-    /// The server is gone: connections cut, the port closed.
-    fn down(&self) {
-        self.accept.abort();
-        self.cut();
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.down();
-    }
+    test_support::net::open_proxy(port, rabbitmq_addr()).await
 }
 
 #[tokio::test]
@@ -217,7 +155,7 @@ async fn both_services_reconnect_after_losing_the_broker_and_readiness_follows()
 #[tokio::test]
 async fn readiness_follows_postgres_and_only_reports_the_broker() {
     let port = free_port().await;
-    let postgres = open_proxy_to(port, postgres_addr()).await;
+    let postgres = test_support::net::open_proxy(port, postgres_addr()).await;
     let app = TestApp::with(Options {
         worker: false,
         postgres_via: Some(port),

@@ -14,15 +14,15 @@ use prost::Message as _;
 use tokio::net::TcpListener;
 
 /// One resource's attributes and the names of its spans.
-pub(crate) type ResourceSpans = (Vec<(String, String)>, Vec<String>);
+pub type ResourceSpans = (Vec<(String, String)>, Vec<String>);
 
 /// Requests received so far.
 #[derive(Clone, Default)]
-pub(crate) struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+pub struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
 
 impl Received {
     /// (resource attributes, span names) per resource.
-    pub(crate) fn resources(&self) -> Vec<ResourceSpans> {
+    pub fn resources(&self) -> Vec<ResourceSpans> {
         let mut out = Vec::new();
         for req in self.0.lock().unwrap().iter() {
             for rs in &req.resource_spans {
@@ -63,7 +63,7 @@ impl TraceService for Received {
 }
 
 /// Starts a receiver; returns its endpoint (for `OTEL_EXPORTER_OTLP_ENDPOINT`) and what it gets.
-pub(crate) async fn receiver(protocol: &str) -> (String, Received) {
+pub async fn receiver(protocol: &str) -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let received = Received::default();

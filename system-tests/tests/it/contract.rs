@@ -102,7 +102,7 @@ async fn the_committed_openapi_document_is_the_served_one() {
     })
     .await;
     let (_, served) = app.get("/openapi.json").await;
-    let committed: Value = serde_json::from_str(include_str!("../../openapi.json")).unwrap();
+    let committed: Value = serde_json::from_str(include_str!("../../../api/openapi.json")).unwrap();
     assert!(
         served == committed,
         "api/openapi.json is stale: run `make contract`"

@@ -1,0 +1,12 @@
+//! End-to-end: the real api and worker, in-process on port 0, against the test RabbitMQ and
+//! PostgreSQL. Each test gets its own database and AMQP name prefix, so the suite runs in
+//! parallel; each cleans up on drop, also when it fails.
+
+mod bad_input;
+mod contract;
+mod helpers;
+mod lifecycle;
+mod listing;
+mod metrics;
+mod resilience;
+mod telemetry;

@@ -1,0 +1,62 @@
+//! Removing what a test made on the shared servers. [`on_drop`] runs it from a `Drop`, so a
+//! test that fails before its end still leaves no database, queue or exchange behind.
+
+use std::future::Future;
+
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use shared::amqp::Topology;
+
+use crate::services::{POSTGRES, RABBITMQ};
+
+/// Deletes every queue and exchange of `topology` from the test broker.
+pub async fn remove_topology(t: &Topology) {
+    let Ok(conn) = lapin::Connection::connect(&RABBITMQ, Default::default()).await else {
+        return;
+    };
+    let Ok(ch) = conn.create_channel().await else {
+        return;
+    };
+    let mut queues = vec![t.jobs_queue(), t.dead_queue(), t.events_queue()];
+    queues.extend((1..t.max_attempts()).map(|a| t.retry_queue(t.retry_delay(a))));
+    for q in queues {
+        let _ = ch
+            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .await;
+    }
+    for x in [
+        t.jobs_exchange(),
+        t.dead_letter_exchange(),
+        t.events_exchange(),
+        t.control_exchange(),
+    ] {
+        let _ = ch
+            .exchange_delete(x.into(), ExchangeDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "test over".into()).await;
+}
+
+/// Drops database `name` from the test PostgreSQL server, closing its connections.
+pub async fn drop_database(name: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(&POSTGRES).await {
+        let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+        pool.close().await;
+    }
+}
+
+/// Runs `cleanup` to the end from synchronous code (a `Drop`), on a thread and runtime of its
+/// own: the test's runtime may be unwinding, or be the thread that would have to drive it.
+pub fn on_drop<F>(cleanup: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for cleanup")
+            .block_on(cleanup);
+    })
+    .join();
+}
