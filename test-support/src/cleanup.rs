@@ -60,3 +60,15 @@ where
     })
     .join();
 }
+
+/// Removes a topology's queues and exchanges when dropped: create it before declaring them, so
+/// a test that fails anywhere after that leaves nothing behind.
+#[derive(Debug)]
+pub struct TopologyGuard(pub Topology);
+
+impl Drop for TopologyGuard {
+    fn drop(&mut self) {
+        let topology = self.0.clone();
+        on_drop(async move { remove_topology(&topology).await });
+    }
+}

@@ -11,6 +11,7 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
 use shared::amqp::Topology;
+use test_support::cleanup::TopologyGuard;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -20,11 +21,14 @@ use crate::rabbitmq;
 /// A worker with its own queue names, and a channel to feed and watch them.
 struct TestWorker {
     topology: Topology,
-    conn: Connection,
+    /// Keeps `ch` open.
+    _conn: Connection,
     ch: Channel,
     events: lapin::Consumer,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+    /// Dropped after the worker is stopped: removes the queues and exchanges.
+    _removal: TopologyGuard,
 }
 
 impl TestWorker {
@@ -32,6 +36,7 @@ impl TestWorker {
     async fn spawn(max_attempts: u32, deadline: Duration) -> Self {
         let prefix = format!("tw{}", &Uuid::new_v4().simple().to_string()[..12]);
         let topology = Topology::new(&prefix, max_attempts, Duration::from_millis(50));
+        let removal = TopologyGuard(topology.clone());
         let conn = Connection::connect(&rabbitmq(), Default::default())
             .await
             .unwrap();
@@ -75,11 +80,12 @@ impl TestWorker {
         }
         Self {
             topology,
-            conn,
+            _conn: conn,
             ch,
             events,
             stop,
             task,
+            _removal: removal,
         }
     }
 
@@ -164,13 +170,10 @@ impl TestWorker {
 }
 
 impl Drop for TestWorker {
-    /// Stops the worker and removes this test's queues and exchanges, pass or fail.
+    /// Stops the worker; `_removal` then removes this test's queues and exchanges, pass or fail.
     fn drop(&mut self) {
         self.stop.cancel();
         self.task.abort();
-        let topology = self.topology.clone();
-        test_support::cleanup::on_drop(async move { crate::remove(&topology).await });
-        let _ = &self.conn;
     }
 }
 
