@@ -6,11 +6,13 @@
 //! - [`cleanup`]: removing a test's queues, exchanges and database — also from `Drop`, so a
 //!   failed assertion leaves nothing behind.
 //! - [`wait_until`]: wait on a condition, never a fixed sleep.
+//! - [`queues`]: draining a queue (the dead letters) to look at it.
 //! - [`otlp`]: an OTLP trace receiver (gRPC and HTTP/protobuf) that keeps what it is sent.
 
 pub mod cleanup;
 pub mod net;
 pub mod otlp;
+pub mod queues;
 pub mod services;
 
 use std::future::Future;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use api::Config;
 use futures_util::StreamExt as _;
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -273,31 +273,12 @@ impl TestApp {
     /// Takes every message now in the dead-letter queue: (reason header, body).
     pub(crate) async fn drain_dead(&self) -> Vec<(String, Value)> {
         let ch = self.channel().await;
-        let mut out = Vec::new();
-        while let Some(msg) = ch
-            .basic_get(
-                self.api_config.amqp.topology.dead_queue().into(),
-                BasicGetOptions { no_ack: true },
-            )
+        let queue = self.api_config.amqp.topology.dead_queue();
+        test_support::queues::drain_dead_letters(&ch, &queue)
             .await
-            .unwrap()
-        {
-            let reason = msg
-                .delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| match h.inner().get("x-jobstack-reason") {
-                    Some(lapin::types::AMQPValue::LongString(s)) => {
-                        Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                    }
-                    _ => None,
-                })
-                .unwrap_or_default();
-            let body = serde_json::from_slice(&msg.delivery.data).unwrap_or(Value::Null);
-            out.push((reason, body));
-        }
-        out
+            .into_iter()
+            .map(|(reason, body)| (reason, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+            .collect()
     }
 
     /// Stops everything and removes the test's database, queues and exchanges.

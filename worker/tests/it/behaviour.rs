@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use jobs_contract::messages::{JobChange, JobEvent, JobMessage};
-use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
 use shared::amqp::Topology;
@@ -145,27 +145,7 @@ impl TestWorker {
 
     /// The dead-letter queue's messages: (`x-jobstack-reason` header, body).
     async fn dead_letters(&self) -> Vec<(String, Vec<u8>)> {
-        let mut out = Vec::new();
-        while let Some(msg) = self
-            .ch
-            .basic_get(
-                self.topology.dead_queue().into(),
-                BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            let reason = msg
-                .delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get("x-jobstack-reason"))
-                .and_then(|v| v.as_long_string().map(ToString::to_string))
-                .unwrap_or_default();
-            out.push((reason, msg.delivery.data.clone()));
-        }
-        out
+        test_support::queues::drain_dead_letters(&self.ch, &self.topology.dead_queue()).await
     }
 }
 
