@@ -18,7 +18,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import urllib.parse
 import urllib.request
 
 import yaml
+
+from stacklib import delete_broker_objects, free_port, read_env
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OBS = os.path.join(ROOT, "observability")
@@ -54,12 +55,6 @@ def check(name, ok, detail=""):
 
 def note(msg):
     print(f"# {msg}", flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def curl(method, url, body=None, timeout=10):
@@ -125,18 +120,7 @@ def cleanup():
             os.killpg(p.pid, signal.SIGKILL)
     psql(f'drop database if exists "{DB}" with (force)')
     # The broker is shared: remove this run's queues and exchanges (management API).
-    try:
-        auth = "guest:guest"
-        for kind in ("queues", "exchanges"):
-            r = subprocess.run(["curl", "-sS", "-m", "10", "-u", auth, f"http://127.0.0.1:15672/api/{kind}/%2f?columns=name"],
-                               capture_output=True, text=True)
-            for obj in json.loads(r.stdout or "[]"):
-                if obj["name"].startswith(PREFIX + "."):
-                    subprocess.run(["curl", "-sS", "-m", "10", "-u", auth, "-X", "DELETE",
-                                    f"http://127.0.0.1:15672/api/{kind}/%2f/{urllib.parse.quote(obj['name'], safe='')}"],
-                                   capture_output=True)
-    except Exception as e:  # noqa: BLE001
-        note(f"broker cleanup: {e}")
+    delete_broker_objects(PREFIX)
     if OWN_STATE:
         shutil.rmtree(STATE, ignore_errors=True)
 
@@ -297,12 +281,17 @@ def main():
     otlp = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
     threading.Thread(target=otlp.serve_forever, daemon=True).start()
     ports = {"api": free_port(), "worker": free_port(), "prom": free_port()}
+    # The services read .env.example as a user running them outside compose would (so every value
+    # in it is loaded by the real programs), with this run's names, ports and a fast retry.
+    example = {k: v for k, v in read_env(os.path.join(ROOT, ".env.example")).items() if v}
+    check("live: .env.example sets AMQP_URL and DATABASE_URL", {"AMQP_URL", "DATABASE_URL"} <= set(example), str(sorted(example)))
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "RUST_LOG", "LOG_FORMAT", "AMQP_", "DATABASE_URL"))}
-    base_env.update(AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f", AMQP_PREFIX=PREFIX, LOG_FORMAT="json", RUST_LOG="info",
-                    RUST_BACKTRACE="0", MAX_ATTEMPTS="3", RETRY_BASE_MS="200",
+    base_env.update(example)
+    base_env.update(AMQP_PREFIX=PREFIX, RUST_BACKTRACE="0", MAX_ATTEMPTS="3", RETRY_BASE_MS="200",
                     OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp.server_address[1]}", OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    database_url = urllib.parse.urlsplit(example.get("DATABASE_URL", ""))._replace(path=f"/{DB}").geturl()
     api = start("api", [api_bin], dict(base_env, OTEL_SERVICE_NAME="api", API_LISTEN=f"127.0.0.1:{ports['api']}",
-                                        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DB}"))
+                                        DATABASE_URL=database_url))
     worker = start("worker", [worker_bin], dict(base_env, OTEL_SERVICE_NAME="worker", WORKER_LISTEN=f"127.0.0.1:{ports['worker']}",
                                                  WORKER_CONCURRENCY="4"))
     API = f"http://127.0.0.1:{ports['api']}"
