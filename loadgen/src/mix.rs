@@ -2,8 +2,12 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use serde_json::{Value, json};
+
+/// The job contract's kinds, built once: other kinds get their example payload.
+static CATALOG: LazyLock<jobs_contract::Catalog> = LazyLock::new(jobs_contract::kinds::catalog);
 
 /// A weighted choice of job kinds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,9 +161,7 @@ impl Payloads {
                 json!({ "transient": rng.next_u64() % 100 < u64::from(self.fail_transient_pct) })
             }
             // Any other kind of the contract: its example payload.
-            other => jobs_contract::kinds::catalog()
-                .example(other)
-                .unwrap_or_else(|| json!({})),
+            other => CATALOG.example(other).unwrap_or_else(|| json!({})),
         };
         json!({ "kind": kind, "payload": payload })
     }

@@ -30,3 +30,17 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs `binary healthcheck` as compose's health check does: nothing in its environment but
+/// `listen_var=listen`, and bounded by compose's `timeout: 3s` (panics past it).
+pub async fn healthcheck(binary: &str, listen_var: &str, listen: &str) -> std::process::Output {
+    let run = tokio::process::Command::new(binary)
+        .arg("healthcheck")
+        .env_clear()
+        .env(listen_var, listen)
+        .output();
+    tokio::time::timeout(Duration::from_secs(3), run)
+        .await
+        .expect("the probe answers within compose's 3 s timeout")
+        .expect("the binary runs")
+}

@@ -20,7 +20,6 @@ target/debug binaries, the local PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0
 Everything it starts, its database and its queues are removed on exit.
 """
 import atexit
-import json
 import os
 import random
 import re
@@ -33,6 +32,8 @@ import sys
 import threading
 import time
 import urllib.parse
+
+from stacklib import compose_config, delete_broker_objects, free_port
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SUFFIX = "".join(random.choices(string.ascii_lowercase + string.digits, k=8))
@@ -66,12 +67,6 @@ def seconds(duration):
     units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6}
     parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)", duration)
     return sum(float(n) * units[u] for n, u in parts)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Proxy:
@@ -131,12 +126,10 @@ class Proxy:
 
 
 def compose_model():
-    binary = os.environ.get("COMPOSE_BIN", "docker-compose")
-    r = subprocess.run([binary, "--project-directory", ROOT, "-f", "docker-compose.yml", "config", "--format", "json"],
-                       capture_output=True, text=True, timeout=60, cwd=ROOT)
-    if r.returncode:
-        raise SystemExit(f"not ok - docker compose config: {r.stderr.strip()[-400:]}")
-    return json.loads(r.stdout)
+    model, err = compose_config("-f", "docker-compose.yml")
+    if model is None:
+        raise SystemExit(f"not ok - docker compose config: {err[-400:]}")
+    return model
 
 
 def local(argv):
@@ -181,19 +174,21 @@ def run_check(name, test, env, timeout):
     return code, took, out
 
 
+def matches(code, want):
+    """Whether an exit `code` is the `want`ed answer: 0, or "non-zero" (a real exit, not a kill)."""
+    return code == want if want == 0 else code not in (0, None, "timeout")
+
+
 def wait_state(name, test, env, timeout, want, needle=None, within=30):
-    """Runs the check until its output contains `needle` (the service has seen the change)."""
+    """Runs the check until its output contains `needle` (the service has seen the change) and
+    it answers `want`, or `within` seconds pass; returns the last run and whether `needle` showed."""
     deadline = time.monotonic() + within
     while True:
         code, took, out = run_check(name, test, env, timeout)
         seen = needle is None or needle in out
-        if (seen and (code == want or (want == "non-zero" and code not in (0, None)))) or time.monotonic() > deadline:
+        if (seen and matches(code, want)) or time.monotonic() > deadline:
             return code, took, out, seen
         time.sleep(0.5)
-
-
-def matches(code, want):
-    return code == want if want == 0 else code not in (0, None)
 
 
 def exercise(name, svc, proxies):
@@ -256,16 +251,7 @@ def cleanup():
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qAt", "-c", f'drop database if exists "{db}" with (force)'],
                        capture_output=True, timeout=30)
     # The broker is shared: remove this run's queues and exchanges.
-    for kind in ("queues", "exchanges"):
-        r = subprocess.run(["curl", "-sS", "-m", "10", "-u", "guest:guest", f"http://127.0.0.1:15672/api/{kind}/%2f?columns=name"],
-                           capture_output=True, text=True)
-        try:
-            names = [o["name"] for o in json.loads(r.stdout or "[]") if o["name"].startswith(PREFIX + ".")]
-        except ValueError:
-            names = []
-        for n in names:
-            subprocess.run(["curl", "-sS", "-m", "10", "-u", "guest:guest", "-X", "DELETE",
-                            f"http://127.0.0.1:15672/api/{kind}/%2f/{urllib.parse.quote(n, safe='')}"], capture_output=True)
+    delete_broker_objects(PREFIX)
 
 
 def main():

@@ -16,10 +16,11 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 
 import yaml
+
+from stacklib import compose_config, read_env
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 TABLE = os.path.join(ROOT, "observability", "images.yml")
@@ -40,23 +41,11 @@ def check(name, ok, detail=""):
     print(f"ok - {name}" if ok else f"not ok - {name}: {detail}", flush=True)
 
 
-def read_env():
-    env = {}
-    for line in open(os.path.join(ROOT, ".env")):
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            k, v = line.split("=", 1)
-            env[k.strip()] = v.strip()
-    return env
-
-
 def compose(args):
-    binary = os.environ.get("COMPOSE_BIN", "docker-compose")
-    r = subprocess.run([binary, "--project-directory", ROOT, *args, "config", "--format", "json"],
-                       capture_output=True, text=True, timeout=60, cwd=ROOT)
-    if r.returncode:
-        raise SystemExit(f"not ok - docker compose {' '.join(args)} config: {r.stderr.strip()[-400:]}")
-    return json.loads(r.stdout)
+    model, err = compose_config(*args)
+    if model is None:
+        raise SystemExit(f"not ok - docker compose {' '.join(args)} config: {err[-400:]}")
+    return model
 
 
 def has(entry, program):

@@ -12,6 +12,8 @@ import sys
 import jsonschema
 import yaml
 
+from stacklib import compose_config, read_env
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 HERE = os.path.dirname(os.path.abspath(__file__))
 OBS = os.path.join(ROOT, "observability")
@@ -26,16 +28,6 @@ def check(name, ok, detail=""):
     else:
         failed += 1
         print(f"not ok - {name}: {detail}")
-
-
-def read_env(path):
-    env = {}
-    for line in open(path):
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            k, v = line.split("=", 1)
-            env[k.strip()] = v.strip()
-    return env
 
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
@@ -207,11 +199,7 @@ def compose_binary_checks():
         return
     import subprocess
 
-    def config(*args):
-        r = subprocess.run([binary, "--project-directory", ROOT, *args, "config", "--format", "json"],
-                           capture_output=True, text=True, timeout=60, cwd=ROOT)
-        return (json.loads(r.stdout) if r.returncode == 0 else None), r.stderr.strip()
-
+    config = compose_config
     version = subprocess.run([binary, "version", "--short"], capture_output=True, text=True).stdout.strip()
     base, err = config("-f", "docker-compose.yml")
     check(f"docker compose {version} config: docker-compose.yml is valid", base is not None, err[-500:])

@@ -34,6 +34,8 @@ import urllib.parse
 import urllib.request
 from http.client import HTTPException
 
+from stacklib import read_env
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OBS = os.path.join(ROOT, "observability")
 CHECKS = ["compose", "prometheus", "grafana-datasources", "job", "jaeger-trace", "loki-logs", "dashboards"]
@@ -85,15 +87,6 @@ def poll(step, wait, fail_prefix="", every=2.0):
         if time.monotonic() + every > deadline:
             raise Failed(fail_prefix + detail)
         time.sleep(every)
-
-
-def read_env():
-    path, env = os.path.join(ROOT, ".env"), {}
-    for line in open(path) if os.path.exists(path) else []:
-        if "=" in line and not line.lstrip().startswith("#"):
-            k, v = line.split("=", 1)
-            env[k.strip()] = v.strip().strip("'\"")
-    return env
 
 
 def compose(*argv):

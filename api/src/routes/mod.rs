@@ -4,11 +4,10 @@ mod health;
 mod jobs;
 mod openapi;
 
-use std::sync::Arc;
-
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
-use axum::{Json, Router, middleware, routing::get};
+use axum::http::{StatusCode, header};
+use axum::{Router, middleware, routing::get};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi as _;
@@ -36,11 +35,14 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.config.body_limit;
     let timeout = state.config.request_timeout;
     let (routes, paths) = documented().split_for_parts();
-    let doc = Arc::new(openapi::document(paths, &state.kinds));
+    // Serialized once: the document only changes with the binary.
+    let doc = Bytes::from(
+        serde_json::to_vec(&openapi::document(paths, &state.kinds)).expect("documents serialize"),
+    );
     routes
         .route(
             "/openapi.json",
-            get(move || async move { Json(doc.as_ref().clone()) }),
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
         )
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -260,17 +260,7 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
 
 /// Runs `api healthcheck` as the compose health check does, against `API_LISTEN=listen`.
 async fn healthcheck(listen: &str) -> std::process::Output {
-    let out = tokio::time::timeout(
-        Duration::from_secs(3),
-        Command::new(API)
-            .arg("healthcheck")
-            .env_clear()
-            .env("API_LISTEN", listen)
-            .output(),
-    )
-    .await
-    .expect("the probe answers within compose's 3 s timeout");
-    out.unwrap()
+    test_support::healthcheck(API, "API_LISTEN", listen).await
 }
 
 #[tokio::test]

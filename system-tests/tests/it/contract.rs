@@ -4,7 +4,7 @@
 use reqwest::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::helpers::{Options, TestApp};
+use crate::helpers::TestApp;
 
 /// Instances of a (JSON Schema 2020-12) schema: its boundaries — each integer at its minimum,
 /// then at its maximum — for the shapes the contract uses (objects, integers, booleans, strings).
@@ -43,11 +43,7 @@ fn generate(schema: &Value, bound: Bound) -> Value {
 
 #[tokio::test]
 async fn every_kind_accepts_what_its_schema_allows_and_refuses_what_it_does_not() {
-    let app = TestApp::with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::api_only().await;
     let (status, doc) = app.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     let schemas = &doc["components"]["schemas"];
@@ -96,11 +92,7 @@ async fn every_kind_accepts_what_its_schema_allows_and_refuses_what_it_does_not(
 
 #[tokio::test]
 async fn the_committed_openapi_document_is_the_served_one() {
-    let app = TestApp::with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::api_only().await;
     let (_, served) = app.get("/openapi.json").await;
     let committed: Value = serde_json::from_str(include_str!("../../../api/openapi.json")).unwrap();
     assert!(

@@ -80,6 +80,15 @@ impl TestApp {
         Self::with(Options::default()).await
     }
 
+    /// The api alone: no worker consumes what it publishes.
+    pub(crate) async fn api_only() -> Self {
+        Self::with(Options {
+            worker: false,
+            ..Default::default()
+        })
+        .await
+    }
+
     pub(crate) async fn with(opts: Options) -> Self {
         LazyLock::force(&TELEMETRY);
         let (_, api_config, worker_config) = configs(&opts);

@@ -162,11 +162,7 @@ async fn an_attempt_past_its_deadline_fails_as_timed_out() {
 
 #[tokio::test]
 async fn cancel_a_queued_job() {
-    let app = TestApp::with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::api_only().await;
     let id = app
         .create("sleep", json!({"duration_ms": 10, "steps": 1}))
         .await;
@@ -263,11 +259,7 @@ async fn duplicate_and_stale_events_change_nothing() {
 async fn a_test_that_fails_still_removes_its_database_and_queues() {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let failed = tokio::spawn(async move {
-        let app = TestApp::with(Options {
-            worker: false,
-            ..Default::default()
-        })
-        .await;
+        let app = TestApp::api_only().await;
         let _ = tx.send(app.api_config.clone());
         panic!("an assertion failed before stop()");
     })

@@ -5,15 +5,11 @@ use std::collections::HashSet;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Options, TestApp};
+use crate::helpers::TestApp;
 
 #[tokio::test]
 async fn pages_newest_first_without_gaps_or_repeats() {
-    let app = TestApp::with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::api_only().await;
     let mut created = Vec::new();
     for i in 0..5 {
         created.push(
@@ -52,11 +48,7 @@ async fn pages_newest_first_without_gaps_or_repeats() {
 
 #[tokio::test]
 async fn openapi_document_lists_every_route() {
-    let app = TestApp::with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::api_only().await;
     let (status, doc) = app.get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));

@@ -22,17 +22,7 @@ fn rabbitmq() -> String {
 
 /// Runs `worker healthcheck` as the compose health check does, against `WORKER_LISTEN=listen`.
 async fn healthcheck(listen: &str) -> std::process::Output {
-    let out = tokio::time::timeout(
-        Duration::from_secs(3),
-        Command::new(WORKER)
-            .arg("healthcheck")
-            .env_clear()
-            .env("WORKER_LISTEN", listen)
-            .output(),
-    )
-    .await
-    .expect("the probe answers within compose's 3 s timeout");
-    out.unwrap()
+    test_support::healthcheck(WORKER, "WORKER_LISTEN", listen).await
 }
 
 async fn channel() -> (Connection, Channel) {
@@ -160,12 +150,7 @@ async fn sigterm_with_a_job_in_flight_finishes_it_and_exits_zero() {
         .await
         .unwrap();
     assert!(left.is_none(), "the job was acked, not handed back");
-    remove(&topology).await;
-}
-
-/// Removes a test's queues and exchanges from the shared broker.
-async fn remove(topology: &Topology) {
-    test_support::cleanup::remove_topology(topology).await;
+    test_support::cleanup::remove_topology(&topology).await;
 }
 
 #[tokio::test]
