@@ -1,7 +1,7 @@
 //! The api's broker session: declare the topology, run the outbox relay and the events
-//! consumer on one connection, and share the publisher (for cancel broadcasts) while it lives.
+//! consumer on one connection.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use shared::amqp::{BrokerStatus, Publisher};
@@ -14,20 +14,9 @@ use crate::{AppState, events, relay};
 pub struct Broker {
     /// Up while a session runs; `/readyz` reads it.
     pub status: BrokerStatus,
-    publisher: Arc<RwLock<Option<Publisher>>>,
-    /// Wakes the relay after a job is committed, so it need not wait for its next poll.
+    /// Wakes the relay after a job or a cancel is committed, so it need not wait for its next
+    /// poll.
     pub wake_relay: Arc<tokio::sync::Notify>,
-}
-
-impl Broker {
-    /// The current session's publisher, if connected.
-    pub fn publisher(&self) -> Option<Publisher> {
-        self.publisher.read().expect("not poisoned").clone()
-    }
-
-    fn set_publisher(&self, p: Option<Publisher>) {
-        *self.publisher.write().expect("not poisoned") = p;
-    }
 }
 
 /// Runs one session on `conn` until `shutdown` (`Ok`) or a broker failure (`Err`: reconnect).
@@ -44,7 +33,6 @@ pub async fn session(
         .declare(publisher.channel())
         .await
         .context("declaring the topology")?;
-    state.broker.set_publisher(Some(publisher.clone()));
     state.broker.status.set_up(true);
     let relay = relay::run(
         state.db.clone(),
@@ -58,6 +46,7 @@ pub async fn session(
         &conn,
         config.amqp.topology.events_queue(),
         state.db.clone(),
+        state.broker.wake_relay.clone(),
         shutdown.clone(),
     );
     tokio::pin!(relay, events);
@@ -67,7 +56,6 @@ pub async fn session(
         r = &mut relay => if r.is_ok() { events.await } else { r },
         r = &mut events => if r.is_ok() { relay.await } else { r },
     };
-    state.broker.set_publisher(None);
     let _ = conn.close(200, "api session over".into()).await;
     outcome
 }

@@ -25,6 +25,12 @@ pub struct Config {
     pub relay_interval: Duration,
     /// `SHUTDOWN_GRACE_SECS`: how long in-flight requests may finish after a signal.
     pub grace: Duration,
+    /// `JOB_RETENTION`: finished jobs older than this are deleted; `None` (`0`) keeps them.
+    pub retention: Option<Duration>,
+    /// `RETENTION_INTERVAL_SECS`: how often one api replica prunes.
+    pub retention_interval: Duration,
+    /// `IDEMPOTENCY_KEY_TTL`: how long an `Idempotency-Key` answers with the job it created.
+    pub idempotency_ttl: Duration,
 }
 
 impl Config {
@@ -50,6 +56,10 @@ impl Config {
             request_timeout: config::seconds("REQUEST_TIMEOUT_SECS", 10)?,
             relay_interval: config::millis("RELAY_INTERVAL_MS", 1000, 10)?,
             grace: shared::shutdown::grace_from_env()?,
+            retention: config::span("JOB_RETENTION", "7d", true)?,
+            retention_interval: config::seconds("RETENTION_INTERVAL_SECS", 60)?,
+            idempotency_ttl: config::span("IDEMPOTENCY_KEY_TTL", "24h", false)?
+                .expect("zero is refused"),
         })
     }
 

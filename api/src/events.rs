@@ -4,8 +4,10 @@
 //! independent: deliveries are spread over a few lanes by job id, each lane applying what has
 //! queued up in it, in order, in one transaction. A lane that cannot reach PostgreSQL retries
 //! the same batch with backoff (the prefetch bounds what waits behind it); an event is acked
-//! only once applied or found useless.
+//! only once applied or found useless. A `started` event of a job whose cancel was accepted
+//! (a worker that raced the broadcast) puts the cancel back in its outbox, and wakes the relay.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -15,7 +17,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use shared::backoff::{self, Policy};
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::store;
@@ -31,6 +33,7 @@ pub async fn consume(
     conn: &lapin::Connection,
     queue: String,
     db: PgPool,
+    wake_relay: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let channel = conn.create_channel().await?;
@@ -50,7 +53,13 @@ pub async fn consume(
     for _ in 0..LANES {
         let (tx, rx) = mpsc::channel(usize::from(PREFETCH));
         lanes.push(tx);
-        workers.spawn(lane(rx, queue.clone(), db.clone(), shutdown.clone()));
+        workers.spawn(lane(
+            rx,
+            queue.clone(),
+            db.clone(),
+            wake_relay.clone(),
+            shutdown.clone(),
+        ));
     }
     let result = loop {
         let delivery = tokio::select! {
@@ -87,6 +96,7 @@ async fn lane(
     mut rx: mpsc::Receiver<(JobEvent, Delivery)>,
     queue: String,
     db: PgPool,
+    wake_relay: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -110,7 +120,14 @@ async fn lane(
         let Some(applied) = apply_with_retry(&db, &events, &shutdown).await else {
             return;
         };
-        let outcomes = events.iter().zip(deliveries).zip(spans).zip(applied);
+        if applied.recancelled > 0 {
+            wake_relay.notify_one();
+        }
+        let outcomes = events
+            .iter()
+            .zip(deliveries)
+            .zip(spans)
+            .zip(applied.changed);
         for (((event, delivery), span), applied) in outcomes {
             let result = if applied { "applied" } else { "ignored" };
             span.in_scope(|| tracing::debug!(result, batch = events.len(), "job event"));
@@ -125,12 +142,12 @@ async fn lane(
     }
 }
 
-/// `Some(changed per event)` once applied; `None` if shutdown came first.
+/// `Some` once applied; `None` if shutdown came first.
 async fn apply_with_retry(
     db: &PgPool,
     events: &[JobEvent],
     shutdown: &CancellationToken,
-) -> Option<Vec<bool>> {
+) -> Option<store::Applied> {
     let policy = Policy {
         base: Duration::from_millis(100),
         max: Duration::from_secs(5),

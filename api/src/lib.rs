@@ -3,18 +3,22 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment.
-//! - [`routes`]: the HTTP app; [`observe`] its telemetry middleware; [`error`] its error type.
+//! - [`routes`]: the HTTP app; [`observe`] its telemetry middleware; [`error`] its error type;
+//!   [`idempotency`] the `Idempotency-Key` header.
 //! - [`store`]: every SQL statement; [`state`]: the job state machine; [`db`]: pool + migrations.
 //! - [`broker`]: the RabbitMQ session, running [`relay`] (outbox → broker) and [`events`]
 //!   (broker → job rows).
+//! - [`retention`]: deletes old finished jobs and expired idempotency keys.
 
 pub mod broker;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod idempotency;
 pub mod observe;
 pub mod relay;
+pub mod retention;
 pub mod routes;
 pub mod state;
 pub mod store;
@@ -37,7 +41,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// The PostgreSQL pool.
     pub db: PgPool,
-    /// The broker session's status and publisher.
+    /// The broker session's status, and the relay's wake-up.
     pub broker: broker::Broker,
     /// The job kinds, to validate payloads before anything is stored.
     pub kinds: Catalog,
@@ -54,6 +58,7 @@ pub async fn run(
     // Every series at zero from the start, so `rate()` sees the first increment.
     for kind in kinds.names() {
         metrics::counter!("jobstack_jobs_created_total", "kind" => kind).absolute(0);
+        metrics::counter!("jobstack_jobs_redriven_total", "kind" => kind).absolute(0);
     }
     for event in ["started", "progress", "succeeded", "failed", "cancelled"] {
         for result in ["applied", "ignored"] {
@@ -62,6 +67,7 @@ pub async fn run(
         }
     }
     metrics::counter!("jobstack_outbox_published_total").absolute(0);
+    metrics::counter!("jobstack_cancels_published_total").absolute(0);
     metrics::counter!("jobstack_amqp_reconnects_total").absolute(0);
     let db = db::connect(&config, &shutdown).await?;
     let state = AppState {
@@ -82,6 +88,12 @@ pub async fn run(
             .await;
         })
     };
+    let retention = tokio::spawn(retention::run(
+        state.db.clone(),
+        state.config.retention,
+        state.config.retention_interval,
+        shutdown.clone(),
+    ));
     let grace = state.config.grace;
     let server = axum::serve(listener, routes::app(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -97,5 +109,6 @@ pub async fn run(
         () = deadline => tracing::warn!(grace_secs = grace.as_secs(), "requests still open after the grace period; closing them"),
     }
     session.await?;
+    retention.await?;
     Ok(())
 }

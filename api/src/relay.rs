@@ -5,16 +5,22 @@
 //! the row; this loop publishes rows in batches with pipelined confirms (an order of magnitude
 //! faster than a confirm per request) and marks them only after the broker confirmed them. A
 //! crash between the two publishes a job twice, which at-least-once delivery allows.
+//!
+//! A delayed job waits in the outbox until its `run_at`: the relay publishes only due rows and,
+//! when idle, sleeps until the earliest one is due. Cancels have an outbox of their own (a flag
+//! on the row), published the same way to the control stream (see `worker::session`).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use jobs_contract::messages::JobMessage;
+use chrono::Utc;
+use jobs_contract::messages::{ControlMessage, JobMessage};
 use shared::amqp::{Outgoing, Publisher, Topology, producer_span};
 use shared::telemetry::propagation;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::store;
 
@@ -22,8 +28,13 @@ use crate::store;
 /// batch holds its row locks.
 const BATCH: i64 = 256;
 
-/// Publishes outbox entries until `shutdown`, then flushes once more; returns an error when the
-/// broker failed us (the caller reconnects). `wake` is notified after each accepted job.
+/// How often the outbox gauges are refreshed at most: counting is a scan of the outbox, and the
+/// relay may be woken thousands of times a second.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Publishes outbox entries and cancels until `shutdown`, then flushes once more; returns an
+/// error when the broker failed us (the caller reconnects). `wake` is notified after each
+/// accepted job or cancel.
 pub async fn run(
     db: PgPool,
     publisher: Publisher,
@@ -32,31 +43,55 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut gauges_at: Option<Instant> = None;
     loop {
-        loop {
-            match relay_batch(&db, &publisher, &topology).await {
-                Ok(n) if n < BATCH as usize => break,
-                Ok(_) => continue,
-                Err(Failure::Database(e)) => {
-                    tracing::warn!(error = %e, "outbox relay cannot reach PostgreSQL; will retry");
-                    break;
+        for relay in [Relay::Jobs, Relay::Cancels] {
+            loop {
+                match relay_batch(relay, &db, &publisher, &topology).await {
+                    Ok(n) if n < BATCH as usize => break,
+                    Ok(_) => continue,
+                    Err(Failure::Database(e)) => {
+                        tracing::warn!(error = %e, "outbox relay cannot reach PostgreSQL; will retry");
+                        break;
+                    }
+                    Err(Failure::Broker(e)) => return Err(e),
                 }
-                Err(Failure::Broker(e)) => return Err(e),
             }
         }
-        if let Ok(backlog) = store::outbox_backlog(&db).await {
-            metrics::gauge!("jobstack_outbox_backlog").set(backlog as f64);
+        if gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
+            if let Ok(outbox) = store::outbox_state(&db).await {
+                metrics::gauge!("jobstack_outbox_backlog").set(outbox.due as f64);
+                metrics::gauge!("jobstack_jobs_scheduled").set(outbox.scheduled as f64);
+            }
+            gauges_at = Some(Instant::now());
         }
         if shutdown.is_cancelled() {
             // The loop above was the final flush: jobs committed before the signal are out.
             return Ok(());
         }
+        // Until the earliest delayed job is due, if that comes before the next poll.
+        let nap = match store::next_due(&db).await {
+            Ok(Some(due)) => (due - Utc::now())
+                .to_std()
+                .unwrap_or_default()
+                .min(interval),
+            _ => interval,
+        };
         tokio::select! {
             () = wake.notified() => {},
-            () = tokio::time::sleep(interval) => {},
+            () = tokio::time::sleep(nap) => {},
             () = shutdown.cancelled() => {},
         }
     }
+}
+
+/// What one batch publishes.
+#[derive(Debug, Clone, Copy)]
+enum Relay {
+    /// Due jobs, to the jobs exchange.
+    Jobs,
+    /// Accepted cancels, to the control exchange (bound to the control stream).
+    Cancels,
 }
 
 enum Failure {
@@ -71,19 +106,57 @@ impl From<sqlx::Error> for Failure {
 }
 
 async fn relay_batch(
+    relay: Relay,
     db: &PgPool,
     publisher: &Publisher,
     topology: &Topology,
 ) -> Result<usize, Failure> {
     let mut tx = db.begin().await?;
-    let rows = store::lock_outbox(&mut tx, BATCH).await?;
-    if rows.is_empty() {
+    let (ids, messages, spans) = match relay {
+        Relay::Jobs => jobs(store::lock_outbox(&mut tx, BATCH).await?, topology),
+        Relay::Cancels => cancels(store::lock_cancels(&mut tx, BATCH).await?, topology),
+    };
+    if ids.is_empty() {
         return Ok(0);
     }
+    let results = publisher.publish_all(messages).await;
+    let mut published = Vec::with_capacity(ids.len());
+    let mut failure = None;
+    for ((id, result), span) in ids.iter().zip(results).zip(&spans) {
+        match result {
+            Ok(()) => published.push(*id),
+            Err(e) => {
+                propagation::record_error(span, &e.to_string());
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    match relay {
+        Relay::Jobs => store::mark_published(&mut tx, &published).await?,
+        Relay::Cancels => store::mark_cancels_published(&mut tx, &published).await?,
+    }
+    tx.commit().await?;
+    let counter = match relay {
+        Relay::Jobs => "jobstack_outbox_published_total",
+        Relay::Cancels => "jobstack_cancels_published_total",
+    };
+    metrics::counter!(counter).increment(published.len() as u64);
+    match failure {
+        None => Ok(published.len()),
+        Some(e) => Err(Failure::Broker(anyhow::Error::new(e).context(format!(
+            "outbox relay: {} of {} {relay:?} not published",
+            ids.len() - published.len(),
+            ids.len()
+        )))),
+    }
+}
+
+type Batch = (Vec<Uuid>, Vec<Outgoing>, Vec<tracing::Span>);
+
+fn jobs(rows: Vec<store::Unpublished>, topology: &Topology) -> Batch {
     let exchange = topology.jobs_exchange();
-    let mut spans = Vec::with_capacity(rows.len());
-    let mut messages = Vec::with_capacity(rows.len());
-    for row in &rows {
+    let mut batch: Batch = Default::default();
+    for row in rows {
         let id = row.id.to_string();
         // The producer span continues the request's trace, however long after it we publish.
         let span = producer_span(&exchange, &row.kind, &id);
@@ -93,35 +166,38 @@ async fn relay_batch(
         let body = JobMessage {
             id: row.id,
             kind: row.kind.clone(),
-            payload: row.payload.clone(),
+            payload: row.payload,
             attempt: 1,
-            available_at: row.created_at,
+            generation: row.generation.max(0) as u32,
+            available_at: row.run_at,
         };
         let body = serde_json::to_vec(&body).expect("messages serialize");
-        messages.push(Outgoing::new(&exchange, &row.kind, body, &id, &span));
-        spans.push(span);
+        batch.0.push(row.id);
+        batch
+            .1
+            .push(Outgoing::new(&exchange, &row.kind, body, &id, &span));
+        batch.2.push(span);
     }
-    let results = publisher.publish_all(messages).await;
-    let mut published = Vec::with_capacity(rows.len());
-    let mut failure = None;
-    for ((row, result), span) in rows.iter().zip(results).zip(&spans) {
-        match result {
-            Ok(()) => published.push(row.id),
-            Err(e) => {
-                propagation::record_error(span, &e.to_string());
-                failure.get_or_insert(e);
-            }
+    batch
+}
+
+fn cancels(rows: Vec<store::PendingCancel>, topology: &Topology) -> Batch {
+    let exchange = topology.control_exchange();
+    let mut batch: Batch = Default::default();
+    for row in rows {
+        let id = row.id.to_string();
+        let span = producer_span(&exchange, "", &id);
+        if let Some(tp) = &row.traceparent {
+            propagation::set_parent(&span, propagation::from_traceparent(tp));
         }
+        let body = ControlMessage::Cancel {
+            job_id: row.id,
+            generation: row.generation.max(0) as u32,
+        };
+        let body = serde_json::to_vec(&body).expect("messages serialize");
+        batch.0.push(row.id);
+        batch.1.push(Outgoing::new(&exchange, "", body, &id, &span));
+        batch.2.push(span);
     }
-    store::mark_published(&mut tx, &published).await?;
-    tx.commit().await?;
-    metrics::counter!("jobstack_outbox_published_total").increment(published.len() as u64);
-    match failure {
-        None => Ok(published.len()),
-        Some(e) => Err(Failure::Broker(anyhow::Error::new(e).context(format!(
-            "outbox relay: {} of {} jobs not published",
-            rows.len() - published.len(),
-            rows.len()
-        )))),
-    }
+    batch
 }

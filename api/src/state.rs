@@ -2,7 +2,8 @@
 //!
 //! Delivery is at-least-once and events of different attempts can cross, so every rule below
 //! is written to make a repeated or stale event a no-op: nothing changes once a job is final,
-//! events of an older attempt are ignored, progress only rises, and an attempt starts only once.
+//! events of an older attempt or of an earlier series of attempts (before a re-drive) are
+//! ignored, progress only rises, and an attempt starts only once.
 
 use chrono::{DateTime, Utc};
 use jobs_contract::messages::{JobChange, JobEvent};
@@ -11,6 +12,8 @@ use serde_json::Value;
 /// A job's lifecycle state, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// Waiting for its `run_at`; not yet published.
+    Scheduled,
     /// Waiting for a worker (also between attempts).
     Queued,
     /// An attempt is running.
@@ -25,7 +28,8 @@ pub enum Status {
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
+        Self::Scheduled,
         Self::Queued,
         Self::Running,
         Self::Succeeded,
@@ -36,6 +40,7 @@ impl Status {
     /// The stored name.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Scheduled => "scheduled",
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
@@ -66,6 +71,8 @@ pub struct Current {
     pub progress: f64,
     /// Whether a client asked to cancel.
     pub cancel_requested: bool,
+    /// The series of attempts under way (one more at each re-drive).
+    pub generation: u32,
 }
 
 impl Current {
@@ -116,7 +123,7 @@ impl Update {
 /// The change `event` makes to a job in state `cur`, or `None` when it changes nothing.
 pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
     let a = event.attempt;
-    if cur.status.is_final() || a < cur.attempts {
+    if cur.status.is_final() || event.generation != cur.generation || a < cur.attempts {
         return None;
     }
     let newer = a > cur.attempts;
@@ -191,6 +198,7 @@ mod tests {
         JobEvent {
             job_id: Uuid::nil(),
             attempt,
+            generation: 0,
             at: Utc::now(),
             change,
         }
@@ -202,6 +210,7 @@ mod tests {
             attempts,
             progress,
             cancel_requested: false,
+            generation: 0,
         }
     }
 
@@ -355,6 +364,25 @@ mod tests {
             Status::Cancelled,
             "a cancelled job is not retried"
         );
+    }
+
+    #[test]
+    fn events_of_an_earlier_series_are_ignored() {
+        // Re-driven: generation 1, attempts start again from 0.
+        let c = Current {
+            generation: 1,
+            ..cur(Status::Queued, 0, 0.0)
+        };
+        let mut late = ev(
+            3,
+            JobChange::Failed {
+                error: "old".into(),
+                retrying: false,
+            },
+        );
+        assert_eq!(apply(c, &late), None, "a late event of series 0");
+        late.generation = 1;
+        assert_eq!(apply(c, &late).map(|u| u.status), Some(Status::Failed));
     }
 
     #[test]

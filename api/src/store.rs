@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
+use jobs_contract::request::Schedule;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
@@ -21,7 +24,7 @@ pub struct Job {
     pub kind: String,
     /// The handler's input.
     pub payload: Value,
-    /// queued, running, succeeded, failed or cancelled.
+    /// scheduled, queued, running, succeeded, failed or cancelled.
     pub status: String,
     /// 0.0–1.0.
     pub progress: f64,
@@ -33,43 +36,134 @@ pub struct Job {
     pub error: Option<String>,
     /// When the api accepted it.
     pub created_at: DateTime<Utc>,
+    /// When it may run: `created_at`, or later for a delayed job (status `scheduled` until then).
+    pub run_at: DateTime<Utc>,
     /// When its first attempt started.
     pub started_at: Option<DateTime<Utc>>,
     /// When it reached a final state.
     pub finished_at: Option<DateTime<Utc>>,
     /// The trace that created it (32 hex).
     pub trace_id: String,
+    /// How each earlier series of attempts ended, oldest first: one entry per re-drive.
+    #[schema(value_type = Vec<Object>)]
+    pub history: Value,
 }
 
 /// The columns of [`Job`], for `concat!` (sqlx only takes static SQL).
 macro_rules! columns {
     () => {
         "id, kind, payload, status, progress, attempts, result, error, \
-         created_at, started_at, finished_at, trace_id"
+         created_at, run_at, started_at, finished_at, trace_id, history"
     };
 }
 
+/// A job to store.
+#[derive(Debug)]
+pub struct NewJob<'a> {
+    /// Its kind.
+    pub kind: &'a str,
+    /// Its payload, validated.
+    pub payload: &'a Value,
+    /// When it may run.
+    pub schedule: Schedule,
+    /// The accepting request's trace id.
+    pub trace_id: &'a str,
+    /// The accepting request's trace context, for the relay's publish span.
+    pub traceparent: Option<&'a str>,
+}
+
+/// An `Idempotency-Key` and what it stands for.
+#[derive(Debug)]
+pub struct Key<'a> {
+    /// The key as sent.
+    pub key: &'a str,
+    /// A digest of the request it came with.
+    pub fingerprint: &'a str,
+    /// How long it answers with its job.
+    pub ttl: Duration,
+}
+
+/// What an insert did.
+#[derive(Debug)]
+pub enum Inserted {
+    /// A new job.
+    Created(Job),
+    /// The key's job, created by an earlier request with the same body.
+    Replayed(Job),
+    /// The key was used with a different body.
+    KeyReused,
+}
+
 /// Inserts a new job; with `outbox = true` by default, the row is its own outbox entry, so
-/// the single-row commit is what makes the 202 durable.
+/// the commit is what makes the 202 durable. With a key, the key and the job commit together,
+/// and a key seen before (and not expired) answers with its job instead: a concurrent request
+/// with the same key waits on the first one's row lock, then finds its job.
 pub async fn insert(
     db: &PgPool,
-    kind: &str,
-    payload: &Value,
-    trace_id: &str,
-    traceparent: Option<&str>,
-) -> sqlx::Result<Job> {
-    sqlx::query_as(concat!(
-        "INSERT INTO jobs (id, kind, payload, trace_id, traceparent) VALUES ($1, $2, $3, $4, $5) \
+    job: &NewJob<'_>,
+    key: Option<&Key<'_>>,
+) -> sqlx::Result<Inserted> {
+    let id = Uuid::now_v7();
+    let mut tx = db.begin().await?;
+    if let Some(key) = key {
+        let claimed: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO idempotency_keys (key, fingerprint, job_id, expires_at) \
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
+             ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+                 job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at \
+             WHERE idempotency_keys.expires_at <= now() \
+             RETURNING job_id",
+        )
+        .bind(key.key)
+        .bind(key.fingerprint)
+        .bind(id)
+        .bind(key.ttl.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if claimed.is_none() {
+            let (fingerprint, job_id): (String, Uuid) =
+                sqlx::query_as("SELECT fingerprint, job_id FROM idempotency_keys WHERE key = $1")
+                    .bind(key.key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if fingerprint != key.fingerprint {
+                return Ok(Inserted::KeyReused);
+            }
+            let job = fetch(&mut tx, job_id).await?;
+            return Ok(Inserted::Replayed(job));
+        }
+    }
+    let (run_at, delay): (Option<DateTime<Utc>>, Option<f64>) = match job.schedule {
+        Schedule::Now => (None, None),
+        Schedule::At(at) => (Some(at), None),
+        Schedule::After(d) => (None, Some(d.as_secs_f64())),
+    };
+    let created: Job = sqlx::query_as(concat!(
+        "WITH t AS (SELECT GREATEST(now(), COALESCE($6, now() + make_interval(secs => $7))) AS run_at) \
+         INSERT INTO jobs (id, kind, payload, trace_id, traceparent, run_at, status) \
+         SELECT $1, $2, $3, $4, $5, t.run_at, \
+                CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END FROM t \
          RETURNING ",
         columns!()
     ))
-    .bind(Uuid::now_v7())
-    .bind(kind)
-    .bind(payload)
-    .bind(trace_id)
-    .bind(traceparent)
-    .fetch_one(db)
-    .await
+    .bind(id)
+    .bind(job.kind)
+    .bind(job.payload)
+    .bind(job.trace_id)
+    .bind(job.traceparent)
+    .bind(run_at)
+    .bind(delay)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Inserted::Created(created))
+}
+
+async fn fetch(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<Job> {
+    sqlx::query_as(concat!("SELECT ", columns!(), " FROM jobs WHERE id = $1"))
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await
 }
 
 /// One job.
@@ -155,83 +249,120 @@ pub enum Cancel {
     Accepted(Job),
 }
 
-/// Cancels a queued job at once (and takes it out of the outbox); flags a running one so the
-/// worker stops it at its next step.
+/// Cancels a job that has not started at once (a scheduled or still unpublished one also
+/// leaves the outbox); flags a running one so the worker stops it at its next step. When the
+/// job's message may be in the broker, the cancel goes into the cancel outbox: the relay
+/// writes it to the control stream, which every worker reads before it takes a job.
 pub async fn cancel(db: &PgPool, id: Uuid) -> sqlx::Result<Cancel> {
     let mut tx = db.begin().await?;
     let Some(cur) = lock(&mut tx, id).await? else {
         return Ok(Cancel::NotFound);
     };
-    let job: Job = if cur.status.is_final() {
-        let job = sqlx::query_as(concat!("SELECT ", columns!(), " FROM jobs WHERE id = $1"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        return Ok(Cancel::AlreadyFinal(job));
-    } else if cur.status == Status::Queued {
-        sqlx::query_as(concat!(
-            "UPDATE jobs SET status = 'cancelled', finished_at = now(), outbox = false, \
-             cancel_requested = true WHERE id = $1 RETURNING ",
-            columns!()
-        ))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?
-    } else {
-        sqlx::query_as(concat!(
-            "UPDATE jobs SET cancel_requested = true WHERE id = $1 RETURNING ",
-            columns!()
-        ))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?
-    };
+    if cur.status.is_final() {
+        return Ok(Cancel::AlreadyFinal(fetch(&mut tx, id).await?));
+    }
+    let job: Job = sqlx::query_as(concat!(
+        "UPDATE jobs SET cancel_requested = true, cancel_outbox = NOT outbox, \
+             status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END, \
+             finished_at = CASE WHEN status = 'running' THEN NULL ELSE now() END, \
+             outbox = false \
+         WHERE id = $1 RETURNING ",
+        columns!()
+    ))
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Cancel::Accepted(job))
 }
 
 /// The state machine's columns of a row, as locked by [`lock`] and [`apply_events`].
-type StateRow = (String, i32, f64, bool);
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    id: Uuid,
+    status: String,
+    attempts: i32,
+    progress: f64,
+    cancel_requested: bool,
+    generation: i32,
+}
 
-fn current((status, attempts, progress, cancel_requested): StateRow) -> Current {
-    Current {
-        status: Status::parse(&status).unwrap_or(Status::Queued),
-        attempts: attempts.max(0) as u32,
-        progress,
-        cancel_requested,
+impl StateRow {
+    fn current(&self) -> Current {
+        Current {
+            status: Status::parse(&self.status).unwrap_or(Status::Queued),
+            attempts: self.attempts.max(0) as u32,
+            progress: self.progress,
+            cancel_requested: self.cancel_requested,
+            generation: self.generation.max(0) as u32,
+        }
     }
 }
 
+macro_rules! state_columns {
+    () => {
+        "id, status, attempts, progress, cancel_requested, generation"
+    };
+}
+
 async fn lock(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<Option<Current>> {
-    let row: Option<StateRow> = sqlx::query_as(
-        "SELECT status, attempts, progress, cancel_requested FROM jobs WHERE id = $1 FOR UPDATE",
-    )
+    let row: Option<StateRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        state_columns!(),
+        " FROM jobs WHERE id = $1 FOR UPDATE"
+    ))
     .bind(id)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(current))
+    Ok(row.as_ref().map(StateRow::current))
+}
+
+/// What [`apply_events`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Applied {
+    /// Per event, whether it changed anything (false for duplicates, stale events and unknown
+    /// jobs).
+    pub changed: Vec<bool>,
+    /// Jobs whose cancel went back into the cancel outbox: a worker started them after the
+    /// cancel was accepted (it raced the broadcast), so it is told again.
+    pub recancelled: usize,
 }
 
 /// Applies workers' events, in order, to their jobs through the state machine, in one
-/// transaction: one lock query, one update and one commit for the whole batch. Returns, per
-/// event, whether it changed anything (false for duplicates, stale events and unknown jobs).
-pub async fn apply_events(db: &PgPool, events: &[JobEvent]) -> sqlx::Result<Vec<bool>> {
+/// transaction: one lock query, one update and one commit for the whole batch.
+pub async fn apply_events(db: &PgPool, events: &[JobEvent]) -> sqlx::Result<Applied> {
     let mut tx = db.begin().await?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.job_id).collect();
     // Locked in id order, so two batches sharing jobs could never deadlock.
-    let rows: Vec<(Uuid, String, i32, f64, bool)> = sqlx::query_as(
-        "SELECT id, status, attempts, progress, cancel_requested FROM jobs \
-         WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
+    let rows: Vec<StateRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        state_columns!(),
+        " FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    ))
     .bind(&ids)
     .fetch_all(&mut *tx)
     .await?;
     let mut jobs: HashMap<Uuid, (Current, Option<state::Update>)> = rows
-        .into_iter()
-        .map(|(id, status, attempts, progress, cancel)| {
-            (id, (current((status, attempts, progress, cancel)), None))
-        })
+        .iter()
+        .map(|row| (row.id, (row.current(), None)))
         .collect();
+
+    let mut recancel: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.change == JobChange::Started)
+        .filter(|e| {
+            jobs.get(&e.job_id)
+                .is_some_and(|(c, _)| c.cancel_requested && c.generation == e.generation)
+        })
+        .map(|e| e.job_id)
+        .collect();
+    recancel.dedup();
+    if !recancel.is_empty() {
+        sqlx::query("UPDATE jobs SET cancel_outbox = true WHERE id = ANY($1)")
+            .bind(&recancel)
+            .execute(&mut *tx)
+            .await?;
+    }
 
     let mut applied = Vec::with_capacity(events.len());
     for event in events {
@@ -251,8 +382,13 @@ pub async fn apply_events(db: &PgPool, events: &[JobEvent]) -> sqlx::Result<Vec<
         .into_iter()
         .filter_map(|(id, (_, pending))| Some((id, pending?)))
         .collect();
+    let done = Applied {
+        changed: applied,
+        recancelled: recancel.len(),
+    };
     if updates.is_empty() {
-        return Ok(applied);
+        tx.commit().await?;
+        return Ok(done);
     }
     if events
         .iter()
@@ -295,7 +431,7 @@ pub async fn apply_events(db: &PgPool, events: &[JobEvent]) -> sqlx::Result<Vec<
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(applied)
+    Ok(done)
 }
 
 /// A job waiting in the outbox.
@@ -307,38 +443,250 @@ pub struct Unpublished {
     pub kind: String,
     /// Its payload.
     pub payload: Value,
-    /// When it was accepted (the first attempt is available from then).
-    pub created_at: DateTime<Utc>,
+    /// When it may run (its first attempt is available from then).
+    pub run_at: DateTime<Utc>,
+    /// Its series of attempts.
+    pub generation: i32,
     /// The accepting request's trace context.
     pub traceparent: Option<String>,
 }
 
-/// Locks up to `limit` outbox entries, oldest first, skipping those another api replica holds.
+/// Locks up to `limit` due outbox entries, oldest first, skipping those another api replica
+/// holds.
 pub async fn lock_outbox(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
 ) -> sqlx::Result<Vec<Unpublished>> {
     sqlx::query_as(
-        "SELECT id, kind, payload, created_at, traceparent FROM jobs WHERE outbox \
-         ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT id, kind, payload, run_at, generation, traceparent FROM jobs \
+         WHERE outbox AND run_at <= now() \
+         ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(&mut **tx)
     .await
 }
 
-/// Takes published jobs out of the outbox.
+/// Takes published jobs out of the outbox; a scheduled one is now queued.
 pub async fn mark_published(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> sqlx::Result<()> {
-    sqlx::query("UPDATE jobs SET outbox = false WHERE id = ANY($1)")
+    sqlx::query(
+        "UPDATE jobs SET outbox = false, \
+             status = CASE WHEN status = 'scheduled' THEN 'queued' ELSE status END \
+         WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+}
+
+/// The outbox's state, for the gauges and the relay's next wake-up.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OutboxState {
+    /// Entries due now, not yet published.
+    pub due: i64,
+    /// Delayed jobs waiting for their `run_at`.
+    pub scheduled: i64,
+}
+
+/// Counts the outbox.
+pub async fn outbox_state(db: &PgPool) -> sqlx::Result<OutboxState> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE run_at <= now()) AS due, \
+                count(*) FILTER (WHERE run_at > now()) AS scheduled \
+         FROM jobs WHERE outbox",
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// When the earliest scheduled job becomes due, if any.
+pub async fn next_due(db: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
+    sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE outbox AND run_at > now()")
+        .fetch_one(db)
+        .await
+}
+
+/// A cancel to broadcast.
+#[derive(Debug, sqlx::FromRow)]
+pub struct PendingCancel {
+    /// The job.
+    pub id: Uuid,
+    /// Its series of attempts.
+    pub generation: i32,
+    /// The trace that created the job, which the broadcast joins.
+    pub traceparent: Option<String>,
+}
+
+/// Locks up to `limit` cancels not yet broadcast, skipping those another replica holds.
+pub async fn lock_cancels(
+    tx: &mut Transaction<'_, Postgres>,
+    limit: i64,
+) -> sqlx::Result<Vec<PendingCancel>> {
+    sqlx::query_as(
+        "SELECT id, generation, traceparent FROM jobs WHERE cancel_outbox \
+         LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Takes broadcast cancels out of the cancel outbox.
+pub async fn mark_cancels_published(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET cancel_outbox = false WHERE id = ANY($1)")
         .bind(ids)
         .execute(&mut **tx)
         .await
         .map(drop)
 }
 
-/// How many jobs wait in the outbox.
-pub async fn outbox_backlog(db: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE outbox")
-        .fetch_one(db)
-        .await
+/// Which jobs to re-drive.
+#[derive(Debug, Clone, Copy)]
+pub enum Redrive<'a> {
+    /// This one.
+    One(Uuid),
+    /// Up to `limit` in `status`, of `kind` if given, most recently finished first.
+    Many {
+        /// `failed` or `cancelled`.
+        status: Status,
+        /// Only this kind.
+        kind: Option<&'a str>,
+        /// At most this many.
+        limit: u32,
+    },
+}
+
+/// What a single re-drive found.
+#[derive(Debug)]
+pub enum RedriveOne {
+    /// No such job.
+    NotFound,
+    /// Not failed or cancelled: nothing changed.
+    Refused(Job),
+    /// Back in the outbox as a new series of attempts.
+    Requeued(Job),
+}
+
+/// The statuses a re-drive takes.
+pub const REDRIVABLE: [Status; 2] = [Status::Failed, Status::Cancelled];
+
+/// Puts failed or cancelled jobs back in the outbox as a new series of attempts (the next
+/// generation, attempts from 1), recording how the previous series ended in `history`.
+pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<Job>> {
+    let (id, status, kind, limit) = match which {
+        Redrive::One(id) => (Some(id), None, None, 1),
+        Redrive::Many {
+            status,
+            kind,
+            limit,
+        } => (None, Some(status), kind, i64::from(limit)),
+    };
+    sqlx::query_as(concat!(
+        "WITH picked AS ( \
+             SELECT id AS picked_id FROM jobs \
+             WHERE status IN ('failed', 'cancelled') AND ($1::uuid IS NULL OR id = $1) \
+               AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR kind = $3) \
+             ORDER BY finished_at DESC NULLS LAST LIMIT $4 FOR UPDATE SKIP LOCKED) \
+         UPDATE jobs AS j SET \
+             history = j.history || jsonb_build_array(jsonb_build_object( \
+                 'generation', j.generation, 'status', j.status, 'attempts', j.attempts, \
+                 'error', j.error, 'started_at', j.started_at, 'finished_at', j.finished_at)), \
+             generation = j.generation + 1, status = 'queued', attempts = 0, progress = 0, \
+             result = NULL, error = NULL, started_at = NULL, finished_at = NULL, \
+             cancel_requested = false, cancel_outbox = false, outbox = true, run_at = now() \
+         FROM picked WHERE j.id = picked.picked_id RETURNING ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(status.map(Status::as_str))
+    .bind(kind)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Re-drives one job, telling apart a missing job from one in another state.
+pub async fn redrive_one(db: &PgPool, id: Uuid) -> sqlx::Result<RedriveOne> {
+    if let Some(job) = redrive(db, Redrive::One(id)).await?.pop() {
+        return Ok(RedriveOne::Requeued(job));
+    }
+    Ok(match get(db, id).await? {
+        None => RedriveOne::NotFound,
+        Some(job) => RedriveOne::Refused(job),
+    })
+}
+
+/// Rows deleted by one [`prune`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Finished jobs (their idempotency keys went with them).
+    pub jobs: u64,
+    /// Expired idempotency keys.
+    pub keys: u64,
+}
+
+/// Identifies the retention lock among PostgreSQL advisory locks (any constant would do; this
+/// one is "jobstack" in ASCII).
+pub const RETENTION_LOCK: i64 = 0x6a6f_6273_7461_636b;
+
+/// Deletes finished jobs whose `finished_at` is older than `retention` (when given) and expired
+/// idempotency keys, `batch` rows per transaction so no statement holds many locks for long.
+/// Each transaction first takes a transaction-scoped advisory lock: while another api replica
+/// prunes, this one stops at once and returns what it did so far.
+pub async fn prune(db: &PgPool, retention: Option<Duration>, batch: i64) -> sqlx::Result<Pruned> {
+    let mut pruned = Pruned::default();
+    if let Some(retention) = retention {
+        let (n, finished) = delete_batches(db, PRUNE_JOBS, retention, batch).await?;
+        pruned.jobs = n;
+        if !finished {
+            return Ok(pruned);
+        }
+    }
+    (pruned.keys, _) = delete_batches(db, PRUNE_KEYS, Duration::ZERO, batch).await?;
+    Ok(pruned)
+}
+
+const PRUNE_JOBS: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
+     WHERE finished_at < now() - make_interval(secs => $1) \
+       AND status IN ('succeeded', 'failed', 'cancelled') \
+     ORDER BY finished_at LIMIT $2)";
+
+const PRUNE_KEYS: &str = "DELETE FROM idempotency_keys WHERE key IN (SELECT key \
+     FROM idempotency_keys WHERE expires_at < now() - make_interval(secs => $1) \
+     ORDER BY expires_at LIMIT $2)";
+
+/// Runs `sql` (a bounded DELETE of rows older than `$1` seconds, at most `$2`) until a batch
+/// comes back short. Returns the rows deleted, and false if another replica held the lock.
+async fn delete_batches(
+    db: &PgPool,
+    sql: &'static str,
+    age: Duration,
+    batch: i64,
+) -> sqlx::Result<(u64, bool)> {
+    let mut deleted = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(RETENTION_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok((deleted, false));
+        }
+        let n = sqlx::query(sql)
+            .bind(age.as_secs_f64())
+            .bind(batch)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        deleted += n;
+        if n < batch as u64 {
+            return Ok((deleted, true));
+        }
+    }
 }

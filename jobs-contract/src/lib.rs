@@ -9,8 +9,11 @@
 //! # Layout
 //! - [`messages`]: job, event and control messages (JSON bodies on RabbitMQ).
 //! - [`kinds`]: the job kinds — one file per kind — and the [`Catalog`] of them.
+//! - [`request`]: what a client sends to submit a job, and when it may run.
 
 pub mod kinds;
 pub mod messages;
+pub mod request;
 
 pub use kinds::{Catalog, JobKind};
+pub use request::JobRequest;

@@ -16,6 +16,10 @@ pub struct JobMessage {
     pub payload: serde_json::Value,
     /// 1 for the first attempt; the attempt count travels with the message, not in the broker.
     pub attempt: u32,
+    /// Which series of attempts this is: 0 at first, one more at each re-drive. Events and
+    /// cancels name it, so nothing meant for an earlier series touches a later one.
+    #[serde(default)]
+    pub generation: u32,
     /// When this attempt became runnable: the job's creation, or the end of its retry delay.
     /// The worker measures queue wait from here.
     pub available_at: DateTime<Utc>,
@@ -28,6 +32,9 @@ pub struct JobEvent {
     pub job_id: Uuid,
     /// The attempt the event belongs to; events of older attempts are stale.
     pub attempt: u32,
+    /// The series of attempts it belongs to (see [`JobMessage::generation`]).
+    #[serde(default)]
+    pub generation: u32,
     /// When it happened, by the worker's clock.
     pub at: DateTime<Utc>,
     /// What happened.
@@ -75,7 +82,8 @@ impl JobChange {
     }
 }
 
-/// Broadcast from the api to every worker.
+/// On the control stream, which every worker reads from its start when it connects and then
+/// follows: a worker started after a cancel still knows of it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum ControlMessage {
@@ -83,6 +91,15 @@ pub enum ControlMessage {
     Cancel {
         /// The job to cancel.
         job_id: Uuid,
+        /// The series of attempts cancelled; a later re-drive is not.
+        #[serde(default)]
+        generation: u32,
+    },
+    /// Written by a worker that has just connected, and read back by it: every message before
+    /// its own marker is one it has now seen (a stream is read in order).
+    Marker {
+        /// Unique per connection.
+        nonce: Uuid,
     },
 }
 
@@ -95,6 +112,7 @@ mod tests {
         let e = JobEvent {
             job_id: Uuid::nil(),
             attempt: 2,
+            generation: 1,
             at: DateTime::from_timestamp(0, 0).unwrap(),
             change: JobChange::Failed {
                 error: "boom".into(),

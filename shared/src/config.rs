@@ -85,6 +85,47 @@ pub fn millis(var: &'static str, default: u64, min: u64) -> Result<Duration, Con
     ranged(var, default, min, 86_400_000).map(Duration::from_millis)
 }
 
+/// A span of time written `<n><unit>` with unit `s`, `m`, `h` or `d` (`90s`, `24h`, `7d`), or
+/// `0`; `None` stands for zero when `zero_allowed`, which a caller reads as "never" or "off".
+pub fn span(
+    var: &'static str,
+    default: &str,
+    zero_allowed: bool,
+) -> Result<Option<Duration>, ConfigError> {
+    let raw = string(var, default);
+    parse_span(&raw, zero_allowed).map_err(|reason| ConfigError {
+        var,
+        value: raw.clone(),
+        reason: reason.to_owned(),
+    })
+}
+
+fn parse_span(raw: &str, zero_allowed: bool) -> Result<Option<Duration>, &'static str> {
+    const FORM: &str = "expected a number and a unit: s, m, h or d (e.g. 7d), or 0";
+    let text = raw.trim();
+    let secs = if text == "0" {
+        0
+    } else {
+        let split = text.len() - text.chars().last().map_or(0, char::len_utf8);
+        let (number, unit) = text.split_at(split);
+        let scale = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return Err(FORM),
+        };
+        let n: u64 = number.parse().map_err(|_| FORM)?;
+        n.checked_mul(scale).ok_or("must be at most 3650d")?
+    };
+    match secs {
+        0 if zero_allowed => Ok(None),
+        0 => Err("must be more than 0"),
+        s if s <= 3650 * 86_400 => Ok(Some(Duration::from_secs(s))),
+        _ => Err("must be at most 3650d"),
+    }
+}
+
 /// A socket address such as `0.0.0.0:8080`.
 pub fn listen(var: &'static str, default: &str) -> Result<std::net::SocketAddr, ConfigError> {
     parse(var, default.parse().expect("default listen address parses"))
@@ -121,6 +162,21 @@ mod tests {
             "postgres://u:***@db/x",
             "the last @ ends the user info"
         );
+    }
+
+    #[test]
+    fn spans() {
+        let d = |s| Some(Duration::from_secs(s));
+        assert_eq!(parse_span("7d", true), Ok(d(7 * 86_400)));
+        assert_eq!(parse_span("90s", true), Ok(d(90)));
+        assert_eq!(parse_span(" 24h ", false), Ok(d(86_400)));
+        assert_eq!(parse_span("15m", false), Ok(d(900)));
+        assert_eq!(parse_span("0", true), Ok(None));
+        assert_eq!(parse_span("0h", true), Ok(None));
+        assert_eq!(parse_span("0", false), Err("must be more than 0"));
+        for bad in ["7", "d", "7w", "-1d", "1.5h", "7 d", "99999d", "é", ""] {
+            assert!(parse_span(bad, true).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

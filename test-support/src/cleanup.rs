@@ -16,19 +16,12 @@ pub async fn remove_topology(t: &Topology) {
     let Ok(ch) = conn.create_channel().await else {
         return;
     };
-    let mut queues = vec![t.jobs_queue(), t.dead_queue(), t.events_queue()];
-    queues.extend((1..t.max_attempts()).map(|a| t.retry_queue(t.retry_delay(a))));
-    for q in queues {
+    for q in t.queues() {
         let _ = ch
             .queue_delete(q.into(), QueueDeleteOptions::default())
             .await;
     }
-    for x in [
-        t.jobs_exchange(),
-        t.dead_letter_exchange(),
-        t.events_exchange(),
-        t.control_exchange(),
-    ] {
+    for (x, _) in t.exchanges() {
         let _ = ch
             .exchange_delete(x.into(), ExchangeDeleteOptions::default())
             .await;

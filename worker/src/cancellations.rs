@@ -1,15 +1,21 @@
-//! Jobs the api asked to cancel. Running ones are stopped through their token; ids that are
-//! not running here are remembered (bounded, oldest forgotten first) in case the job is
-//! delivered to this worker later.
+//! Jobs the api cancelled, as read from the control stream. Running ones are stopped through
+//! their token; the others are remembered (bounded, oldest forgotten first) so that the job is
+//! skipped whenever it is delivered here. A cancel names a series of attempts: a job re-driven
+//! after it was cancelled runs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// How many not-yet-seen cancelled ids to remember.
-const REMEMBERED: usize = 10_000;
+/// How many cancelled jobs to remember: about 5 MB. The control stream keeps a week of cancels;
+/// past this many, the oldest is forgotten, and the api answers that job's `started` event with
+/// the cancel again, which stops it at its first step.
+const REMEMBERED: usize = 100_000;
+
+/// A job's series of attempts.
+type Series = (Uuid, u32);
 
 /// Shared between the control consumer and the job tasks.
 #[derive(Debug, Default)]
@@ -19,39 +25,45 @@ pub struct Cancellations {
 
 #[derive(Debug, Default)]
 struct Inner {
-    running: HashMap<Uuid, CancellationToken>,
-    pending: VecDeque<Uuid>,
+    running: HashMap<Series, CancellationToken>,
+    cancelled: HashSet<Series>,
+    order: VecDeque<Series>,
 }
 
 impl Cancellations {
-    /// A cancel request arrived.
-    pub fn cancel(&self, id: Uuid) {
+    /// A cancel was read (again, after a reconnect: the stream is read from its start).
+    /// Returns whether it stops a job running here.
+    pub fn cancel(&self, id: Uuid, generation: u32) -> bool {
         let mut inner = self.inner.lock().expect("not poisoned");
-        if let Some(token) = inner.running.get(&id) {
-            token.cancel();
-        } else if !inner.pending.contains(&id) {
-            if inner.pending.len() == REMEMBERED {
-                inner.pending.pop_front();
+        let series = (id, generation);
+        let running = inner.running.get(&series).inspect(|t| t.cancel()).is_some();
+        if inner.cancelled.insert(series) {
+            if inner.order.len() == REMEMBERED
+                && let Some(oldest) = inner.order.pop_front()
+            {
+                inner.cancelled.remove(&oldest);
             }
-            inner.pending.push_back(id);
+            inner.order.push_back(series);
         }
+        running
     }
 
-    /// A job starts here: its token, already cancelled if a request came first.
-    pub fn start(&self, id: Uuid) -> CancellationToken {
+    /// A job starts here: its token, already cancelled if the job is.
+    pub fn start(&self, id: Uuid, generation: u32) -> CancellationToken {
         let mut inner = self.inner.lock().expect("not poisoned");
+        let series = (id, generation);
         let token = CancellationToken::new();
-        if let Some(pos) = inner.pending.iter().position(|p| *p == id) {
-            inner.pending.remove(pos);
+        if inner.cancelled.contains(&series) {
             token.cancel();
         }
-        inner.running.insert(id, token.clone());
+        inner.running.insert(series, token.clone());
         token
     }
 
     /// The job's attempt is over.
-    pub fn finish(&self, id: Uuid) {
-        self.inner.lock().expect("not poisoned").running.remove(&id);
+    pub fn finish(&self, id: Uuid, generation: u32) {
+        let mut inner = self.inner.lock().expect("not poisoned");
+        inner.running.remove(&(id, generation));
     }
 }
 
@@ -60,24 +72,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cancel_before_start_is_remembered_once() {
+    fn a_cancelled_job_stays_cancelled_but_a_redrive_does_not() {
         let c = Cancellations::default();
         let id = Uuid::new_v4();
-        c.cancel(id);
-        assert!(c.start(id).is_cancelled());
-        c.finish(id);
-        assert!(
-            !c.start(id).is_cancelled(),
-            "a redelivery after the cancel ran is not re-cancelled"
-        );
+        c.cancel(id, 0);
+        c.cancel(id, 0);
+        assert!(c.start(id, 0).is_cancelled());
+        c.finish(id, 0);
+        assert!(c.start(id, 0).is_cancelled(), "a redelivery is skipped too");
+        c.finish(id, 0);
+        assert!(!c.start(id, 1).is_cancelled(), "the re-driven series runs");
     }
 
     #[test]
     fn cancel_while_running_trips_the_token() {
         let c = Cancellations::default();
         let id = Uuid::new_v4();
-        let token = c.start(id);
-        c.cancel(id);
+        let token = c.start(id, 2);
+        assert!(!c.cancel(id, 1));
+        assert!(!token.is_cancelled(), "another series");
+        assert!(c.cancel(id, 2));
         assert!(token.is_cancelled());
     }
 
@@ -85,13 +99,14 @@ mod tests {
     fn remembers_a_bounded_number() {
         let c = Cancellations::default();
         let first = Uuid::new_v4();
-        c.cancel(first);
+        c.cancel(first, 0);
         for _ in 0..REMEMBERED {
-            c.cancel(Uuid::new_v4());
+            c.cancel(Uuid::new_v4(), 0);
         }
         assert!(
-            !c.start(first).is_cancelled(),
-            "the oldest id was forgotten"
+            !c.start(first, 0).is_cancelled(),
+            "the oldest was forgotten"
         );
+        assert_eq!(c.inner.lock().unwrap().cancelled.len(), REMEMBERED);
     }
 }

@@ -38,15 +38,17 @@ pub struct Reporter {
     exchange: String,
     job_id: Uuid,
     attempt: u32,
+    generation: u32,
 }
 
 impl Reporter {
-    fn new(publisher: Publisher, deps: &Deps, job_id: Uuid, attempt: u32) -> Self {
+    fn new(publisher: Publisher, deps: &Deps, msg: &JobMessage) -> Self {
         Self {
             publisher,
             exchange: deps.config.amqp.topology.events_exchange(),
-            job_id,
-            attempt,
+            job_id: msg.id,
+            attempt: msg.attempt,
+            generation: msg.generation,
         }
     }
 
@@ -69,6 +71,7 @@ impl Reporter {
         let event = JobEvent {
             job_id: self.job_id,
             attempt: self.attempt,
+            generation: self.generation,
             at: Utc::now(),
             change,
         };
@@ -180,8 +183,8 @@ async fn process(msg: JobMessage, publisher: &Publisher, deps: &Deps) -> Result<
     } else {
         "unknown".to_owned()
     };
-    let reporter = Reporter::new(publisher.clone(), deps, msg.id, msg.attempt);
-    let cancel = deps.cancellations.start(msg.id);
+    let reporter = Reporter::new(publisher.clone(), deps, &msg);
+    let cancel = deps.cancellations.start(msg.id, msg.generation);
     let outcome = if cancel.is_cancelled() {
         tracing::info!("job was cancelled before it started");
         Err(JobError::Cancelled)
@@ -212,7 +215,7 @@ async fn process(msg: JobMessage, publisher: &Publisher, deps: &Deps) -> Result<
             .record(started.elapsed().as_secs_f64());
         outcome
     };
-    deps.cancellations.finish(msg.id);
+    deps.cancellations.finish(msg.id, msg.generation);
     settle(&msg, &kind, outcome, &reporter, publisher, deps).await
 }
 

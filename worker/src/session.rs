@@ -1,24 +1,40 @@
-//! One broker connection's life: declare the topology, consume jobs and cancel broadcasts,
-//! and on shutdown stop intake, let in-flight jobs finish within the grace period, then close
-//! (the broker requeues whatever is still unacked).
+//! One broker connection's life: declare the topology, read every cancel so far from the control
+//! stream, then consume jobs while following the stream; on shutdown stop intake, let in-flight
+//! jobs finish within the grace period, then close (the broker requeues whatever is unacked).
+//!
+//! Why a stream: a cancel must hold for a job whose message is already in the queue, whenever a
+//! worker takes it — also a worker that was not running when the cancel was accepted. A stream
+//! keeps its messages for every reader, so each worker reads it from the start when it
+//! connects. To know it has read everything that was there, it writes a marker of its own and
+//! reads up to it (a stream is read in order) before it takes its first job.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use jobs_contract::messages::ControlMessage;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use shared::amqp::{BrokerStatus, Publisher};
+use lapin::Consumer;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use shared::amqp::{BrokerStatus, Outgoing, Publisher, producer_span};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+use uuid::Uuid;
 
 use crate::Config;
 use crate::cancellations::Cancellations;
 use crate::kinds::Registry;
 use crate::runner;
+
+/// Unacked control messages in flight to us: a stream consumer needs a prefetch, and a larger
+/// one reads a long stream faster at start-up.
+const CONTROL_PREFETCH: u16 = 1000;
+/// How long reading the control stream up to our marker may take before the session fails
+/// (and reconnects): the stream holds at most 64 MB.
+const CATCH_UP: Duration = Duration::from_secs(60);
 
 /// What every job task needs, for the life of the process.
 #[derive(Debug)]
@@ -57,6 +73,31 @@ pub async fn run(
         .await
         .context("declaring the topology")?;
 
+    let control_channel = conn.create_channel().await?;
+    control_channel
+        .basic_qos(CONTROL_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut offset = FieldTable::default();
+    offset.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut control = control_channel
+        .basic_consume(
+            topology.control_stream().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            offset,
+        )
+        .await?;
+    let read = tokio::time::timeout(CATCH_UP, catch_up(&mut control, &publisher, &deps))
+        .await
+        .context("reading the control stream up to our marker")??;
+    tracing::info!(
+        control_messages = read,
+        "control stream read; cancels known"
+    );
+
     // Consume on a channel of its own: prefetch = concurrency bounds the jobs in flight.
     let channel = conn.create_channel().await?;
     channel
@@ -72,39 +113,6 @@ pub async fn run(
         .await?;
     let jobs_tag = jobs.tag();
 
-    // Cancel broadcasts reach every worker through an exclusive queue of its own.
-    let control_queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            control_queue.name().clone(),
-            topology.control_exchange().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut control = channel
-        .basic_consume(
-            control_queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-
     status.set_up(true);
     tracing::info!(queue = %topology.jobs_queue(), prefetch = deps.config.concurrency, "consuming jobs");
     loop {
@@ -116,13 +124,7 @@ pub async fn run(
             }
             delivery = control.next() => {
                 let delivery = delivery.context("control consumer closed")??;
-                match serde_json::from_slice::<ControlMessage>(&delivery.data) {
-                    Ok(ControlMessage::Cancel { job_id }) => {
-                        tracing::info!(job.id = %job_id, "cancel requested");
-                        deps.cancellations.cancel(job_id);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "ignoring an unreadable control message"),
-                }
+                on_control(&delivery, &deps).await;
             }
         }
     }
@@ -151,4 +153,48 @@ pub async fn run(
     // Closing the connection hands every unacked delivery back to the broker.
     let _ = conn.close(200, "worker shutting down".into()).await;
     Ok(())
+}
+
+/// Writes a marker to the control stream and applies every control message up to it; returns
+/// how many were read.
+async fn catch_up(
+    control: &mut Consumer,
+    publisher: &Publisher,
+    deps: &Deps,
+) -> anyhow::Result<usize> {
+    let nonce = Uuid::new_v4();
+    let exchange = deps.config.amqp.topology.control_exchange();
+    let body = serde_json::to_vec(&ControlMessage::Marker { nonce }).expect("serializes");
+    let span = producer_span(&exchange, "", "");
+    let marker = Outgoing::new(&exchange, "", body, "", &span);
+    publisher.publish(marker).instrument(span).await?;
+    let mut read = 0;
+    loop {
+        let delivery = control.next().await.context("control consumer closed")??;
+        read += 1;
+        if on_control(&delivery, deps).await == Some(nonce) {
+            return Ok(read);
+        }
+    }
+}
+
+/// Applies one control message; returns the nonce if it is a marker.
+async fn on_control(delivery: &Delivery, deps: &Deps) -> Option<Uuid> {
+    // Acks only move a stream consumer's credit on; the message stays for other readers.
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error = %e, "control ack failed");
+    }
+    match serde_json::from_slice::<ControlMessage>(&delivery.data) {
+        Ok(ControlMessage::Cancel { job_id, generation }) => {
+            if deps.cancellations.cancel(job_id, generation) {
+                tracing::info!(job.id = %job_id, "cancel requested; stopping the running job");
+            }
+            None
+        }
+        Ok(ControlMessage::Marker { nonce }) => Some(nonce),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an unreadable control message");
+            None
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! contract's kinds in `POST /jobs` as a `oneOf` discriminated by `kind`, each with its payload's
 //! JSON Schema and an example (from `jobs_contract`).
 
-use jobs_contract::Catalog;
+use jobs_contract::{Catalog, JobRequest};
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
@@ -16,8 +16,9 @@ use utoipa::OpenApi;
     paths(metrics, openapi_json),
     components(schemas(
         crate::store::Job,
-        super::jobs::CreateJob,
         super::jobs::JobPage,
+        super::jobs::RetryMany,
+        super::jobs::Requeued,
         crate::error::Problem
     ))
 )]
@@ -45,6 +46,7 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
         .expect("components.schemas");
     let mut variants = Vec::new();
     let mut mapping = Map::new();
+    let schedule = JobRequest::schedule_properties();
     for kind in kinds.names() {
         let name = format!("CreateJob_{kind}");
         let mut payload = kinds.schema(kind).expect("every kind has a schema");
@@ -52,6 +54,13 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
             p.remove("$schema"); // the document's dialect (JSON Schema 2020-12) already applies
         }
         let example = json!({ "kind": kind, "payload": kinds.example(kind) });
+        let mut properties = json!({
+            "kind": { "type": "string", "const": kind },
+            "payload": payload,
+        });
+        if let (Some(p), Some(s)) = (properties.as_object_mut(), schedule.as_object()) {
+            p.extend(s.clone());
+        }
         schemas.insert(
             name.clone(),
             json!({
@@ -59,10 +68,7 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
                 "title": kind,
                 "required": ["kind", "payload"],
                 "additionalProperties": false,
-                "properties": {
-                    "kind": { "type": "string", "const": kind },
-                    "payload": payload,
-                },
+                "properties": properties,
                 "examples": [example],
             }),
         );
@@ -73,14 +79,19 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
     schemas.insert(
         "CreateJob".into(),
         json!({
-            "description": "A job to run: its kind and that kind's payload.",
+            "description": "A job to run: its kind and that kind's payload, and when it may run \
+                            (`run_at` or `delay_ms`, at most 30 days ahead; by default now).",
             "oneOf": variants,
             "discriminator": { "propertyName": "kind", "mapping": mapping },
         }),
     );
+    let create = &mut doc["paths"]["/jobs"]["post"];
+    create["requestBody"]["content"]["application/json"]["schema"] =
+        json!({ "$ref": "#/components/schemas/CreateJob" });
+    create["requestBody"]["required"] = json!(true);
     // From an accepted job to reading and cancelling it.
     let by_id = json!({ "id": "$response.body#/id" });
-    doc["paths"]["/jobs"]["post"]["responses"]["202"]["links"] = json!({
+    create["responses"]["202"]["links"] = json!({
         "GetJob": { "operationId": "getJob", "parameters": by_id,
                     "description": "The job's state: poll it until it is final." },
         "CancelJob": { "operationId": "cancelJob", "parameters": by_id,

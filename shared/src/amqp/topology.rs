@@ -6,7 +6,8 @@
 //! - `P.jobs.retry.<ms>ms` TTL queues, one per backoff delay, dead-lettering back into `P.jobs`;
 //! - `P.dlx` fanout exchange → `P.jobs.dead` quorum queue: final failures and undecodable messages;
 //! - `P.events` topic exchange (routing key `job.<event>`) → `P.api.events` quorum queue;
-//! - `P.control` fanout exchange: cancel broadcasts; each worker binds an exclusive queue.
+//! - `P.control` fanout exchange → `P.control` stream: cancels, which every worker reads from the
+//!   start of the stream when it connects, then follows (a worker started later still sees them).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -25,6 +26,14 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
 const DELIVERY_LIMIT: i64 = 20;
 /// The dead-letter queue keeps the newest failures only, so a demo left running stays bounded.
 const DEAD_MAX_LENGTH: i64 = 100_000;
+/// How long the control stream keeps a cancel: a worker that connects within this after a cancel
+/// skips the job. Past it, the api answers the job's `started` event with the cancel again.
+const CONTROL_MAX_AGE: &str = "7D";
+/// The control stream's size cap (a cancel is ~100 bytes on disk), and its segment size:
+/// retention drops whole segments, so they must be much smaller than the cap (the default is
+/// 500 MB).
+const CONTROL_MAX_BYTES: i64 = 64 << 20;
+const CONTROL_SEGMENT_BYTES: i64 = 4 << 20;
 
 /// Names and retry delays, derived from a prefix and the retry policy.
 #[derive(Debug, Clone)]
@@ -89,9 +98,36 @@ impl Topology {
         format!("{}.api.events", self.prefix)
     }
 
-    /// The fanout exchange for cancel broadcasts.
+    /// The fanout exchange for cancels.
     pub fn control_exchange(&self) -> String {
         format!("{}.control", self.prefix)
+    }
+
+    /// The stream of cancels (and workers' sync markers) every worker reads.
+    pub fn control_stream(&self) -> String {
+        format!("{}.control", self.prefix)
+    }
+
+    /// Every queue [`Topology::declare`] makes.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![
+            self.jobs_queue(),
+            self.dead_queue(),
+            self.events_queue(),
+            self.control_stream(),
+        ];
+        queues.extend(self.retry_delays().into_iter().map(|d| self.retry_queue(d)));
+        queues
+    }
+
+    /// Every exchange [`Topology::declare`] makes, with its type.
+    pub fn exchanges(&self) -> [(String, ExchangeKind); 4] {
+        [
+            (self.jobs_exchange(), ExchangeKind::Topic),
+            (self.dead_letter_exchange(), ExchangeKind::Fanout),
+            (self.events_exchange(), ExchangeKind::Topic),
+            (self.control_exchange(), ExchangeKind::Fanout),
+        ]
     }
 
     fn retry_delays(&self) -> BTreeSet<Duration> {
@@ -106,12 +142,7 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
-        for (name, kind) in [
-            (self.jobs_exchange(), ExchangeKind::Topic),
-            (self.dead_letter_exchange(), ExchangeKind::Fanout),
-            (self.events_exchange(), ExchangeKind::Topic),
-            (self.control_exchange(), ExchangeKind::Fanout),
-        ] {
+        for (name, kind) in self.exchanges() {
             ch.exchange_declare(name.into(), kind, durable, FieldTable::default())
                 .await?;
         }
@@ -150,6 +181,26 @@ impl Topology {
             quorum(),
             &self.events_exchange(),
             "job.#",
+        )
+        .await?;
+
+        let mut control = FieldTable::default();
+        put(&mut control, "x-queue-type", "stream".into());
+        put(&mut control, "x-max-age", CONTROL_MAX_AGE.into());
+        control.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(CONTROL_MAX_BYTES),
+        );
+        control.insert(
+            "x-stream-max-segment-size-bytes".into(),
+            AMQPValue::LongLongInt(CONTROL_SEGMENT_BYTES),
+        );
+        self.queue(
+            ch,
+            self.control_stream(),
+            control,
+            &self.control_exchange(),
+            "",
         )
         .await?;
 

@@ -44,6 +44,9 @@ pub(crate) struct Options {
     pub(crate) concurrency: u16,
     /// Reach PostgreSQL through this local port (a proxy the test can cut).
     pub(crate) postgres_via: Option<u16>,
+    /// `JOB_RETENTION` (`None`: keep forever) and `RETENTION_INTERVAL_SECS`.
+    pub(crate) retention: Option<Duration>,
+    pub(crate) retention_interval: Duration,
 }
 
 impl Default for Options {
@@ -58,6 +61,8 @@ impl Default for Options {
             worker_amqp_url: RABBITMQ.clone(),
             concurrency: 4,
             postgres_via: None,
+            retention: None,
+            retention_interval: Duration::from_secs(60),
         }
     }
 }
@@ -118,6 +123,29 @@ impl TestApp {
         })
         .await;
         app
+    }
+
+    /// Stops the api as SIGTERM does and starts it again on a new port, with the same database
+    /// and queues.
+    pub(crate) async fn restart_api(&mut self) {
+        self.api_stop.cancel();
+        (&mut self.api_task)
+            .await
+            .unwrap()
+            .expect("api exits cleanly");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.url = format!("http://{}", listener.local_addr().unwrap());
+        self.api_stop = CancellationToken::new();
+        self.api_task = tokio::spawn(api::run(
+            listener,
+            self.api_config.clone(),
+            self.api_stop.clone(),
+        ));
+        let (http, url) = (self.http.clone(), self.url.clone());
+        self.wait_until(Duration::from_secs(30), "api serving again", || async {
+            http.get(format!("{url}/healthz")).send().await.is_ok()
+        })
+        .await;
     }
 
     /// Starts a worker (again) with this app's settings.
@@ -190,14 +218,25 @@ impl TestApp {
     }
 
     pub(crate) async fn cancel(&self, id: &str) -> (StatusCode, Value) {
-        let res = self
-            .http
-            .post(format!("{}/jobs/{id}/cancel", self.url))
-            .send()
-            .await
-            .unwrap();
+        self.post_path(&format!("/jobs/{id}/cancel"), None).await
+    }
+
+    /// POSTs to `path`, with `body` as JSON if given.
+    pub(crate) async fn post_path(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.post(format!("{}{path}", self.url));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.unwrap();
         let status = res.status();
         (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A pool on this app's database, for looking at (or ageing) rows directly.
+    pub(crate) async fn db(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.api_config.database_url)
+            .await
+            .unwrap()
     }
 
     /// Polls the job until `done(job)`; returns every distinct state seen on the way.
@@ -301,23 +340,24 @@ impl TestApp {
         self.cleaned = true;
     }
 
-    /// The sum of the samples of `series` whose labels contain `labels` (from `/metrics`).
+    /// The sum of the samples of `series` whose labels contain `labels` (from `/metrics`); with
+    /// `labels` empty, every sample of it.
     pub(crate) async fn metric_sum(&self, series: &str, labels: &str) -> f64 {
         let res = self.http.get(format!("{}/metrics", self.url)).send().await;
         let text = res.unwrap().text().await.unwrap();
         text.lines()
-            .filter(|l| l.starts_with(&format!("{series}{{")) && l.contains(labels))
+            .filter(|l| {
+                let rest = l.strip_prefix(series).unwrap_or_default();
+                (rest.starts_with('{') || rest.starts_with(' ')) && l.contains(labels)
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
 
     /// The number of job rows, to prove a refused request stored nothing.
     pub(crate) async fn count_jobs(&self) -> i64 {
-        let pool = sqlx::PgPool::connect(&self.api_config.database_url)
-            .await
-            .unwrap();
         sqlx::query_scalar("SELECT count(*) FROM jobs")
-            .fetch_one(&pool)
+            .fetch_one(&self.db().await)
             .await
             .unwrap()
     }
@@ -357,6 +397,8 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
     api_config.grace = opts.grace;
     api_config.relay_interval = Duration::from_millis(200);
     api_config.db_max_connections = 4;
+    api_config.retention = opts.retention;
+    api_config.retention_interval = opts.retention_interval;
 
     let mut worker_config = worker::Config::from_env().expect("default config");
     worker_config.amqp.url = opts.worker_amqp_url.clone();

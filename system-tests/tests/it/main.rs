@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod contract;
+mod control;
 mod helpers;
 mod lifecycle;
 mod listing;

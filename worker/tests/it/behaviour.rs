@@ -96,6 +96,7 @@ impl TestWorker {
             kind: kind.into(),
             payload,
             attempt: 1,
+            generation: 0,
             available_at: chrono::Utc::now(),
         };
         self.publish(kind, serde_json::to_vec(&job).unwrap()).await;

@@ -71,6 +71,7 @@ async fn sigterm_with_a_job_in_flight_finishes_it_and_exits_zero() {
         kind: "sleep".into(),
         payload: serde_json::json!({"duration_ms": 1500, "steps": 3}),
         attempt: 1,
+        generation: 0,
         available_at: chrono::Utc::now(),
     };
     ch.basic_publish(
