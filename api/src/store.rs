@@ -567,6 +567,8 @@ pub enum RedriveOne {
     NotFound,
     /// Not failed or cancelled: nothing changed.
     Refused(Job),
+    /// Cancelled, but the cancel is not broadcast yet: nothing changed.
+    CancelPending(Job),
     /// Back in the outbox as a new series of attempts.
     Requeued(Job),
 }
@@ -575,7 +577,9 @@ pub enum RedriveOne {
 pub const REDRIVABLE: [Status; 2] = [Status::Failed, Status::Cancelled];
 
 /// Puts failed or cancelled jobs back in the outbox as a new series of attempts (the next
-/// generation, attempts from 1), recording how the previous series ended in `history`.
+/// generation, attempts from 1), recording how the previous series ended in `history`. A job
+/// whose cancel is not broadcast yet (the broker is down) is left alone: the cancel names the
+/// series it stops, and must reach the workers before a new series starts.
 pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<Job>> {
     let (id, status, kind, limit) = match which {
         Redrive::One(id) => (Some(id), None, None, 1),
@@ -588,7 +592,8 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<Job>> 
     sqlx::query_as(concat!(
         "WITH picked AS ( \
              SELECT id AS picked_id FROM jobs \
-             WHERE status IN ('failed', 'cancelled') AND ($1::uuid IS NULL OR id = $1) \
+             WHERE status IN ('failed', 'cancelled') AND NOT cancel_outbox \
+               AND ($1::uuid IS NULL OR id = $1) \
                AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR kind = $3) \
              ORDER BY finished_at DESC NULLS LAST LIMIT $4 FOR UPDATE SKIP LOCKED) \
          UPDATE jobs AS j SET \
@@ -616,6 +621,9 @@ pub async fn redrive_one(db: &PgPool, id: Uuid) -> sqlx::Result<RedriveOne> {
     }
     Ok(match get(db, id).await? {
         None => RedriveOne::NotFound,
+        Some(job) if REDRIVABLE.iter().any(|s| s.as_str() == job.status) => {
+            RedriveOne::CancelPending(job)
+        }
         Some(job) => RedriveOne::Refused(job),
     })
 }

@@ -2,7 +2,9 @@
 """Live stack checks (c, d): the locally built api and worker against the local RabbitMQ and
 PostgreSQL, scraped by a real Prometheus whose config is derived from the compose one; every
 dashboard PromQL query and every alert expression evaluated; the Grafana log<->trace links
-checked against the services' real log lines.
+checked against the services' real log lines; then jobs left in every state and the Jobs explorer's
+SQL run on them by check_explorer.py, as the read-only role made (as compose makes it) before the
+api migrated the database.
 
 Needs: target/debug/{api,worker} (run.sh builds them), `prometheus` on PATH, local RabbitMQ
 (127.0.0.1:5672, plugins enabled here) and PostgreSQL (127.0.0.1:5432, trust auth).
@@ -29,6 +31,7 @@ import urllib.request
 
 import yaml
 
+from check_explorer import install_reader
 from stacklib import delete_broker_objects, free_port, read_env
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -38,8 +41,12 @@ STATE = os.environ.get("STACK_STATE") or tempfile.mkdtemp(prefix="jobstack-stack
 SUFFIX = "".join(random.choices(string.ascii_lowercase + string.digits, k=8))
 DB = f"stackcheck_{SUFFIX}"
 PREFIX = f"stackcheck_{SUFFIX}"
+# The Jobs explorer's read-only role: cluster-wide, so one per run (parallel runs never share it),
+# dropped after the database (which takes its grants with it).
+READER, READER_PASSWORD = f"grafana_reader_{SUFFIX}", "".join(random.choices(string.ascii_letters, k=20))
 RATE_INTERVAL = "2m"   # stands for $__rate_interval: wide enough to cover the whole run
 SUBST = {"__rate_interval": RATE_INTERVAL, "__interval": "15s", "__range": "10m", "__range_s": "600", "__auto": "15s"}
+WORKER_CONCURRENCY = 4
 failed = 0
 procs = []
 
@@ -51,6 +58,13 @@ def check(name, ok, detail=""):
     else:
         failed += 1
         print(f"not ok - {name}: {detail}", flush=True)
+
+
+def relay(line):
+    """A line of a check run as a subprocess: printed as is; its `not ok` counts as this run's."""
+    global failed
+    failed += line.startswith("not ok - ")
+    print(line, flush=True)
 
 
 def note(msg):
@@ -119,6 +133,7 @@ def cleanup():
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
     psql(f'drop database if exists "{DB}" with (force)')
+    psql(f'drop role if exists "{READER}"')
     # The broker is shared: remove this run's queues and exchanges (management API).
     delete_broker_objects(PREFIX)
     if OWN_STATE:
@@ -277,6 +292,13 @@ def main():
     check(f"live: database {DB} created", r.returncode == 0, r.stderr.strip())
     if r.returncode:
         return 1
+    # As at the postgres image's first start: the init file on the empty database, so the api's
+    # tables become readable through its default privileges (the grant on existing tables is a no-op).
+    with open(os.path.join(STATE, "role"), "w") as f:
+        f.write(READER)
+    r = install_reader(DB, READER, READER_PASSWORD)
+    check(f"live: role {READER} made by observability/postgres/initdb/10-grafana-reader.sql before the api migrates",
+          r.returncode == 0, r.stderr.strip())
 
     otlp = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtlpSink)
     threading.Thread(target=otlp.serve_forever, daemon=True).start()
@@ -293,7 +315,7 @@ def main():
     api = start("api", [api_bin], dict(base_env, OTEL_SERVICE_NAME="api", API_LISTEN=f"127.0.0.1:{ports['api']}",
                                         DATABASE_URL=database_url))
     worker = start("worker", [worker_bin], dict(base_env, OTEL_SERVICE_NAME="worker", WORKER_LISTEN=f"127.0.0.1:{ports['worker']}",
-                                                 WORKER_CONCURRENCY="4"))
+                                                 WORKER_CONCURRENCY=str(WORKER_CONCURRENCY)))
     API = f"http://127.0.0.1:{ports['api']}"
     for name, url, p in (("api", f"{API}/readyz", api), ("worker", f"http://127.0.0.1:{ports['worker']}/readyz", worker)):
         try:
@@ -533,7 +555,63 @@ def main():
         check("trace -> logs: the query finds the job's lines in both api and worker logs",
               all(v == {"api", "worker"} for v in hits.values()), str(hits))
     check("traces: api and worker exported spans over OTLP", OtlpSink.exports["count"] > 0, f"{OtlpSink.exports['count']} exports")
+
+    # ------------------------------------------------ the Jobs explorer, on jobs in every state
+    running = jobs_in_every_state(API)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "stack", "check_explorer.py"), "--database", DB,
+                        "--role", READER, "--password", READER_PASSWORD, "--api", API,
+                        "--log", os.path.join(STATE, "api.log"), "--log", os.path.join(STATE, "worker.log")],
+                       capture_output=True, text=True, timeout=180)
+    for line in r.stdout.splitlines():
+        relay(line)
+    check("live: check_explorer.py on this run's database exits 0", r.returncode == 0, (r.stdout + r.stderr)[-600:])
+    for job_id in running:  # frees the worker slots, so the worker stops within its grace period
+        curl("POST", f"{API}/jobs/{job_id}/cancel")
     return 1 if failed else 0
+
+
+def job_status(api, job_id):
+    st, body, _ = curl("GET", f"{api}/jobs/{job_id}")
+    return json.loads(body).get("status") if st == 200 else f"http {st}"
+
+
+def jobs_in_every_state(api):
+    """Leaves jobs in every state for the Jobs explorer: succeeded, failed, scheduled (delay_ms),
+    running (a long sleep in every worker slot), queued behind them, and one cancelled while queued.
+    Each is followed (GET /jobs/{id}) until it is in its state. Returns the running jobs' ids."""
+    def submit(body):
+        st, text, _ = curl("POST", f"{api}/jobs", body)
+        return (json.loads(text)["id"], "") if st == 202 else (None, f"POST /jobs answered {st}: {text[:300]}")
+
+    def reach(job_id, want, timeout=60):
+        try:
+            return wait_for(f"job {job_id} {want}", lambda: job_status(api, job_id) == want and want, timeout)
+        except TimeoutError:
+            return f"still {job_status(api, job_id)} after {timeout}s"
+
+    quick = {"duration_ms": 50, "steps": 1}
+    for body, want in (({"kind": "sleep", "payload": quick}, "succeeded"), ({"kind": "fail", "payload": {"transient": False}}, "failed"),
+                       # DESIGN.md: `delay_ms` (or `run_at`) delays a job. An api without it answers 422, and
+                       # the explorer check then says the scheduled state is missing.
+                       ({"kind": "sleep", "payload": quick, "delay_ms": 3_600_000}, "scheduled")):
+        job_id, why = submit(body)
+        got = reach(job_id, want) if job_id else why
+        check(f"live: {json.dumps(body)} -> {want}", got == want, got)
+    # sleep allows at most 300 s in 100 steps (jobs-contract); the run is over long before.
+    long = {"kind": "sleep", "payload": {"duration_ms": 300_000, "steps": 100}}
+    running = [submit(long)[0] for _ in range(WORKER_CONCURRENCY)]
+    got = [reach(j, "running") if j else "not accepted" for j in running]
+    check(f"live: {WORKER_CONCURRENCY} long sleeps running, one per worker slot (prefetch = WORKER_CONCURRENCY)",
+          got == ["running"] * WORKER_CONCURRENCY, str(got))
+    # With every slot taken, the next two wait in the queue; cancelling one of them is the signal
+    # that the api has handled what it was sent, after which the other must still be queued.
+    queued, cancelled = submit({"kind": "sleep", "payload": quick})[0], submit({"kind": "sleep", "payload": quick})[0]
+    st = curl("POST", f"{api}/jobs/{cancelled}/cancel")[0] if cancelled else 0
+    got = reach(cancelled, "cancelled") if st == 202 else f"cancel answered {st}"
+    check("live: a queued job cancelled (POST /jobs/{id}/cancel) -> cancelled", got == "cancelled", got)
+    got = job_status(api, queued) if queued else "not accepted"
+    check("live: a job behind the busy worker slots is still queued", got == "queued", got)
+    return [j for j in running if j]
 
 
 if __name__ == "__main__":

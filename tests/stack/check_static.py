@@ -236,10 +236,48 @@ def provisioning_checks():
           any(d.get("datasourceUid") == "jaeger" and "trace_id" in d.get("matcherRegex", "") for d in dfs))
     t2l = uids["jaeger"]["jsonData"].get("tracesToLogsV2", {})
     check("jaeger datasource: tracesToLogsV2 to the loki datasource", t2l.get("datasourceUid") == "loki")
+    explorer_datasource_checks(uids.get("jobs-db"))
     prov = yaml.safe_load(open(os.path.join(OBS, "grafana", "provisioning", "dashboards", "dashboards.yaml")))
     check("grafana dashboards provider reads /var/lib/grafana/dashboards",
           prov["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards")
     return set(uids)
+
+
+def explorer_datasource_checks(ds):
+    """The Jobs DB datasource, the role the init file makes and the compose wiring agree. (What the
+    role may do is executed by check_explorer.py; Grafana's reading of these fields is cited in
+    datasources.yaml.)"""
+    if not ds:
+        check("grafana datasources: jobs-db (PostgreSQL, for the Jobs explorer) is provisioned", False, "no uid jobs-db")
+        return
+    init = open(os.path.join(OBS, "postgres", "initdb", "10-grafana-reader.sql")).read()
+    role = re.search(r"^\s*\\set reader (\w+)\s*$", init, re.M)
+    check("jobs-db: a grafana-postgresql-datasource logging in as the init file's role, password from $GRAFANA_DB_PASSWORD",
+          ds.get("type") == "grafana-postgresql-datasource" and role and ds.get("user") == role.group(1)
+          and ds.get("secureJsonData", {}).get("password") == "${GRAFANA_DB_PASSWORD}" and ds.get("jsonData", {}).get("database"),
+          f"type={ds.get('type')} user={ds.get('user')} role={role and role.group(1)}")
+    dash = json.load(open(os.path.join(OBS, "grafana", "dashboards", "jobstack-explorer.json")))
+    refs = {json.dumps(d, sort_keys=True) for d in find_datasource_refs([dash["panels"], dash["templating"]])}
+    check("jobstack-explorer.json: every panel and variable queries jobs-db, with the provisioned type",
+          refs == {json.dumps({"type": ds.get("type"), "uid": "jobs-db"}, sort_keys=True)}, str(refs))
+    compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))["services"]
+    pg, gf = compose["postgres"], compose["grafana"]
+    check("compose: GRAFANA_DB_PASSWORD reaches postgres (init file) and grafana (provisioning); the init dir is mounted",
+          pg["environment"].get("GRAFANA_DB_PASSWORD") == gf["environment"].get("GRAFANA_DB_PASSWORD") == "${GRAFANA_DB_PASSWORD}"
+          and "./observability/postgres/initdb:/docker-entrypoint-initdb.d:ro" in pg["volumes"]
+          and ds.get("jsonData", {}).get("database") == pg["environment"].get("POSTGRES_DB"),
+          f"postgres env {sorted(pg['environment'])}, grafana env has it: {'GRAFANA_DB_PASSWORD' in gf['environment']}")
+
+
+def find_datasource_refs(obj):
+    if isinstance(obj, dict):
+        if isinstance(obj.get("datasource"), dict):
+            yield obj["datasource"]
+        for v in obj.values():
+            yield from find_datasource_refs(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from find_datasource_refs(v)
 
 
 def walk_panels(panels):
@@ -265,7 +303,7 @@ def ds_uids(obj):
 
 def dashboard_checks(known):
     files = sorted(glob.glob(os.path.join(OBS, "grafana", "dashboards", "*.json")))
-    check("dashboards: the four dashboards exist", len(files) >= 4, str([os.path.basename(f) for f in files]))
+    check("dashboards: the five dashboards exist", len(files) >= 5, str([os.path.basename(f) for f in files]))
     seen = {}
     for f in files:
         n = os.path.basename(f)
@@ -371,12 +409,29 @@ def dashboard_queries(uid):
     return out
 
 
+def explorer_log_links():
+    """The LogQL of the Jobs explorer's "Logs" links, decoded as Grafana renders and Explore reads them."""
+    from grafana_expand import explore_pane, render_link
+    out = {}
+    d = json.load(open(os.path.join(OBS, "grafana", "dashboards", "jobstack-explorer.json")))
+    for p in walk_panels(d["panels"]):
+        for o in p.get("fieldConfig", {}).get("overrides", []):
+            for prop in o["properties"]:
+                for link in prop["value"] if prop["id"] == "links" else []:
+                    if link["url"].startswith("/explore"):
+                        pane = explore_pane(render_link(link["url"], "01a20808-a300-75ab-8746-34f92f876fd8", 0, 1, ""))
+                        if pane["datasource"] == "loki":
+                            out[f"jobstack-explorer.json / {p['title']} / link {link['title']}"] = pane["queries"][0]["expr"]
+    return out
+
+
 def query_syntax_checks():
     """Every query Grafana or Prometheus will run, parsed by the grammar of the pinned version."""
     logql = dashboard_queries("loki")
     ds = yaml.safe_load(open(os.path.join(OBS, "grafana", "provisioning", "datasources", "datasources.yaml")))
     t2l = next(d for d in ds["datasources"] if d["uid"] == "jaeger")["jsonData"]["tracesToLogsV2"]["query"]
     logql["jaeger tracesToLogsV2"] = t2l.replace("$${__trace.traceId}", "0af7651916cd43dd8448eb211c80319c")
+    logql.update(explorer_log_links())
     used = {m for q in logql.values() for sel in re.findall(r"\{([^}]*)\}", q) for m in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", sel)}
     check("LogQL queries use only the labels the log pipeline sets (service, level, container)", used <= {"service", "level", "container"}, str(used))
     lezer_parse("LogQL", logql)

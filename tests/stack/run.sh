@@ -10,6 +10,8 @@
 #   f. images: what each pinned image contains (observability/images.yml, with upstream sources)
 #      against every health check, entrypoint and depends_on edge compose resolves
 #   g. our own health checks executed as compose runs them: ready, dependency down, hung, gone
+#   h. the Jobs explorer's SQL, expanded as Grafana does, run as the read-only role the compose
+#      init file makes: on seeded jobs here, on the live run's jobs in c
 # Works as root on a fresh Debian bookworm machine (installs prometheus and the Python deps it
 # needs), is idempotent, bounded in time, and ends with one line: `N passed, N failed`.
 set -uo pipefail
@@ -27,7 +29,8 @@ STATE=$(mktemp -d /tmp/jobstack-stack.XXXXXX)
 export STACK_STATE=$STATE
 LOG=$STATE/out
 
-# Second line of defence behind check_live.py's own cleanup: processes it recorded, its database.
+# Second line of defence behind check_live.py's own cleanup: processes it recorded, its database,
+# then its read-only role (a role can only go once the database holding its grants is gone).
 cleanup() {
   if [[ -f $STATE/pids ]]; then
     while read -r pid; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; done <"$STATE/pids"
@@ -36,6 +39,9 @@ cleanup() {
   fi
   if [[ -f $STATE/db ]]; then
     psql -h 127.0.0.1 -U postgres -qAt -c "drop database if exists \"$(cat "$STATE/db")\" with (force)" >/dev/null 2>&1 || true
+  fi
+  if [[ -f $STATE/role ]]; then
+    psql -h 127.0.0.1 -U postgres -qAt -c "drop role if exists \"$(cat "$STATE/role")\"" >/dev/null 2>&1 || true
   fi
   rm -rf "$STATE"
 }
@@ -93,6 +99,8 @@ timeout 120 python3 tests/stack/check_static.py 2>&1 | tee -a "$LOG"
 # --- what each pinned image contains (observability/images.yml) vs every health check, entrypoint
 #     and depends_on edge of the resolved compose models ---
 timeout 120 python3 tests/stack/check_images.py 2>&1 | tee -a "$LOG"
+# --- h: the Jobs explorer dashboard on a scratch database (no build needed) ---
+timeout 120 python3 tests/stack/check_explorer.py --seed 2>&1 | tee -a "$LOG"
 
 # --- b ---
 P=observability/prometheus

@@ -8,8 +8,9 @@
   job                  POST /jobs -> 202 + Location + traceparent; the job succeeds; its trace_id
   jaeger-trace         Jaeger's /api/traces/{trace_id} holds spans of both `api` and `worker`
   loki-logs            Loki, through Grafana's datasource proxy, has that trace's api and worker lines
-  dashboards           each dashboard's first Prometheus query (logs dashboard: first Loki query),
-                       run through Grafana's /api/ds/query, returns data
+  dashboards           each dashboard's first Prometheus query (logs dashboard: first Loki query;
+                       Jobs explorer: first SQL query, its variables' SQL run first), run through
+                       Grafana's /api/ds/query, returns data
 
 Prints `ok - NAME`, `not ok - NAME: why` or `skip - NAME: why` per check, with `#` lines for what
 was asked and what came back, then `N passed, N failed`. Standard library only; talks only to the
@@ -272,31 +273,63 @@ def dashboard_query(dash):
     return found.get("prometheus") or found.get("loki")
 
 
+def ds_query(args, query):
+    """One query through Grafana's /api/ds/query, last 15 min: (each frame's columns, error or "")."""
+    body = {"from": "now-15m", "to": "now", "queries": [query]}
+    # {"results": {refId: {"frames": [{"schema", "data": {"values": [[...], ...]}}], "error"?}}}
+    st, _, res = http("POST", f"{args.grafana}/api/ds/query", body, timeout=args.timeout)
+    r = (res.get("results") or {}).get(query["refId"], {}) if isinstance(res, dict) else {}
+    if st != 200 or r.get("error"):
+        return [], f"HTTP {st}: {short(r.get('error') or res)}"
+    return [(fr.get("data") or {}).get("values") or [] for fr in r.get("frames") or []], ""
+
+
+def sql_dashboard_query(args, dash):
+    """(panel title, datasource uid, query) of the first SQL target, its variables expanded as
+    Grafana's frontend does (grafana_expand.frontend, sources cited there) with the values of the
+    dashboard's own variable queries, run through Grafana first; Grafana expands the macros."""
+    from grafana_expand import Unsupported, custom_options, frontend
+    values = {}
+    for v in dash.get("templating", {}).get("list", []):
+        if v["type"] == "custom":
+            values[v["name"]] = custom_options(v["query"])
+        elif v["type"] == "query" and (v.get("datasource") or {}).get("type") == "grafana-postgresql-datasource":
+            frames, err = ds_query(args, {"refId": v["name"], "datasource": v["datasource"], "rawSql": v["query"], "format": "table"})
+            values[v["name"]] = list(dict.fromkeys(frames[0][0])) if frames and frames[0] else []  # the first field
+            note(f"variable ${v['name']}: {values[v['name']] or err}")
+    for p in dash.get("panels", []):
+        for t in p.get("targets") or []:
+            if t.get("rawSql"):
+                try:
+                    sql = frontend(t["rawSql"], values)
+                except Unsupported as e:
+                    raise Failed(f"{p.get('title')!r}: {e}")
+                return p.get("title"), t["datasource"]["uid"], {"refId": t.get("refId", "A"), "datasource": t["datasource"],
+                                                                "rawSql": sql, "format": t.get("format", "table")}
+    return None
+
+
 def check_dashboards(args, ctx):
     files = sorted(glob.glob(os.path.join(OBS, "grafana", "dashboards", "*.json")))
     bad = [] if files else ["no dashboard JSON in observability/grafana/dashboards/"]
     for f in files:
-        name, picked = os.path.basename(f), dashboard_query(json.load(open(f)))
+        dash = json.load(open(f))
+        name, picked = os.path.basename(f), dashboard_query(dash) or sql_dashboard_query(args, dash)
         if not picked:
-            bad.append(f"{name}: no Prometheus or Loki target")
+            bad.append(f"{name}: no Prometheus, Loki or SQL target")
             continue
         title, uid, query = picked
-        body = {"from": "now-15m", "to": "now", "queries": [query]}
 
-        def step():  # {"results": {refId: {"frames": [{"schema", "data": {"values": [[...], ...]}}], "error"?}}}
-            st, _, res = http("POST", f"{args.grafana}/api/ds/query", body, timeout=args.timeout)
-            r = (res.get("results") or {}).get(query["refId"], {}) if isinstance(res, dict) else {}
-            if st != 200 or r.get("error"):
-                return False, f"HTTP {st}: {short(r.get('error') or res)}"
-            frames = r.get("frames") or []
-            n = max((len(col) for fr in frames for col in (fr.get("data") or {}).get("values") or []), default=0)
-            return n > 0, f"{len(frames)} frame(s), longest column {n} values"
+        def step():
+            frames, err = ds_query(args, query)
+            n = max((len(col) for cols in frames for col in cols), default=0)
+            return n > 0 and not err, err or f"{len(frames)} frame(s), longest column {n} values"
         try:
             detail = poll(step, args.wait)
         except Failed as e:
             detail = str(e)
             bad.append(f"{name} / {title!r}: {detail}")
-        note(f"{name} / {title!r} ({uid}): {short(query['expr'], 120)} -> {detail}")
+        note(f"{name} / {title!r} ({uid}): {short(query.get('expr') or query['rawSql'], 120)} -> {detail}")
     if bad:
         raise Failed("; ".join(bad))
 

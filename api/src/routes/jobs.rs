@@ -243,7 +243,7 @@ pub(super) async fn cancel(
     (status = 202, description = "queued again", body = Job),
     (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
     (status = 404, body = Problem, content_type = "application/problem+json"),
-    (status = 409, description = "not failed or cancelled", body = Problem, content_type = "application/problem+json"),
+    (status = 409, description = "not failed or cancelled, or its cancel not yet delivered", body = Problem, content_type = "application/problem+json"),
 ))]
 pub(super) async fn retry(
     State(state): State<AppState>,
@@ -256,6 +256,12 @@ pub(super) async fn retry(
             return Err(ApiError::Conflict(format!(
                 "job {id} is {}; only failed or cancelled jobs can be retried",
                 job.status
+            )));
+        }
+        RedriveOne::CancelPending(_) => {
+            return Err(ApiError::Conflict(format!(
+                "job {id}'s cancel is not yet delivered to the workers (is RabbitMQ down?); \
+                 retry it once it is"
             )));
         }
         RedriveOne::Requeued(job) => job,

@@ -95,7 +95,9 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
         "GetJob": { "operationId": "getJob", "parameters": by_id,
                     "description": "The job's state: poll it until it is final." },
         "CancelJob": { "operationId": "cancelJob", "parameters": by_id,
-                       "description": "Cancel it while it is queued or running." },
+                       "description": "Cancel it while it is scheduled, queued or running." },
+        "RetryJob": { "operationId": "retryJob", "parameters": by_id,
+                      "description": "Run it again once it has failed or been cancelled." },
     });
     doc
 }

@@ -100,7 +100,11 @@ async fn the_committed_openapi_document_is_the_served_one() {
         "api/openapi.json is stale: run `make contract`"
     );
     let links = &served["paths"]["/jobs"]["post"]["responses"]["202"]["links"];
-    for (link, operation) in [("GetJob", "getJob"), ("CancelJob", "cancelJob")] {
+    for (link, operation) in [
+        ("GetJob", "getJob"),
+        ("CancelJob", "cancelJob"),
+        ("RetryJob", "retryJob"),
+    ] {
         assert_eq!(links[link]["operationId"], operation);
         assert_eq!(links[link]["parameters"]["id"], "$response.body#/id");
     }

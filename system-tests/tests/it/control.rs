@@ -515,3 +515,50 @@ async fn retention_runs_in_one_replica_at_a_time_and_expires_keys() {
     assert_eq!(app.count_jobs().await, 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_cancel_accepted_while_the_broker_is_down_is_broadcast_when_it_is_back() {
+    let port = test_support::net::free_port().await;
+    let proxy = crate::resilience::open_proxy(port).await;
+    let mut app = TestApp::with(Options {
+        worker: false,
+        amqp_url: crate::helpers::rabbitmq_via(port),
+        ..Default::default()
+    })
+    .await;
+    let id = app.create("hash", json!({"rounds": 1000})).await;
+    wait_metric(&app, "jobstack_outbox_published_total", "", 1.0).await;
+    drop(proxy);
+    let (status, job) = app.cancel(&id).await;
+    assert_eq!(
+        (status, job["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("cancelled"))
+    );
+    // The cancel names the series it stops: no new series before it is out.
+    let (status, problem) = app.post_path(&format!("/jobs/{id}/retry"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not yet delivered")
+    );
+
+    let _proxy = crate::resilience::open_proxy(port).await;
+    wait_metric(&app, "jobstack_cancels_published_total", "", 1.0).await;
+    app.start_worker().await;
+    let later = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    assert_eq!(app.wait_final(&later, LONG).await["status"], "succeeded");
+    assert_eq!(
+        app.metric_sum("jobstack_jobs_started_total", r#"kind="hash""#)
+            .await,
+        0.0,
+        "the cancel reached the worker before the job did"
+    );
+    let (status, job) = app.post_path(&format!("/jobs/{id}/retry"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(app.wait_final(&id, LONG).await["status"], "succeeded");
+    app.stop().await;
+}

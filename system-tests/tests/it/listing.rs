@@ -57,6 +57,8 @@ async fn openapi_document_lists_every_route() {
         ("/jobs", "get"),
         ("/jobs/{id}", "get"),
         ("/jobs/{id}/cancel", "post"),
+        ("/jobs/{id}/retry", "post"),
+        ("/jobs/retry", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
@@ -67,7 +69,14 @@ async fn openapi_document_lists_every_route() {
             "{method} {path} documented"
         );
     }
-    for schema in ["Job", "CreateJob", "JobPage", "Problem"] {
+    for schema in [
+        "Job",
+        "CreateJob",
+        "JobPage",
+        "Problem",
+        "RetryMany",
+        "Requeued",
+    ] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),
             "{schema} schema"
