@@ -111,11 +111,18 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        Self::from(&e)
+    }
+}
+
+/// One database failure may answer many requests (a group commit's batch).
+impl From<&sqlx::Error> for ApiError {
+    fn from(e: &sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 Self::Unavailable(format!("PostgreSQL is unavailable: {e}"))
             }
-            other => Self::Internal(other.into()),
+            other => Self::Internal(anyhow::anyhow!("{other}")),
         }
     }
 }

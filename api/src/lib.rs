@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: settings from the environment.
+//! - [`accept`]: group commit of accepted jobs.
 //! - [`routes`]: the HTTP app; [`observe`] its telemetry middleware; [`error`] its error type;
 //!   [`idempotency`] the `Idempotency-Key` header.
 //! - [`store`]: every SQL statement; [`state`]: the job state machine; [`db`]: pool + migrations.
@@ -10,6 +11,7 @@
 //!   (broker → job rows).
 //! - [`retention`]: deletes old finished jobs and expired idempotency keys.
 
+pub mod accept;
 pub mod broker;
 pub mod config;
 pub mod db;
@@ -45,6 +47,8 @@ pub struct AppState {
     pub broker: broker::Broker,
     /// The job kinds, to validate payloads before anything is stored.
     pub kinds: Catalog,
+    /// Commits accepted jobs in groups.
+    pub committer: accept::Committer,
 }
 
 /// Serves on `listener` until `shutdown` is cancelled, then finishes in-flight requests.
@@ -70,11 +74,14 @@ pub async fn run(
     metrics::counter!("jobstack_cancels_published_total").absolute(0);
     metrics::counter!("jobstack_amqp_reconnects_total").absolute(0);
     let db = db::connect(&config, &shutdown).await?;
+    let broker = broker::Broker::default();
+    let (committer, committing) = accept::Committer::start(db.clone(), broker.wake_relay.clone());
     let state = AppState {
         config: Arc::new(config),
         db,
-        broker: broker::Broker::default(),
+        broker,
         kinds,
+        committer,
     };
     let session = {
         let state = state.clone();
@@ -110,5 +117,7 @@ pub async fn run(
     }
     session.await?;
     retention.await?;
+    // Every handle is gone with the server and the session: the last batch is answered.
+    committing.await?;
     Ok(())
 }

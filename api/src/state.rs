@@ -132,7 +132,7 @@ pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
         status: cur.status,
         attempts: a,
         progress: cur.progress,
-        started_at: at,
+        started_at: event.started_at.or(at),
         finished_at: None,
         result: None,
         error: None,
@@ -200,6 +200,7 @@ mod tests {
             attempt,
             generation: 0,
             at: Utc::now(),
+            started_at: None,
             change,
         }
     }
@@ -383,6 +384,16 @@ mod tests {
         assert_eq!(apply(c, &late), None, "a late event of series 0");
         late.generation = 1;
         assert_eq!(apply(c, &late).map(|u| u.status), Some(Status::Failed));
+    }
+
+    #[test]
+    fn a_lone_final_event_records_when_the_attempt_started() {
+        let started = Utc::now() - chrono::Duration::milliseconds(40);
+        let mut done = ev(1, JobChange::Succeeded { result: json!(1) });
+        done.started_at = Some(started);
+        let u = apply(cur(Status::Queued, 0, 0.0), &done).unwrap();
+        assert_eq!((u.status, u.started_at), (Status::Succeeded, Some(started)));
+        assert_eq!(u.finished_at, Some(done.at));
     }
 
     #[test]

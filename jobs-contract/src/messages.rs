@@ -37,6 +37,10 @@ pub struct JobEvent {
     pub generation: u32,
     /// When it happened, by the worker's clock.
     pub at: DateTime<Utc>,
+    /// When the attempt started, by the worker's clock. A job that ends within its first
+    /// progress interval sends only its final event: this is then the only record of its start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
     /// What happened.
     #[serde(flatten)]
     pub change: JobChange,
@@ -114,6 +118,7 @@ mod tests {
             attempt: 2,
             generation: 1,
             at: DateTime::from_timestamp(0, 0).unwrap(),
+            started_at: None,
             change: JobChange::Failed {
                 error: "boom".into(),
                 retrying: true,

@@ -21,6 +21,9 @@ const PUBLISH_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
+/// Jobs per group commit (`jobstack_accept_batch_size`): 1 … 128.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 /// Installs the recorder on first use and records `jobstack_build_info`; later calls return the
 /// same handle. Must be called inside a Tokio runtime (it spawns the histogram upkeep).
 pub fn install(service: &str) -> PrometheusHandle {
@@ -32,6 +35,12 @@ pub fn install(service: &str) -> PrometheusHandle {
             })
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Prefix("jobstack_amqp_".into()), PUBLISH_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("jobstack_accept_batch_size".into()),
+                    BATCH_BUCKETS,
+                )
             })
             .expect("bucket lists are non-empty")
             .install_recorder()

@@ -5,6 +5,12 @@
 //! at any point leaves the job in the queue (delivery is at-least-once; the api applies events
 //! idempotently). If any of those publishes fails, the delivery is handed back (nack + requeue)
 //! and the attempt runs again.
+//!
+//! Cheap per job: a job that ends within its first progress interval sends one event, its final
+//! one, which carries when it started; longer jobs report `started` at the first interval, then
+//! progress. And the job's slot (one of `WORKER_CONCURRENCY`) is freed when the handler returns:
+//! publishing the outcome, waiting for its confirm and acking happen after, while the next job
+//! runs (the prefetch is above the concurrency so that one is already here).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,7 +23,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::Value;
 use shared::amqp::{Outgoing, PublishError, Publisher, producer_span};
 use shared::telemetry::propagation;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
@@ -25,10 +31,10 @@ use uuid::Uuid;
 use crate::context::{JobContext, JobError};
 use crate::session::Deps;
 
-/// At most one progress event per job in this interval, the first no earlier than this after the
-/// start: a handler may report after every item of a million, and each event costs a publish, a
-/// delivery and a row update. The latest report wins; the final event carries the outcome (and
-/// 100 % on success) whatever was coalesced.
+/// At most one event per job in this interval, the first (`started`, or progress if the handler
+/// reported some) no earlier than this after the start: a handler may report after every item of
+/// a million, and each event costs a publish, a delivery and a row update. The latest report
+/// wins; the final event carries the outcome (and 100 % on success) whatever was coalesced.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Publishes one job's events on the worker's confirm channel.
@@ -39,6 +45,7 @@ pub struct Reporter {
     job_id: Uuid,
     attempt: u32,
     generation: u32,
+    started_at: chrono::DateTime<Utc>,
 }
 
 impl Reporter {
@@ -49,6 +56,7 @@ impl Reporter {
             job_id: msg.id,
             attempt: msg.attempt,
             generation: msg.generation,
+            started_at: Utc::now(),
         }
     }
 
@@ -73,6 +81,7 @@ impl Reporter {
             attempt: self.attempt,
             generation: self.generation,
             at: Utc::now(),
+            started_at: Some(self.started_at),
             change,
         };
         let body = serde_json::to_vec(&event).expect("events serialize");
@@ -83,9 +92,10 @@ impl Reporter {
     }
 }
 
-/// Runs `attempt` while forwarding the handler's progress reports as events, at most one per
-/// [`PROGRESS_INTERVAL`] (the latest value wins). Returns once `attempt` has ended and no
-/// progress publish is halfway: one is never abandoned mid-send.
+/// Runs `attempt` while reporting it: nothing if it ends within [`PROGRESS_INTERVAL`]; else
+/// `started` (or progress, if the handler reported some) then the handler's progress reports, at
+/// most one event per interval (the latest value wins). Returns once `attempt` has ended and no
+/// publish is halfway: one is never abandoned mid-send.
 async fn with_progress<T>(
     attempt: impl Future<Output = T>,
     mut reports: watch::Receiver<f64>,
@@ -93,6 +103,20 @@ async fn with_progress<T>(
 ) -> T {
     let done = CancellationToken::new();
     let forward = async {
+        tokio::select! {
+            () = done.cancelled() => return,
+            () = tokio::time::sleep(PROGRESS_INTERVAL) => {},
+        }
+        let first = if reports.has_changed().unwrap_or(false) {
+            JobChange::Progress {
+                progress: *reports.borrow_and_update(),
+            }
+        } else {
+            JobChange::Started
+        };
+        if let Err(e) = reporter.notify(first).await {
+            tracing::warn!(error = %e, "started event not published");
+        }
         loop {
             let next = async {
                 tokio::time::sleep(PROGRESS_INTERVAL).await;
@@ -116,8 +140,16 @@ async fn with_progress<T>(
     tokio::join!(run, forward).0
 }
 
-/// Handles one delivery from the work queue; never panics, always acks or hands back.
-pub(crate) async fn handle(delivery: Delivery, publisher: Publisher, deps: Arc<Deps>) {
+/// Handles one delivery from the work queue; never panics, always acks or hands back. It runs
+/// the handler once it holds one of the `slots`; if `session_over` comes first (shutdown, or the
+/// connection failed), it leaves the delivery unacked: the broker hands it out again.
+pub(crate) async fn handle(
+    delivery: Delivery,
+    publisher: Publisher,
+    deps: Arc<Deps>,
+    slots: Arc<Semaphore>,
+    session_over: CancellationToken,
+) {
     let span = shared::amqp::consumer_span(&deps.config.amqp.topology.jobs_queue(), &delivery);
     async move {
         let settled = match serde_json::from_slice::<JobMessage>(&delivery.data) {
@@ -127,7 +159,12 @@ pub(crate) async fn handle(delivery: Delivery, publisher: Publisher, deps: Arc<D
                 span.record("job.id", msg.id.to_string());
                 span.record("job.kind", msg.kind.as_str());
                 span.record("job.attempt", msg.attempt);
-                process(msg, &publisher, &deps).await
+                let slot = tokio::select! {
+                    biased;
+                    () = session_over.cancelled() => return,
+                    slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
+                };
+                process(msg, &publisher, &deps, slot).await
             }
             Err(e) => dead_letter_undecodable(&delivery, &e.to_string(), &publisher, &deps).await,
         };
@@ -177,7 +214,12 @@ async fn dead_letter_undecodable(
     Ok(())
 }
 
-async fn process(msg: JobMessage, publisher: &Publisher, deps: &Deps) -> Result<(), PublishError> {
+async fn process(
+    msg: JobMessage,
+    publisher: &Publisher,
+    deps: &Deps,
+    slot: OwnedSemaphorePermit,
+) -> Result<(), PublishError> {
     let kind = if deps.registry.contains(&msg.kind) {
         msg.kind.clone()
     } else {
@@ -189,7 +231,6 @@ async fn process(msg: JobMessage, publisher: &Publisher, deps: &Deps) -> Result<
         tracing::info!("job was cancelled before it started");
         Err(JobError::Cancelled)
     } else {
-        reporter.notify(JobChange::Started).await?;
         tracing::info!("job started");
         metrics::counter!("jobstack_jobs_started_total", "kind" => kind.clone()).increment(1);
         let waited = (Utc::now() - msg.available_at).to_std().unwrap_or_default();
@@ -216,6 +257,8 @@ async fn process(msg: JobMessage, publisher: &Publisher, deps: &Deps) -> Result<
         outcome
     };
     deps.cancellations.finish(msg.id, msg.generation);
+    // The slot goes to the next job; the outcome is published and confirmed meanwhile.
+    drop(slot);
     settle(&msg, &kind, outcome, &reporter, publisher, deps).await
 }
 

@@ -19,6 +19,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{AMQPValue, FieldTable};
 use shared::amqp::{BrokerStatus, Outgoing, Publisher, producer_span};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -98,10 +99,18 @@ pub async fn run(
         "control stream read; cancels known"
     );
 
-    // Consume on a channel of its own: prefetch = concurrency bounds the jobs in flight.
+    // Consume on a channel of its own. `concurrency` slots bound the handlers running; the
+    // prefetch, twice that, bounds what this worker holds: jobs settling (outcome publish,
+    // confirm, ack) after their handler returned, and the next ones, ready for a free slot.
+    let slots = Arc::new(Semaphore::new(usize::from(deps.config.concurrency)));
+    // Jobs still waiting for a slot when this session ends (a broker failure) must not start:
+    // the broker hands their deliveries out again.
+    let session_over = shutdown.child_token();
+    let _session_over = session_over.clone().drop_guard();
+    let prefetch = deps.config.concurrency.saturating_mul(2);
     let channel = conn.create_channel().await?;
     channel
-        .basic_qos(deps.config.concurrency, BasicQosOptions::default())
+        .basic_qos(prefetch, BasicQosOptions::default())
         .await?;
     let mut jobs = channel
         .basic_consume(
@@ -114,13 +123,19 @@ pub async fn run(
     let jobs_tag = jobs.tag();
 
     status.set_up(true);
-    tracing::info!(queue = %topology.jobs_queue(), prefetch = deps.config.concurrency, "consuming jobs");
+    tracing::info!(queue = %topology.jobs_queue(), concurrency = deps.config.concurrency, prefetch, "consuming jobs");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             delivery = jobs.next() => {
                 let delivery = delivery.context("job consumer closed")??;
-                tracker.spawn(runner::handle(delivery, publisher.clone(), deps.clone()));
+                tracker.spawn(runner::handle(
+                    delivery,
+                    publisher.clone(),
+                    deps.clone(),
+                    slots.clone(),
+                    session_over.clone(),
+                ));
             }
             delivery = control.next() => {
                 let delivery = delivery.context("control consumer closed")??;

@@ -75,30 +75,35 @@ pub(super) async fn create(
     let trace_id = propagation::trace_id(&span).unwrap_or_default();
     let traceparent = propagation::traceparent(&span);
     let job = NewJob {
-        kind: &req.kind,
-        payload: &req.payload,
+        kind: req.kind.clone(),
+        payload: req.payload.clone(),
         schedule,
-        trace_id: &trace_id,
-        traceparent: traceparent.as_deref(),
+        trace_id,
+        traceparent,
     };
-    let fingerprint = key.as_ref().map(|_| idempotency::fingerprint(&req));
-    let key = key
-        .as_deref()
-        .zip(fingerprint.as_deref())
-        .map(|(key, fingerprint)| store::Key {
-            key,
-            fingerprint,
-            ttl: state.config.idempotency_ttl,
-        });
-    let (job, replayed) = match store::insert(&state.db, &job, key.as_ref()).await? {
-        Inserted::Created(job) => (job, false),
-        Inserted::Replayed(job) => (job, true),
-        Inserted::KeyReused => {
-            return Err(ApiError::Unprocessable(
-                "this Idempotency-Key was already used with a different request body; \
-                 use a new key for a new job"
-                    .into(),
-            ));
+    let (job, replayed) = match key {
+        None => (state.committer.accept(job).await?, false),
+        Some(key) => {
+            let fingerprint = idempotency::fingerprint(&req);
+            let key = store::Key {
+                key: &key,
+                fingerprint: &fingerprint,
+                ttl: state.config.idempotency_ttl,
+            };
+            match store::insert_keyed(&state.db, &job, &key).await? {
+                Inserted::Created(job) => {
+                    state.broker.wake_relay.notify_one();
+                    (job, false)
+                }
+                Inserted::Replayed(job) => (job, true),
+                Inserted::KeyReused => {
+                    return Err(ApiError::Unprocessable(
+                        "this Idempotency-Key was already used with a different request body; \
+                         use a new key for a new job"
+                            .into(),
+                    ));
+                }
+            }
         }
     };
     let mut headers = HeaderMap::new();
@@ -110,7 +115,6 @@ pub(super) async fn create(
         tracing::info!(job.id = %job.id, job.kind = %job.kind, "job request replayed");
     } else {
         // Committed: from here the relay owns publishing it.
-        state.broker.wake_relay.notify_one();
         metrics::counter!("jobstack_jobs_created_total", "kind" => job.kind.clone()).increment(1);
         tracing::info!(job.id = %job.id, job.kind = %job.kind, run_at = %job.run_at, "job accepted");
     }

@@ -2,6 +2,7 @@
 //! PostgreSQL. Each test gets its own database and AMQP name prefix, so the suite runs in
 //! parallel; each cleans up on drop, also when it fails.
 
+mod accept;
 mod bad_input;
 mod contract;
 mod control;

@@ -170,7 +170,7 @@ async fn check_one_trace(broker_down_at_first: bool) {
 
     let res = http
         .post(format!("{api_url}/jobs"))
-        .json(&json!({"kind": "sleep", "payload": {"duration_ms": 200, "steps": 2}}))
+        .json(&json!({"kind": "sleep", "payload": {"duration_ms": 600, "steps": 3}}))
         .send()
         .await
         .unwrap();
@@ -294,7 +294,7 @@ async fn check_one_trace(broker_down_at_first: bool) {
     let event_publishes = by_name(&format!("publish {}", t.events_exchange()));
     assert!(
         event_publishes.len() >= 3,
-        "started, progress (coalesced: at most one per 100 ms), succeeded"
+        "started at the first 100 ms, progress (coalesced: at most one per 100 ms), succeeded"
     );
     assert!(
         event_publishes

@@ -245,14 +245,34 @@ async fn an_undecodable_message_is_dead_lettered_and_the_worker_keeps_consuming(
 }
 
 #[tokio::test]
-async fn a_success_reports_started_then_its_result() {
+async fn a_quick_success_sends_one_event_that_says_when_it_started() {
     let mut w = TestWorker::spawn(3, Duration::from_secs(30)).await;
+    let before = chrono::Utc::now();
     let id = w.submit("hash", json!({"rounds": 10})).await;
     let events = w.until_final(id).await;
-    assert_eq!(events.first().unwrap().change, JobChange::Started);
-    let JobChange::Succeeded { result } = &events.last().unwrap().change else {
+    assert_eq!(events.len(), 1, "no separate started event: {events:#?}");
+    let done = &events[0];
+    let started = done.started_at.expect("the final event carries started_at");
+    assert!(before <= started && started <= done.at, "{done:?}");
+    let JobChange::Succeeded { result } = &done.change else {
         panic!("{events:#?}");
     };
     assert_eq!(result["rounds"], 10);
     assert!(w.dead_letters().await.is_empty());
+
+    // A longer one reports started at its first progress interval, then its result.
+    let id = w
+        .submit("sleep", json!({"duration_ms": 300, "steps": 1}))
+        .await;
+    let events = w.until_final(id).await;
+    assert_eq!(
+        events.first().unwrap().change,
+        JobChange::Started,
+        "{events:#?}"
+    );
+    assert!(matches!(
+        events.last().unwrap().change,
+        JobChange::Succeeded { .. }
+    ));
+    assert!(events.iter().all(|e| e.started_at == events[0].started_at));
 }

@@ -1,0 +1,96 @@
+//! Group commit on the accept path: concurrent `POST /jobs` share one transaction.
+//!
+//! Each request hands its job to the committer and waits for its answer. The committer takes
+//! whatever is waiting — at least one job, at most [`MAX_BATCH`] — and inserts it with one
+//! statement in one transaction, then answers each request: its row once committed, or the
+//! error that stopped the batch (a 503 for an outage; never a 202 for an uncommitted row). No
+//! timer: a lone request is committed at once, and under load a batch is what queued up while
+//! the batches before it were committing. Up to [`IN_FLIGHT`] batches commit at a time, so one
+//! batch's fsync overlaps the next one's statement.
+//!
+//! Why: a one-row transaction costs PostgreSQL a WAL flush and a round trip per job; a batch
+//! pays them once. Requests with an `Idempotency-Key` take their own transaction instead
+//! (`store::insert_keyed`): their conflicts are settled by a row lock on the key.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+
+use crate::error::ApiError;
+use crate::store::{self, Job, NewJob};
+
+/// Most jobs one transaction inserts.
+pub const MAX_BATCH: usize = 128;
+/// Batches committing at once.
+const IN_FLIGHT: usize = 4;
+/// Requests waiting for a batch; beyond this `accept` waits for room (the HTTP server's own
+/// concurrency bounds it well before).
+const QUEUE: usize = 4096;
+
+type Reply = oneshot::Sender<Result<Job, Arc<sqlx::Error>>>;
+
+/// Hands jobs to the committer.
+#[derive(Debug, Clone)]
+pub struct Committer {
+    queue: mpsc::Sender<(NewJob, Reply)>,
+}
+
+impl Committer {
+    /// Starts the committer on `db`; it wakes the relay after each commit, and stops once every
+    /// `Committer` is dropped and the last batch is committed.
+    pub fn start(db: PgPool, wake_relay: Arc<Notify>) -> (Self, tokio::task::JoinHandle<()>) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        (Self { queue }, tokio::spawn(run(db, rx, wake_relay)))
+    }
+
+    /// Stores `job`; returns its row once committed.
+    pub async fn accept(&self, job: NewJob) -> Result<Job, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || ApiError::Internal(anyhow::anyhow!("the committer has stopped"));
+        self.queue.send((job, reply)).await.map_err(|_| gone())?;
+        match answer.await.map_err(|_| gone())? {
+            Ok(job) => Ok(job),
+            Err(e) => Err(ApiError::from(e.as_ref())),
+        }
+    }
+}
+
+async fn run(db: PgPool, mut rx: mpsc::Receiver<(NewJob, Reply)>, wake_relay: Arc<Notify>) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        // A free slot first, then whatever is waiting by then.
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            break;
+        }
+        let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = batch.drain(..).unzip();
+        let (db, wake_relay) = (db.clone(), wake_relay.clone());
+        tokio::spawn(async move {
+            let committed = store::insert(&db, &jobs).await;
+            drop(permit);
+            match committed {
+                Ok(rows) => {
+                    wake_relay.notify_one();
+                    metrics::histogram!("jobstack_accept_batch_size").record(rows.len() as f64);
+                    for (reply, row) in replies.into_iter().zip(rows) {
+                        let _ = reply.send(Ok(row));
+                    }
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
+    // Every batch committed (or failed) and answered.
+    let _ = in_flight.acquire_many(IN_FLIGHT as u32).await;
+}
