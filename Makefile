@@ -5,12 +5,13 @@ CARGO ?= cargo
 
 .PHONY: help
 help: ## list the verbs
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: services ## run every test: workspace tests against RabbitMQ + PostgreSQL, then the stack checks
+test: services ## run every test: workspace tests against RabbitMQ + PostgreSQL, then the stack and Kubernetes checks
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(MAKE) stack-check
+	$(MAKE) k8s-check
 
 .PHONY: services
 services: ## make sure the tests' PostgreSQL and RabbitMQ answer (starts the compose ones if Docker is there)
@@ -70,3 +71,7 @@ load: ## drive a running api (default http://127.0.0.1:8080) with a steady job m
 .PHONY: bench
 bench: ## measure throughput, latency and RSS against this machine's limits; writes BENCHMARKS.md
 	bash bench/run.sh
+
+.PHONY: k8s-check
+k8s-check: ## render deploy/k8s (kustomize), validate it against Kubernetes 1.35 and the operators' CRDs, enforce its policies
+	python3 tests/k8s/check.py

@@ -1,0 +1,94 @@
+"""Breakages the checks must catch: each is applied to a copy of a rendered overlay, in memory.
+
+(description, overlay, check that must report it, mutation). A check named here that stays
+silent on its breakage fails `make k8s-check`, so a check that stops biting is noticed.
+"""
+
+from __future__ import annotations
+
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"].startswith(name))
+
+
+def container(objects: list[dict], deployment: str) -> dict:
+    return find(objects, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+
+
+def trigger(objects: list[dict]) -> dict:
+    return find(objects, "ScaledObject", "jobstack-worker")["spec"]["triggers"][0]["metadata"]
+
+
+def _set_env(objects: list[dict], deployment: str, name: str, value: str) -> None:
+    env = container(objects, deployment)["env"]
+    next(e for e in env if e["name"] == name)["value"] = value
+
+
+MUTATIONS = [
+    ("api without readinessProbe", "production", "probes",
+     lambda o: container(o, "jobstack-api").pop("readinessProbe")),
+    ("worker without livenessProbe", "production", "probes",
+     lambda o: container(o, "jobstack-worker").pop("livenessProbe")),
+    ("worker without startupProbe", "local", "probes",
+     lambda o: container(o, "jobstack-worker").pop("startupProbe")),
+    ("api readinessProbe on /healthz", "production", "probes",
+     lambda o: container(o, "jobstack-api")["readinessProbe"]["httpGet"].update(path="/healthz")),
+    ("worker without a memory limit", "production", "resources",
+     lambda o: container(o, "jobstack-worker")["resources"]["limits"].pop("memory")),
+    ("api without a CPU limit", "local", "resources",
+     lambda o: container(o, "jobstack-api")["resources"]["limits"].pop("cpu")),
+    ("RabbitmqCluster without limits", "production", "resources",
+     lambda o: find(o, "RabbitmqCluster", "jobstack-rabbitmq")["spec"]["resources"].pop("limits")),
+    ("worker image :latest", "production", "images",
+     lambda o: container(o, "jobstack-worker").update(image="ghcr.io/your-org/jobstack:latest")),
+    ("api image without a tag", "local", "images",
+     lambda o: container(o, "jobstack-api").update(image="jobstack")),
+    ("RabbitmqCluster image off the .env pin", "production", "images",
+     lambda o: find(o, "RabbitmqCluster", "jobstack-rabbitmq")["spec"].update(image="rabbitmq:4.1.0-management")),
+    ("api root filesystem writable", "production", "security",
+     lambda o: container(o, "jobstack-api")["securityContext"].update(readOnlyRootFilesystem=False)),
+    ("worker may escalate privileges", "local", "security",
+     lambda o: container(o, "jobstack-worker")["securityContext"].pop("allowPrivilegeEscalation")),
+    ("worker terminationGracePeriodSeconds 25 = SHUTDOWN_GRACE_SECS", "production", "shutdown",
+     lambda o: find(o, "Deployment", "jobstack-worker")["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=25)),
+    ("SHUTDOWN_GRACE_SECS raised to 40", "local", "shutdown",
+     lambda o: find(o, "ConfigMap", "jobstack-config")["data"].update(SHUTDOWN_GRACE_SECS="40")),
+    ("KEDA queueName jobstack.job", "production", "keda",
+     lambda o: trigger(o).update(queueName="jobstack.job")),
+    ("AMQP_PREFIX acme with the trigger left on jobstack.jobs", "production", "keda",
+     lambda o: find(o, "ConfigMap", "jobstack-config")["data"].update(AMQP_PREFIX="acme")),
+    ("KEDA over AMQP (blind to running jobs)", "production", "keda",
+     lambda o: trigger(o).update(protocol="amqp")),
+    ("KEDA host in another namespace", "production", "keda",
+     lambda o: trigger(o).update(host="http://jobstack-rabbitmq.default.svc:15672/")),
+    ("worker Deployment keeps replicas under KEDA", "production", "keda",
+     lambda o: find(o, "Deployment", "jobstack-worker")["spec"].update(replicas=1)),
+    ("AMQP_URL ending in '/' (the empty vhost)", "production", "secrets",
+     lambda o: _set_env(o, "jobstack-worker", "AMQP_URL", "amqp://$(AMQP_USERNAME):$(AMQP_PASSWORD)@jobstack-rabbitmq:5672/")),
+    ("AMQP_URL referring to a later variable", "local", "secrets",
+     lambda o: container(o, "jobstack-api")["env"].sort(key=lambda e: e["name"] != "AMQP_URL")),
+    ("a Secret committed", "local", "secrets",
+     lambda o: o.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "oops"}, "data": {}})),
+    ("DATABASE_URL from a key CloudNativePG does not make", "production", "secrets",
+     lambda o: next(e for e in container(o, "jobstack-api")["env"] if e["name"] == "DATABASE_URL")["valueFrom"]["secretKeyRef"].update(key="url")),
+    ("api HPA up to 20 replicas (200 connections)", "production", "autoscaling",
+     lambda o: find(o, "HorizontalPodAutoscaler", "jobstack-api")["spec"].update(maxReplicas=20)),
+    ("local consumer_timeout below JOB_DEADLINE_SECS", "local", "broker",
+     lambda o: find(o, "ConfigMap", "jobstack-rabbitmq-config")["data"].update({"rabbitmq.conf": "consumer_timeout = 60000\n"})),
+    ("RabbitmqCluster with 2 nodes", "production", "replication",
+     lambda o: find(o, "RabbitmqCluster", "jobstack-rabbitmq")["spec"].update(replicas=2)),
+    ("PodMonitor on a port the worker lacks", "production", "monitors",
+     lambda o: find(o, "PodMonitor", "jobstack-worker")["spec"]["podMetricsEndpoints"][0].update(port="metrics")),
+    ("no OTLP endpoint in production", "production", "telemetry",
+     lambda o: find(o, "ConfigMap", "jobstack-config")["data"].update(OTEL_EXPORTER_OTLP_ENDPOINT="")),
+    ("Service targetPort renamed", "local", "services",
+     lambda o: find(o, "Service", "jobstack-api")["spec"]["ports"][0].update(targetPort="web")),
+    ("a misspelt Deployment field (imagePullPolice)", "production", "schemas",
+     lambda o: container(o, "jobstack-api").update(imagePullPolice="Always")),
+    ("a misspelt RabbitmqCluster field (replica)", "production", "schemas",
+     lambda o: find(o, "RabbitmqCluster", "jobstack-rabbitmq")["spec"].update(replica=3)),
+    ("ScaledObject minReplicaCount above maxReplicaCount (a CEL rule)", "production", "schemas",
+     lambda o: find(o, "ScaledObject", "jobstack-worker")["spec"].update(minReplicaCount=20)),
+    ("CloudNativePG instances as a string", "production", "schemas",
+     lambda o: find(o, "Cluster", "jobstack-db")["spec"].update(instances="3")),
+]

@@ -1,0 +1,297 @@
+"""The deployment policies, checked on what `kubectl kustomize` renders (never on the sources).
+
+Each policy is a function of a `Render` (rendered.py) returning its problems: empty when it holds.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+from rendered import CNPG_METRICS_PORT, CNPG_POD_LABEL, OUR_IMAGE, RABBITMQ_SERVICE_PORTS, Render, label
+
+
+def probes(r: Render) -> list[str]:
+    """Every container has startup, readiness and liveness probes; ours GET /healthz and /readyz."""
+    problems = []
+    want = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    for w, _, c in r.containers():
+        ports = {p.get("name") for p in c.get("ports", [])} | {p["containerPort"] for p in c.get("ports", [])}
+        for probe, path in want.items():
+            p = c.get(probe)
+            if not p:
+                problems.append(f"{label(w, c)}: no {probe}")
+            elif OUR_IMAGE.search(c["image"]):
+                get = p.get("httpGet") or {}
+                if get.get("path") != path or get.get("port") not in ports:
+                    problems.append(f"{label(w, c)}: {probe} must GET {path} on a container port, has {p}")
+    return problems
+
+
+def resources(r: Render) -> list[str]:
+    """CPU and memory requests and limits on every container and on the operators' clusters."""
+    problems = []
+    subjects = [(label(w, c), c.get("resources") or {}) for w, _, c in r.containers()]
+    subjects += [(f"{o['kind']}/{o['metadata']['name']}", o["spec"].get("resources") or {}) for o in r.rabbitmq_clusters() + r.pg_clusters()]
+    for who, res in subjects:
+        for kind in ("requests", "limits"):
+            for what in ("cpu", "memory"):
+                if what not in (res.get(kind) or {}):
+                    problems.append(f"{who}: no resources.{kind}.{what}")
+    return problems
+
+
+def security(r: Render) -> list[str]:
+    """Non-root, no privilege escalation, read-only root filesystem, no capabilities, seccomp."""
+    problems = []
+    for w, pod, c in r.containers():
+        psc, csc = pod.get("securityContext") or {}, c.get("securityContext") or {}
+        eff = {**psc, **csc}
+        if eff.get("runAsNonRoot") is not True:
+            problems.append(f"{label(w, c)}: runAsNonRoot is not true")
+        if not isinstance(eff.get("runAsUser"), int) or eff["runAsUser"] == 0:
+            problems.append(f"{label(w, c)}: no numeric non-zero runAsUser (a named USER cannot be verified non-root)")
+        if csc.get("allowPrivilegeEscalation") is not False or csc.get("privileged"):
+            problems.append(f"{label(w, c)}: allowPrivilegeEscalation is not false")
+        if csc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{label(w, c)}: readOnlyRootFilesystem is not true")
+        if "ALL" not in ((csc.get("capabilities") or {}).get("drop") or []):
+            problems.append(f"{label(w, c)}: capabilities do not drop ALL")
+        if (eff.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{label(w, c)}: no RuntimeDefault seccomp profile")
+    return problems
+
+
+def _tag(image: str) -> str | None:
+    if "@sha256:" in image:
+        return "digest"
+    last = image.rsplit("/", 1)[-1]
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def images(r: Render) -> list[str]:
+    """Every image has an exact tag or a digest, never `latest`; third-party ones match .env."""
+    problems = []
+    refs = [(label(w, c), c["image"]) for w, _, c in r.containers()]
+    refs += [(f"RabbitmqCluster/{o['metadata']['name']}", o["spec"].get("image", "")) for o in r.rabbitmq_clusters()]
+    refs += [(f"Cluster/{o['metadata']['name']}", o["spec"].get("imageName", "")) for o in r.pg_clusters()]
+    for who, image in refs:
+        tag = _tag(image)
+        if not tag or tag == "latest":
+            problems.append(f"{who}: image {image!r} is not pinned (needs an exact tag or a digest)")
+    for who, image in refs:
+        repo = image.rsplit(":", 1)[0]
+        if repo in ("rabbitmq", "postgres"):
+            pin = r.pins[f"{repo.upper()}_IMAGE"]
+            if image != pin:
+                problems.append(f"{who}: {image} differs from .env {pin}")
+        if "cloudnative-pg/postgresql:" in image:
+            want = r.pins["POSTGRES_IMAGE"].split(":", 1)[1]
+            if not image.split(":", 1)[1].startswith(want + "-"):
+                problems.append(f"{who}: {image} is not PostgreSQL {want} (.env POSTGRES_IMAGE)")
+    if r.name == "local":
+        for w, _, c in r.ours():
+            if c["image"] != r.pins["JOBSTACK_IMAGE"]:
+                problems.append(f"{label(w, c)}: {c['image']} is not what compose builds (.env JOBSTACK_IMAGE={r.pins['JOBSTACK_IMAGE']})")
+    return problems
+
+
+def shutdown(r: Render) -> list[str]:
+    """terminationGracePeriodSeconds above SHUTDOWN_GRACE_SECS plus any preStop sleep."""
+    problems = []
+    grace = int(r.config().get("SHUTDOWN_GRACE_SECS", "25"))
+    for w, pod, c in r.ours():
+        sleep = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
+        period = pod.get("terminationGracePeriodSeconds", 30)
+        if period <= grace + sleep:
+            problems.append(f"{w['kind']}/{w['metadata']['name']}: terminationGracePeriodSeconds {period} is not above SHUTDOWN_GRACE_SECS {grace} + preStop sleep {sleep}")
+    return problems
+
+
+def _env(r: Render, c: dict, values: dict[str, dict[str, str]]) -> tuple[dict[str, str], list[str]]:
+    """The container's environment as the kubelet builds it, Secrets taken from `values`."""
+    env, problems = dict(r.config()), []
+    for e in c.get("env", []):
+        if "value" in e:
+            for ref in re.findall(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)", e["value"]):
+                if ref not in {x["name"] for x in c["env"][: c["env"].index(e)]}:
+                    problems.append(f"{e['name']}: $({ref}) is not an earlier env entry, so it is not expanded")
+            env[e["name"]] = re.sub(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+        elif "secretKeyRef" in e.get("valueFrom", {}):
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = values.get(ref["name"], {}).get(ref["key"], "")
+        else:
+            env[e["name"]] = "x"
+    return env, problems
+
+
+def secrets(r: Render, values: dict[str, dict[str, str]]) -> list[str]:
+    """No Secret is rendered; every secretKeyRef exists at run time; the URLs built from them work."""
+    problems = [f"Secret/{s['metadata']['name']} is rendered: secrets are never committed" for s in r.of("Secret")]
+    runtime = r.runtime_secrets()
+    services = r.services()
+    for w, pod, c in r.containers():
+        refs = [e["valueFrom"]["secretKeyRef"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
+        refs += [{"name": v["secret"]["secretName"], "key": i["key"]} for v in pod.get("volumes", []) if "secret" in v for i in v["secret"].get("items", [])]
+        for ref in refs:
+            if ref["key"] not in runtime.get(ref["name"], set()):
+                problems.append(f"{label(w, c)}: Secret {ref['name']} key {ref['key']} is made by nothing")
+    for name, data in values.items():
+        conf = _conf(data.get("default_user.conf", ""))
+        if conf and (conf.get("default_user"), conf.get("default_pass")) != (data.get("username"), data.get("password")):
+            problems.append(f"Secret {name}: default_user.conf and username/password disagree")
+    for w, _, c in r.ours():
+        env, bad = _env(r, c, values)
+        problems += [f"{label(w, c)}: {b}" for b in bad]
+        amqp = urllib.parse.urlsplit(env.get("AMQP_URL", ""))
+        vhost = urllib.parse.unquote(amqp.path[1:]) if amqp.path else "/"
+        if amqp.scheme != "amqp" or vhost != "/" or amqp.hostname not in services or "amqp" not in services[amqp.hostname]:
+            problems.append(f"{label(w, c)}: AMQP_URL {amqp.scheme}://…@{amqp.hostname}:{amqp.port}{amqp.path} is not amqp:// to a broker Service with vhost '/' (has {vhost!r})")
+        if "DATABASE_URL" in env:
+            db = urllib.parse.urlsplit(env["DATABASE_URL"])
+            if db.scheme not in ("postgres", "postgresql") or (db.hostname or "").split(".")[0] not in services:
+                problems.append(f"{label(w, c)}: DATABASE_URL {db.scheme}://…@{db.hostname}{db.path} is not postgres:// to a PostgreSQL Service")
+    return problems
+
+
+def services(r: Render) -> list[str]:
+    """Each Service and PodDisruptionBudget selects pods that have the target ports."""
+    problems = []
+    pods = [(w, w["spec"]["template"]) for w in r.workloads()]
+    for s in r.of("Service") + r.of("PodDisruptionBudget"):
+        sel = s["spec"]["selector"] if s["kind"] == "Service" else s["spec"]["selector"]["matchLabels"]
+        hits = [(w, t) for w, t in pods if sel.items() <= t["metadata"].get("labels", {}).items()]
+        if not hits:
+            problems.append(f"{s['kind']}/{s['metadata']['name']}: selects no pod")
+        for p in s["spec"].get("ports", []):
+            names = {q.get("name") for _, t in hits for c in t["spec"]["containers"] for q in c.get("ports", [])}
+            if isinstance(p.get("targetPort"), str) and p["targetPort"] not in names:
+                problems.append(f"Service/{s['metadata']['name']}: targetPort {p['targetPort']} is no container port")
+    return problems
+
+
+def keda(r: Render) -> list[str]:
+    """The ScaledObject scales the worker on AMQP_PREFIX.jobs, through the broker's management API."""
+    problems = []
+    prefix = r.config().get("AMQP_PREFIX", "jobstack")
+    for so in r.of("ScaledObject"):
+        target = r.named("Deployment", so["spec"]["scaleTargetRef"]["name"])
+        if target is None or not any(OUR_IMAGE.search(c["image"]) and c["name"] == "worker" for c in target["spec"]["template"]["spec"]["containers"]):
+            problems.append(f"ScaledObject/{so['metadata']['name']}: does not target the worker Deployment")
+        elif "replicas" in target["spec"]:
+            problems.append(f"Deployment/{target['metadata']['name']}: sets replicas, which every apply would reset under KEDA")
+        for t in so["spec"]["triggers"]:
+            m = t.get("metadata", {})
+            if t["type"] != "rabbitmq":
+                continue
+            if m.get("queueName") != f"{prefix}.jobs":
+                problems.append(f"ScaledObject/{so['metadata']['name']}: queueName {m.get('queueName')!r} is not AMQP_PREFIX + '.jobs' = {prefix + '.jobs'!r}")
+            if m.get("mode") != "QueueLength" or m.get("protocol") != "http":
+                problems.append(f"ScaledObject/{so['metadata']['name']}: needs mode QueueLength over protocol http (only the management API counts unacked jobs)")
+            host = urllib.parse.urlsplit(m.get("host", ""))
+            clusters = {f"{c['metadata']['name']}.{r.namespace()}.svc" for c in r.rabbitmq_clusters()}
+            if host.hostname not in clusters or host.port != RABBITMQ_SERVICE_PORTS["management"] or host.path not in ("/", "/%2F", "/%2f"):
+                problems.append(f"ScaledObject/{so['metadata']['name']}: host {m.get('host')!r} is not http://<RabbitmqCluster>.{r.namespace()}.svc:15672/ (one of {sorted(clusters)})")
+            auth = r.named("TriggerAuthentication", (t.get("authenticationRef") or {}).get("name", ""))
+            if auth is None:
+                problems.append(f"ScaledObject/{so['metadata']['name']}: authenticationRef names no rendered TriggerAuthentication")
+            else:
+                runtime = r.runtime_secrets()
+                for ref in auth["spec"].get("secretTargetRef", []):
+                    if ref["key"] not in runtime.get(ref["name"], set()):
+                        problems.append(f"TriggerAuthentication/{auth['metadata']['name']}: Secret {ref['name']} key {ref['key']} is made by nothing")
+    return problems
+
+
+def autoscaling(r: Render) -> list[str]:
+    """The api HPA targets the api without a fixed replica count and fits max_connections."""
+    problems = []
+    for h in r.of("HorizontalPodAutoscaler"):
+        target = r.named("Deployment", h["spec"]["scaleTargetRef"]["name"])
+        if target is None:
+            problems.append(f"HorizontalPodAutoscaler/{h['metadata']['name']}: targets nothing rendered")
+            continue
+        if "replicas" in target["spec"]:
+            problems.append(f"Deployment/{target['metadata']['name']}: sets replicas, which every apply would reset under the HPA")
+        pool = int(r.config().get("DB_MAX_CONNECTIONS", "10"))
+        for pg in r.pg_clusters():
+            limit = int(((pg["spec"].get("postgresql") or {}).get("parameters") or {}).get("max_connections", "100"))
+            if h["spec"]["maxReplicas"] * pool > limit - 10:
+                problems.append(f"HorizontalPodAutoscaler/{h['metadata']['name']}: {h['spec']['maxReplicas']} x DB_MAX_CONNECTIONS {pool} leaves under 10 of max_connections {limit}")
+    return problems
+
+
+def _conf(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (raw.split("#")[0].strip().replace(" = ", "=") for raw in text.splitlines()) if "=" in line)
+
+
+def broker(r: Render) -> list[str]:
+    """consumer_timeout above JOB_DEADLINE_SECS and equal to compose's; the two plugins on."""
+    problems = []
+    deadline_ms = int(r.config().get("JOB_DEADLINE_SECS", "600")) * 1000
+    confs = [(f"RabbitmqCluster/{o['metadata']['name']}", o["spec"].get("rabbitmq", {}).get("additionalConfig", "")) for o in r.rabbitmq_clusters()]
+    for cm in r.of("ConfigMap"):
+        if "rabbitmq.conf" in cm.get("data", {}):
+            confs.append((f"ConfigMap/{cm['metadata']['name']}", cm["data"]["rabbitmq.conf"]))
+            plugins = cm["data"].get("enabled_plugins", "")
+            if "rabbitmq_management" not in plugins or "rabbitmq_prometheus" not in plugins:
+                problems.append(f"ConfigMap/{cm['metadata']['name']}: enabled_plugins lacks rabbitmq_management or rabbitmq_prometheus")
+    compose = _conf(r.compose_rabbitmq_conf).get("consumer_timeout")
+    for who, text in confs:
+        timeout = _conf(text).get("consumer_timeout")
+        if timeout is None or int(timeout) <= deadline_ms:
+            problems.append(f"{who}: consumer_timeout {timeout} ms is not above JOB_DEADLINE_SECS ({deadline_ms} ms)")
+        elif timeout != compose:
+            problems.append(f"{who}: consumer_timeout {timeout} differs from compose's {compose}")
+    if not confs:
+        problems.append("no broker configuration rendered")
+    return problems
+
+
+def replication(r: Render) -> list[str]:
+    """Three RabbitMQ nodes (a quorum survives one loss) and three PostgreSQL instances."""
+    problems = []
+    for o in r.rabbitmq_clusters():
+        if o["spec"].get("replicas", 1) < 3 or o["spec"].get("replicas", 1) % 2 == 0:
+            problems.append(f"RabbitmqCluster/{o['metadata']['name']}: replicas {o['spec'].get('replicas', 1)}: quorum queues need an odd number, at least 3")
+    for o in r.pg_clusters():
+        if o["spec"]["instances"] < 3:
+            problems.append(f"Cluster/{o['metadata']['name']}: instances {o['spec']['instances']}: failover wants at least 3")
+    return problems
+
+
+def monitors(r: Render) -> list[str]:
+    """Each ServiceMonitor / PodMonitor selects something with the named port."""
+    problems = []
+    targets = []  # (labels, port names)
+    for s in r.of("Service"):
+        targets.append(("Service", s["metadata"].get("labels", {}), {p.get("name") for p in s["spec"]["ports"]}))
+    for rc in r.rabbitmq_clusters():
+        name = rc["metadata"]["name"]
+        targets.append(("Service", {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "rabbitmq", "app.kubernetes.io/part-of": "rabbitmq"}, set(RABBITMQ_SERVICE_PORTS)))
+    for w in r.workloads():
+        t = w["spec"]["template"]
+        targets.append(("Pod", t["metadata"].get("labels", {}), {p.get("name") for c in t["spec"]["containers"] for p in c.get("ports", [])}))
+    for pg in r.pg_clusters():
+        targets.append(("Pod", {CNPG_POD_LABEL: pg["metadata"]["name"]}, {CNPG_METRICS_PORT}))
+    for kind, endpoints, what in (("ServiceMonitor", "endpoints", "Service"), ("PodMonitor", "podMetricsEndpoints", "Pod")):
+        for m in r.of(kind):
+            sel = m["spec"]["selector"].get("matchLabels", {})
+            hits = [ports for k, labels, ports in targets if k == what and sel.items() <= labels.items()]
+            if not hits:
+                problems.append(f"{kind}/{m['metadata']['name']}: selects no {what}")
+            for e in m["spec"][endpoints]:
+                if hits and not any(e.get("port") in ports for ports in hits):
+                    problems.append(f"{kind}/{m['metadata']['name']}: port {e.get('port')} is on none of its {what}s")
+    return problems
+
+
+def telemetry(r: Render) -> list[str]:
+    """Traces go over OTLP to a collector."""
+    cfg = r.config()
+    url = urllib.parse.urlsplit(cfg.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+    if url.scheme not in ("http", "https") or not url.hostname or not url.port:
+        return [f"OTEL_EXPORTER_OTLP_ENDPOINT {cfg.get('OTEL_EXPORTER_OTLP_ENDPOINT')!r} is no collector URL"]
+    if cfg.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc") not in ("grpc", "http/protobuf"):
+        return [f"OTEL_EXPORTER_OTLP_PROTOCOL {cfg['OTEL_EXPORTER_OTLP_PROTOCOL']!r}"]
+    return []
