@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::store::{self, Job, NewJob};
@@ -36,18 +38,34 @@ pub struct Committer {
     queue: mpsc::Sender<(NewJob, Reply)>,
 }
 
+/// Stops the committer.
+#[derive(Debug)]
+pub struct Closer {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Closer {
+    /// Takes no more jobs, commits and answers those already handed over, and returns.
+    pub async fn close(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 impl Committer {
-    /// Starts the committer on `db`; it wakes the relay after each commit, and stops once every
-    /// `Committer` is dropped and the last batch is committed.
-    pub fn start(db: PgPool, wake_relay: Arc<Notify>) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the committer on `db`; it wakes the relay after each commit.
+    pub fn start(db: PgPool, wake_relay: Arc<Notify>) -> (Self, Closer) {
         let (queue, rx) = mpsc::channel(QUEUE);
-        (Self { queue }, tokio::spawn(run(db, rx, wake_relay)))
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(db, rx, wake_relay, stop.clone()));
+        (Self { queue }, Closer { stop, task })
     }
 
     /// Stores `job`; returns its row once committed.
     pub async fn accept(&self, job: NewJob) -> Result<Job, ApiError> {
         let (reply, answer) = oneshot::channel();
-        let gone = || ApiError::Internal(anyhow::anyhow!("the committer has stopped"));
+        let gone = || ApiError::Unavailable("the api is shutting down".into());
         self.queue.send((job, reply)).await.map_err(|_| gone())?;
         match answer.await.map_err(|_| gone())? {
             Ok(job) => Ok(job),
@@ -56,7 +74,12 @@ impl Committer {
     }
 }
 
-async fn run(db: PgPool, mut rx: mpsc::Receiver<(NewJob, Reply)>, wake_relay: Arc<Notify>) {
+async fn run(
+    db: PgPool,
+    mut rx: mpsc::Receiver<(NewJob, Reply)>,
+    wake_relay: Arc<Notify>,
+    stop: CancellationToken,
+) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -66,7 +89,15 @@ async fn run(db: PgPool, mut rx: mpsc::Receiver<(NewJob, Reply)>, wake_relay: Ar
             .acquire_owned()
             .await
             .expect("never closed");
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            // Closed: what was handed over is still received, then 0.
+            () = stop.cancelled(), if !stop.is_cancelled() => {
+                rx.close();
+                rx.recv_many(&mut batch, MAX_BATCH).await
+            }
+        };
+        if received == 0 {
             break;
         }
         let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = batch.drain(..).unzip();

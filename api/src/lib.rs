@@ -75,7 +75,7 @@ pub async fn run(
     metrics::counter!("jobstack_amqp_reconnects_total").absolute(0);
     let db = db::connect(&config, &shutdown).await?;
     let broker = broker::Broker::default();
-    let (committer, committing) = accept::Committer::start(db.clone(), broker.wake_relay.clone());
+    let (committer, closer) = accept::Committer::start(db.clone(), broker.wake_relay.clone());
     let state = AppState {
         config: Arc::new(config),
         db,
@@ -115,9 +115,9 @@ pub async fn run(
         served = server => served?,
         () = deadline => tracing::warn!(grace_secs = grace.as_secs(), "requests still open after the grace period; closing them"),
     }
+    // Jobs handed over before this are committed and answered; a request still open gets 503.
+    closer.close().await;
     session.await?;
     retention.await?;
-    // Every handle is gone with the server and the session: the last batch is answered.
-    committing.await?;
     Ok(())
 }

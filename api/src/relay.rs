@@ -112,7 +112,12 @@ async fn relay_batch(
     topology: &Topology,
 ) -> Result<usize, Failure> {
     let mut tx = db.begin().await?;
-    let (ids, messages, spans) = match relay {
+    let Batch {
+        ids,
+        delayed,
+        messages,
+        spans,
+    } = match relay {
         Relay::Jobs => jobs(store::lock_outbox(&mut tx, BATCH).await?, topology),
         Relay::Cancels => cancels(store::lock_cancels(&mut tx, BATCH).await?, topology),
     };
@@ -132,7 +137,13 @@ async fn relay_batch(
         }
     }
     match relay {
-        Relay::Jobs => store::mark_published(&mut tx, &published).await?,
+        Relay::Jobs => {
+            let delayed: Vec<Uuid> = delayed
+                .into_iter()
+                .filter(|id| published.contains(id))
+                .collect();
+            store::mark_published(&mut tx, &published, &delayed).await?;
+        }
         Relay::Cancels => store::mark_cancels_published(&mut tx, &published).await?,
     }
     tx.commit().await?;
@@ -151,11 +162,27 @@ async fn relay_batch(
     }
 }
 
-type Batch = (Vec<Uuid>, Vec<Outgoing>, Vec<tracing::Span>);
+/// What one batch publishes: per row its id, message and span.
+#[derive(Default)]
+struct Batch {
+    ids: Vec<Uuid>,
+    /// The delayed jobs among them (queued once published).
+    delayed: Vec<Uuid>,
+    messages: Vec<Outgoing>,
+    spans: Vec<tracing::Span>,
+}
+
+impl Batch {
+    fn push(&mut self, id: Uuid, message: Outgoing, span: tracing::Span) {
+        self.ids.push(id);
+        self.messages.push(message);
+        self.spans.push(span);
+    }
+}
 
 fn jobs(rows: Vec<store::Unpublished>, topology: &Topology) -> Batch {
     let exchange = topology.jobs_exchange();
-    let mut batch: Batch = Default::default();
+    let mut batch = Batch::default();
     for row in rows {
         let id = row.id.to_string();
         // The producer span continues the request's trace, however long after it we publish.
@@ -172,18 +199,21 @@ fn jobs(rows: Vec<store::Unpublished>, topology: &Topology) -> Batch {
             available_at: row.run_at,
         };
         let body = serde_json::to_vec(&body).expect("messages serialize");
-        batch.0.push(row.id);
-        batch
-            .1
-            .push(Outgoing::new(&exchange, &row.kind, body, &id, &span));
-        batch.2.push(span);
+        if row.scheduled {
+            batch.delayed.push(row.id);
+        }
+        batch.push(
+            row.id,
+            Outgoing::new(&exchange, &row.kind, body, &id, &span),
+            span,
+        );
     }
     batch
 }
 
 fn cancels(rows: Vec<store::PendingCancel>, topology: &Topology) -> Batch {
     let exchange = topology.control_exchange();
-    let mut batch: Batch = Default::default();
+    let mut batch = Batch::default();
     for row in rows {
         let id = row.id.to_string();
         let span = producer_span(&exchange, "", &id);
@@ -195,9 +225,7 @@ fn cancels(rows: Vec<store::PendingCancel>, topology: &Topology) -> Batch {
             generation: row.generation.max(0) as u32,
         };
         let body = serde_json::to_vec(&body).expect("messages serialize");
-        batch.0.push(row.id);
-        batch.1.push(Outgoing::new(&exchange, "", body, &id, &span));
-        batch.2.push(span);
+        batch.push(row.id, Outgoing::new(&exchange, "", body, &id, &span), span);
     }
     batch
 }

@@ -94,8 +94,8 @@ pub enum Inserted {
     KeyReused,
 }
 
-/// Inserts jobs in one transaction (one statement), in the order given. With `outbox = true`
-/// by default, each row is its own outbox entry, so the commit is what makes the 202s durable.
+/// Inserts jobs in one transaction (one statement), in the order given, each with its outbox
+/// entry: the commit is what makes the 202s durable.
 pub async fn insert(db: &PgPool, jobs: &[NewJob]) -> sqlx::Result<Vec<Job>> {
     let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
     let mut tx = db.begin().await?;
@@ -178,15 +178,19 @@ async fn insert_rows(
         delays.push(delay);
     }
     sqlx::query_as(concat!(
-        "INSERT INTO jobs (id, kind, payload, trace_id, traceparent, run_at, status) \
-         SELECT id, kind, payload, trace_id, traceparent, due, \
-                CASE WHEN due > now() THEN 'scheduled' ELSE 'queued' END \
-         FROM (SELECT *, GREATEST(now(), COALESCE(run_at, now() + make_interval(secs => delay))) AS due \
-               FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], \
-                           $6::timestamptz[], $7::float8[]) \
-                    AS i(id, kind, payload, trace_id, traceparent, run_at, delay)) AS i \
-         RETURNING ",
-        columns!()
+        "WITH ins AS ( \
+             INSERT INTO jobs (id, kind, payload, trace_id, traceparent, run_at, status) \
+             SELECT id, kind, payload, trace_id, traceparent, due, \
+                    CASE WHEN due > now() THEN 'scheduled' ELSE 'queued' END \
+             FROM (SELECT *, GREATEST(now(), COALESCE(run_at, now() + make_interval(secs => delay))) AS due \
+                   FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], \
+                               $6::timestamptz[], $7::float8[]) \
+                        AS i(id, kind, payload, trace_id, traceparent, run_at, delay)) AS i \
+             RETURNING *), \
+         queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM ins) \
+         SELECT ",
+        columns!(),
+        " FROM ins"
     ))
     .bind(ids)
     .bind(&kinds)
@@ -291,8 +295,9 @@ pub enum Cancel {
 
 /// Cancels a job that has not started at once (a scheduled or still unpublished one also
 /// leaves the outbox); flags a running one so the worker stops it at its next step. When the
-/// job's message may be in the broker, the cancel goes into the cancel outbox: the relay
-/// writes it to the control stream, which every worker reads before it takes a job.
+/// job's message may be in the broker (it had left the outbox), the cancel goes into the cancel
+/// outbox: the relay writes it to the control stream, which every worker reads before it takes
+/// a job. A relay publishing the job right now holds its outbox entry: the delete waits for it.
 pub async fn cancel(db: &PgPool, id: Uuid) -> sqlx::Result<Cancel> {
     let mut tx = db.begin().await?;
     let Some(cur) = lock(&mut tx, id).await? else {
@@ -301,15 +306,21 @@ pub async fn cancel(db: &PgPool, id: Uuid) -> sqlx::Result<Cancel> {
     if cur.status.is_final() {
         return Ok(Cancel::AlreadyFinal(fetch(&mut tx, id).await?));
     }
+    let unpublished = sqlx::query("DELETE FROM outbox WHERE job_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        > 0;
     let job: Job = sqlx::query_as(concat!(
-        "UPDATE jobs SET cancel_requested = true, cancel_outbox = NOT outbox, \
+        "UPDATE jobs SET cancel_requested = true, cancel_outbox = NOT $2, \
              status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END, \
-             finished_at = CASE WHEN status = 'running' THEN NULL ELSE now() END, \
-             outbox = false \
+             finished_at = CASE WHEN status = 'running' THEN NULL ELSE now() END \
          WHERE id = $1 RETURNING ",
         columns!()
     ))
     .bind(id)
+    .bind(unpublished)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -448,17 +459,20 @@ pub async fn apply_events(db: &PgPool, events: &[JobEvent]) -> sqlx::Result<Appl
     let finished: Vec<Option<DateTime<Utc>>> = updates.iter().map(|(_, u)| u.finished_at).collect();
     let results: Vec<Option<Value>> = updates.iter().map(|(_, u)| u.result.clone()).collect();
     let errors: Vec<Option<String>> = updates.iter().map(|(_, u)| u.error.clone()).collect();
+    // A job that is final has nothing left to publish: were its entry still in the outbox (the
+    // relay crashed between the confirm and its commit), it must not run again.
     sqlx::query(
-        "UPDATE jobs AS j SET status = u.status, attempts = u.attempts, progress = u.progress, \
-         started_at = COALESCE(j.started_at, u.started_at), \
-         finished_at = COALESCE(j.finished_at, u.finished_at), \
-         result = COALESCE(u.result, j.result), error = COALESCE(u.error, j.error), \
-         outbox = CASE WHEN u.status IN ('succeeded', 'failed', 'cancelled') THEN false \
-                  ELSE j.outbox END \
-         FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::float8[], $5::timestamptz[], \
-                     $6::timestamptz[], $7::jsonb[], $8::text[]) \
-              AS u(id, status, attempts, progress, started_at, finished_at, result, error) \
-         WHERE j.id = u.id",
+        "WITH u AS ( \
+             UPDATE jobs AS j SET status = u.status, attempts = u.attempts, progress = u.progress, \
+             started_at = COALESCE(j.started_at, u.started_at), \
+             finished_at = COALESCE(j.finished_at, u.finished_at), \
+             result = COALESCE(u.result, j.result), error = COALESCE(u.error, j.error) \
+             FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::float8[], $5::timestamptz[], \
+                         $6::timestamptz[], $7::jsonb[], $8::text[]) \
+                  AS u(id, status, attempts, progress, started_at, finished_at, result, error) \
+             WHERE j.id = u.id RETURNING j.id, j.status) \
+         DELETE FROM outbox AS o USING u \
+         WHERE o.job_id = u.id AND u.status IN ('succeeded', 'failed', 'cancelled')",
     )
     .bind(&ids)
     .bind(&statuses)
@@ -489,35 +503,47 @@ pub struct Unpublished {
     pub generation: i32,
     /// The accepting request's trace context.
     pub traceparent: Option<String>,
+    /// Whether it is a delayed job (status `scheduled`, queued once published).
+    pub scheduled: bool,
 }
 
 /// Locks up to `limit` due outbox entries, oldest first, skipping those another api replica
-/// holds.
+/// holds; with their jobs.
 pub async fn lock_outbox(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
 ) -> sqlx::Result<Vec<Unpublished>> {
     sqlx::query_as(
-        "SELECT id, kind, payload, run_at, generation, traceparent FROM jobs \
-         WHERE outbox AND run_at <= now() \
-         ORDER BY run_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+        "SELECT j.id, j.kind, j.payload, j.run_at, j.generation, j.traceparent, \
+                j.status = 'scheduled' AS scheduled \
+         FROM outbox AS o JOIN jobs AS j ON j.id = o.job_id \
+         WHERE o.run_at <= now() \
+         ORDER BY o.run_at LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(&mut **tx)
     .await
 }
 
-/// Takes published jobs out of the outbox; a scheduled one is now queued.
-pub async fn mark_published(tx: &mut Transaction<'_, Postgres>, ids: &[Uuid]) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE jobs SET outbox = false, \
-             status = CASE WHEN status = 'scheduled' THEN 'queued' ELSE status END \
-         WHERE id = ANY($1)",
-    )
-    .bind(ids)
-    .execute(&mut **tx)
-    .await
-    .map(drop)
+/// Takes published jobs out of the outbox; the delayed ones among them are now queued.
+pub async fn mark_published(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+    scheduled: &[Uuid],
+) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM outbox WHERE job_id = ANY($1)")
+        .bind(ids)
+        .execute(&mut **tx)
+        .await?;
+    if !scheduled.is_empty() {
+        sqlx::query(
+            "UPDATE jobs SET status = 'queued' WHERE id = ANY($1) AND status = 'scheduled'",
+        )
+        .bind(scheduled)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The outbox's state, for the gauges and the relay's next wake-up.
@@ -534,7 +560,7 @@ pub async fn outbox_state(db: &PgPool) -> sqlx::Result<OutboxState> {
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE run_at <= now()) AS due, \
                 count(*) FILTER (WHERE run_at > now()) AS scheduled \
-         FROM jobs WHERE outbox",
+         FROM outbox",
     )
     .fetch_one(db)
     .await
@@ -542,7 +568,7 @@ pub async fn outbox_state(db: &PgPool) -> sqlx::Result<OutboxState> {
 
 /// When the earliest scheduled job becomes due, if any.
 pub async fn next_due(db: &PgPool) -> sqlx::Result<Option<DateTime<Utc>>> {
-    sqlx::query_scalar("SELECT min(run_at) FROM jobs WHERE outbox AND run_at > now()")
+    sqlx::query_scalar("SELECT min(run_at) FROM outbox WHERE run_at > now()")
         .fetch_one(db)
         .await
 }
@@ -635,16 +661,19 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<Job>> 
              WHERE status IN ('failed', 'cancelled') AND NOT cancel_outbox \
                AND ($1::uuid IS NULL OR id = $1) \
                AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR kind = $3) \
-             ORDER BY finished_at DESC NULLS LAST LIMIT $4 FOR UPDATE SKIP LOCKED) \
-         UPDATE jobs AS j SET \
+             ORDER BY finished_at DESC NULLS LAST LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         up AS (UPDATE jobs AS j SET \
              history = j.history || jsonb_build_array(jsonb_build_object( \
                  'generation', j.generation, 'status', j.status, 'attempts', j.attempts, \
                  'error', j.error, 'started_at', j.started_at, 'finished_at', j.finished_at)), \
              generation = j.generation + 1, status = 'queued', attempts = 0, progress = 0, \
              result = NULL, error = NULL, started_at = NULL, finished_at = NULL, \
-             cancel_requested = false, cancel_outbox = false, outbox = true, run_at = now() \
-         FROM picked WHERE j.id = picked.picked_id RETURNING ",
-        columns!()
+             cancel_requested = false, cancel_outbox = false, run_at = now() \
+         FROM picked WHERE j.id = picked.picked_id RETURNING j.*), \
+         queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM up) \
+         SELECT ",
+        columns!(),
+        " FROM up"
     ))
     .bind(id)
     .bind(status.map(Status::as_str))

@@ -203,10 +203,10 @@ def run_checks(db, role, password, args):
 
 # ------------------------------------------------------------------ --seed: a scratch database
 SEED = """
-INSERT INTO jobs (id, kind, payload, status, progress, attempts, result, error, created_at, started_at, finished_at, run_at, trace_id, outbox)
+INSERT INTO jobs (id, kind, payload, status, progress, attempts, result, error, created_at, started_at, finished_at, run_at, trace_id)
 SELECT gen_random_uuid(), kind, payload::jsonb, status, progress, attempts, result::jsonb, error,
        now() - created * interval '1 s', now() - started::int * interval '1 s', now() - finished::int * interval '1 s',
-       now() + coalesce(run_in::int, -created) * interval '1 s', md5(random()::text), status IN ('queued', 'scheduled')
+       now() + coalesce(run_in::int, -created) * interval '1 s', md5(random()::text)
 FROM (VALUES
   ('sleep', '{"duration_ms":1000,"steps":2}', 'succeeded', 1.0, 1, '{"slept_ms":1000}', NULL, 1800, 1799, 1798, NULL),
   ('hash',  '{"rounds":5000000}',            'succeeded', 1.0, 1, '{"digest":"ab"}',   NULL, 1200, 1199, 1150, NULL),
