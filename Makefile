@@ -69,8 +69,9 @@ load: ## drive a running api (default http://127.0.0.1:8080) with a steady job m
 	$(CARGO) run --release -p loadgen -- --scenario steady
 
 .PHONY: bench
-bench: ## measure throughput, latency and RSS against this machine's limits; writes BENCHMARKS.md
-	bash bench/run.sh
+bench: ## measure throughput, latency, CPU and RSS against this machine's limits; writes BENCHMARKS.md
+	$(CARGO) build --release --quiet -p api -p worker -p loadgen -p bench
+	$(CARGO) run --release --quiet -p bench
 
 .PHONY: k8s-check
 k8s-check: ## render deploy/k8s (kustomize), validate it against Kubernetes 1.35 and the operators' CRDs, enforce its policies

@@ -1,0 +1,326 @@
+//! What one run measured: plain data, filled in by the measuring modules and read by the
+//! report, so the report can be rendered (and tested) without running anything.
+
+use std::fmt;
+
+/// The machine and the servers the run measured on.
+#[derive(Debug, Clone, Default)]
+pub struct Machine {
+    /// `model name` of /proc/cpuinfo.
+    pub cpu_model: String,
+    /// Online cores.
+    pub cores: usize,
+    /// MemTotal.
+    pub memory_gib: f64,
+    /// `Linux <release>`.
+    pub kernel: String,
+    /// `rustc --version`.
+    pub rustc: String,
+    /// RabbitMQ version.
+    pub rabbitmq: String,
+    /// PostgreSQL version.
+    pub postgres: String,
+    /// The PostgreSQL settings that decide durability and size.
+    pub pg_settings: String,
+    /// Percent idle when the run started.
+    pub idle_at_start: f64,
+}
+
+/// The run's size.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Seconds per measured step.
+    pub seconds: u64,
+    /// Closed-loop requests in flight.
+    pub concurrency: u32,
+    /// Jobs per drain round.
+    pub drain_jobs: u64,
+    /// Rounds per measured step.
+    pub rounds: u32,
+    /// Warm-up requests.
+    pub warmup: u64,
+    /// Percent idle that counts as a quiet machine.
+    pub quiet_pct: f64,
+}
+
+/// CPU used by each part of the machine over one step, in cores (1.0 = one core busy).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CpuSplit {
+    /// Wall-clock length of the step.
+    pub seconds: f64,
+    /// The whole machine (busy time of /proc/stat).
+    pub all: f64,
+    /// Named parts: postgres, rabbitmq, the services, the client, the bench itself.
+    pub parts: Vec<(String, f64)>,
+}
+
+impl CpuSplit {
+    /// Cores used by `name` (0 when it is not in the split).
+    pub fn cores(&self, name: &str) -> f64 {
+        match name {
+            "all" => self.all,
+            "rest" => self.rest(),
+            _ => self
+                .parts
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0.0, |(_, c)| *c),
+        }
+    }
+
+    /// Everything not named: the kernel's loopback TCP and softirqs, other processes.
+    pub fn rest(&self) -> f64 {
+        (self.all - self.parts.iter().map(|(_, c)| c).sum::<f64>()).max(0.0)
+    }
+
+    /// Microseconds of `name`'s CPU per unit of work at `rate` per second.
+    pub fn per_job_us(&self, name: &str, rate: f64) -> f64 {
+        if rate > 0.0 {
+            self.cores(name) * 1e6 / rate
+        } else {
+            0.0
+        }
+    }
+}
+
+impl fmt::Display for CpuSplit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "all {:.2}", self.all)?;
+        for (name, cores) in &self.parts {
+            write!(f, " {name} {cores:.2}")?;
+        }
+        write!(f, " rest {:.2}", self.rest())
+    }
+}
+
+/// One loadgen run, as the report needs it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadRun {
+    /// 202s per second.
+    pub rate: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Requests without a 202: other statuses, timeouts, transport errors, and open-loop
+    /// arrivals never sent because the in-flight cap was full.
+    pub failed: u64,
+}
+
+/// Row work of one table per job.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableWork {
+    /// Table name.
+    pub table: String,
+    /// Rows inserted per job.
+    pub inserts: f64,
+    /// Rows updated per job.
+    pub updates: f64,
+    /// Of those, heap-only (no index touched).
+    pub hot: f64,
+    /// Rows deleted per job.
+    pub deletes: f64,
+}
+
+/// PostgreSQL work per job, from pg_stat_database and pg_stat_user_tables.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PgWork {
+    /// Committed transactions per job.
+    pub xacts: f64,
+    /// Tables with any row work.
+    pub tables: Vec<TableWork>,
+}
+
+/// Memory of one process, in kB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rss {
+    /// VmRSS a second after start.
+    pub idle: u64,
+    /// Highest VmRSS sampled under load.
+    pub load: u64,
+    /// VmHWM at the end of the step.
+    pub hwm: u64,
+}
+
+impl Rss {
+    /// The larger of each field: memory keeps the worst round.
+    pub fn worst(self, other: Self) -> Self {
+        Self {
+            idle: self.idle.max(other.idle),
+            load: self.load.max(other.load),
+            hwm: self.hwm.max(other.hwm),
+        }
+    }
+}
+
+/// This machine's limits for the same durable work, without jobstack.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// pgbench single-row insert transactions/s at the closed loop's concurrency.
+    pub pg_tps: f64,
+    /// The same at 10 clients (the api's default pool).
+    pub pg_tps_pool: f64,
+    /// CPU split of the first pgbench run.
+    pub pg_cpu: CpuSplit,
+    /// Confirmed persistent publishes/s, `concurrency` confirms in flight.
+    pub publish: f64,
+    /// The same, waiting for each confirm.
+    pub publish_one: f64,
+    /// CPU split of the pipelined publish.
+    pub publish_cpu: CpuSplit,
+    /// Consume + ack/s at prefetch 16.
+    pub consume16: f64,
+    /// Consume + ack/s at prefetch 32.
+    pub consume32: f64,
+    /// Consume + ack/s at prefetch 1.
+    pub consume1: f64,
+    /// Consume + ack/s at prefetch 2.
+    pub consume2: f64,
+    /// CPU split of the prefetch-16 consume.
+    pub consume_cpu: CpuSplit,
+}
+
+/// The best round of one closed-loop enqueue mode, and what every round saw.
+#[derive(Debug, Clone, Default)]
+pub struct Enqueue {
+    /// The best round's load.
+    pub run: LoadRun,
+    /// Every round's rate, in order.
+    pub rates: Vec<f64>,
+    /// The best round's CPU split.
+    pub cpu: CpuSplit,
+    /// api CPU (utime + stime) per accepted job in the best round, µs.
+    pub api_us: f64,
+    /// Seconds the relay needed after the loop to publish every accepted job.
+    pub relay_catch_up_s: f64,
+    /// PostgreSQL work per accepted job over the best round's api life.
+    pub pg: PgWork,
+    /// Confirmed AMQP publishes per accepted job (the api's relay), best round.
+    pub publishes_per_job: f64,
+    /// Memory, worst round.
+    pub rss: Rss,
+}
+
+/// The open loop at half the first closed-loop peak.
+#[derive(Debug, Clone, Default)]
+pub struct HalfRate {
+    /// Arrivals per second offered.
+    pub target: f64,
+    /// The round with the lowest p99.
+    pub run: LoadRun,
+    /// Every round's p99, in order.
+    pub p99s: Vec<f64>,
+    /// PostgreSQL work per accepted job at this rate (best round).
+    pub pg: PgWork,
+}
+
+/// Broker operations per drained job, from the services' own counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BrokerOps {
+    /// Jobs-queue deliveries the worker started (1 unless redelivered).
+    pub deliveries: f64,
+    /// Confirmed publishes the worker waited for (job events).
+    pub confirm_waits: f64,
+    /// Their mean wait, ms.
+    pub mean_confirm_ms: f64,
+    /// Job events the api consumed.
+    pub events: f64,
+}
+
+/// The best drain round at one worker concurrency.
+#[derive(Debug, Clone, Default)]
+pub struct Drain {
+    /// WORKER_CONCURRENCY.
+    pub concurrency: u16,
+    /// Jobs per second, from the worker's start until every row said succeeded.
+    pub rate: f64,
+    /// Every round's rate.
+    pub rates: Vec<f64>,
+    /// Seconds until the worker had finished every job.
+    pub worker_s: f64,
+    /// Seconds until every row said succeeded.
+    pub rows_s: f64,
+    /// Rows not `succeeded` when the wait gave up (0 when all were).
+    pub unfinished: u64,
+    /// CPU split over the best round.
+    pub cpu: CpuSplit,
+    /// Broker operations per job.
+    pub broker: BrokerOps,
+    /// PostgreSQL work per job while draining (the api applying events).
+    pub pg: PgWork,
+    /// Worker memory, worst round.
+    pub rss: Rss,
+}
+
+/// Everything the report shows.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    /// Where it ran.
+    pub machine: Machine,
+    /// Its size.
+    pub plan: Plan,
+    /// The machine's limits.
+    pub limits: Limits,
+    /// Closed loop, telemetry off.
+    pub off: Enqueue,
+    /// Closed loop, telemetry fully on.
+    pub on: Enqueue,
+    /// Closed loop, telemetry off, DB_MAX_CONNECTIONS = concurrency.
+    pub pool: Enqueue,
+    /// Open loop at half the peak.
+    pub half: HalfRate,
+    /// Worker drain at concurrency 1.
+    pub drain1: Drain,
+    /// Worker drain at concurrency 16.
+    pub drain16: Drain,
+    /// api spans the OTLP sink received.
+    pub spans_api: u64,
+    /// Log lines the telemetry-on apis wrote.
+    pub log_lines_on: u64,
+    /// Steps that started on a busy machine, with its idle share.
+    pub noisy: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_rest_and_per_job() {
+        let split = CpuSplit {
+            seconds: 15.0,
+            all: 1.9,
+            parts: vec![("postgres".into(), 0.6), ("api".into(), 0.8)],
+        };
+        assert!((split.rest() - 0.5).abs() < 1e-9);
+        assert!((split.per_job_us("api", 2000.0) - 400.0).abs() < 1e-9);
+        assert_eq!(split.cores("worker"), 0.0);
+        assert_eq!(split.per_job_us("api", 0.0), 0.0);
+        assert_eq!(
+            split.to_string(),
+            "all 1.90 postgres 0.60 api 0.80 rest 0.50"
+        );
+    }
+
+    #[test]
+    fn memory_keeps_the_worst_round() {
+        let a = Rss {
+            idle: 10,
+            load: 30,
+            hwm: 31,
+        };
+        let b = Rss {
+            idle: 12,
+            load: 25,
+            hwm: 40,
+        };
+        assert_eq!(
+            a.worst(b),
+            Rss {
+                idle: 12,
+                load: 30,
+                hwm: 40
+            }
+        );
+    }
+}

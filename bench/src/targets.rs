@@ -1,0 +1,237 @@
+//! The targets, and how each measured figure compares with its target. Reported, never
+//! asserted: a missed target is a finding, not a failure of the run.
+
+use std::fmt;
+
+use crate::results::Results;
+
+/// Durable enqueue, as a share of PostgreSQL's single-row insert limit.
+pub const ENQUEUE_MIN_SHARE: f64 = 0.60;
+/// p99 at half the peak rate, ms.
+pub const HALF_RATE_P99_MAX_MS: f64 = 20.0;
+/// Worker drain at concurrency 16, as a share of raw consume + ack at prefetch 16.
+pub const DRAIN_MIN_SHARE: f64 = 0.40;
+/// Throughput full telemetry may cost, percent.
+pub const TELEMETRY_MAX_COST_PCT: f64 = 10.0;
+/// api VmRSS under load, MiB.
+pub const API_RSS_MAX_MIB: f64 = 30.0;
+/// worker VmRSS under load, MiB.
+pub const WORKER_RSS_MAX_MIB: f64 = 20.0;
+
+/// How a figure compares with its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the target.
+    Met,
+    /// Outside it.
+    Missed,
+    /// The run cannot tell (why).
+    Inconclusive(&'static str),
+}
+
+impl Verdict {
+    fn of(ok: bool) -> Self {
+        if ok { Self::Met } else { Self::Missed }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Met => f.write_str("met"),
+            Self::Missed => f.write_str("MISSED"),
+            Self::Inconclusive(why) => write!(f, "inconclusive: {why}"),
+        }
+    }
+}
+
+/// One target and what the run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// The target, in words.
+    pub goal: String,
+    /// The figure, in words.
+    pub measured: String,
+    /// How they compare.
+    pub verdict: Verdict,
+}
+
+/// `a / b`, or `None` when there is no `b` to compare with.
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite()).then(|| a / b)
+}
+
+/// Percent throughput lost with telemetry on.
+pub fn telemetry_cost_pct(on: f64, off: f64) -> Option<f64> {
+    ratio(on, off).map(|r| (1.0 - r) * 100.0)
+}
+
+/// Percent change of machine CPU per job with telemetry on.
+pub fn telemetry_cpu_change_pct(r: &Results) -> Option<f64> {
+    let per_job = |e: &crate::results::Enqueue| e.cpu.per_job_us("all", e.run.rate);
+    ratio(per_job(&r.on), per_job(&r.off)).map(|x| (x - 1.0) * 100.0)
+}
+
+fn share_target(goal: String, ours: f64, limit: f64, min: f64, unit: &str) -> Target {
+    match ratio(ours, limit) {
+        Some(share) => Target {
+            goal,
+            measured: format!("{:.0} % ({ours:.0} of {limit:.0}{unit})", share * 100.0),
+            verdict: Verdict::of(share >= min),
+        },
+        None => Target {
+            goal,
+            measured: format!("{ours:.0}{unit}, no limit measured"),
+            verdict: Verdict::Inconclusive("no limit measured"),
+        },
+    }
+}
+
+/// The largest VmRSS under load, in MiB.
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Every target, in the order.
+pub fn targets(r: &Results) -> Vec<Target> {
+    let half = &r.half.run;
+    let cost = telemetry_cost_pct(r.on.run.rate, r.off.run.rate);
+    let cpu_change = telemetry_cpu_change_pct(r).map_or("?".into(), |c| format!("{c:+.1} %"));
+    let api_rss = mib(r.off.rss.load.max(r.on.rss.load));
+    let worker_rss = mib(r.drain1.rss.load.max(r.drain16.rss.load));
+    vec![
+        share_target(
+            format!(
+                "durable enqueue ≥ {:.0} % of PostgreSQL's single-row insert limit",
+                ENQUEUE_MIN_SHARE * 100.0
+            ),
+            r.off.run.rate,
+            r.limits.pg_tps,
+            ENQUEUE_MIN_SHARE,
+            "/s",
+        ),
+        Target {
+            goal: format!("p99 ≤ {HALF_RATE_P99_MAX_MS:.0} ms at half the peak rate"),
+            measured: format!("{:.1} ms at {:.0}/s", half.p99_ms, half.rate),
+            verdict: if half.rate > 0.0 {
+                Verdict::of(half.p99_ms <= HALF_RATE_P99_MAX_MS)
+            } else {
+                Verdict::Inconclusive("no open-loop round")
+            },
+        },
+        share_target(
+            format!(
+                "worker drain ≥ {:.0} % of raw consume+ack at concurrency 16",
+                DRAIN_MIN_SHARE * 100.0
+            ),
+            r.drain16.rate,
+            r.limits.consume16,
+            DRAIN_MIN_SHARE,
+            "/s",
+        ),
+        Target {
+            goal: format!("full telemetry costs ≤ {TELEMETRY_MAX_COST_PCT:.0} % of throughput"),
+            measured: match cost {
+                Some(c) => format!(
+                    "{c:.1} % ({:.0} vs {:.0}/s; machine CPU per job {cpu_change})",
+                    r.on.run.rate, r.off.run.rate
+                ),
+                None => "no telemetry-off figure".into(),
+            },
+            verdict: match cost {
+                None => Verdict::Inconclusive("no telemetry-off figure"),
+                Some(c) if c < 0.0 => {
+                    Verdict::Inconclusive("on ran faster than off, the noise exceeds the cost")
+                }
+                Some(c) => Verdict::of(c <= TELEMETRY_MAX_COST_PCT),
+            },
+        },
+        Target {
+            goal: format!("api RSS ≤ {API_RSS_MAX_MIB:.0} MiB under load"),
+            measured: format!("{api_rss:.1} MiB"),
+            verdict: Verdict::of(api_rss <= API_RSS_MAX_MIB),
+        },
+        Target {
+            goal: format!("worker RSS ≤ {WORKER_RSS_MAX_MIB:.0} MiB under load"),
+            measured: format!("{worker_rss:.1} MiB"),
+            verdict: Verdict::of(worker_rss <= WORKER_RSS_MAX_MIB),
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{Drain, Enqueue, LoadRun, Rss};
+
+    fn results() -> Results {
+        let mut r = Results::default();
+        r.limits.pg_tps = 8000.0;
+        r.limits.consume16 = 10_000.0;
+        r.off.run = LoadRun {
+            rate: 4960.0,
+            ..LoadRun::default()
+        };
+        r.on.run = LoadRun {
+            rate: 4563.2,
+            ..LoadRun::default()
+        };
+        r.half.run = LoadRun {
+            rate: 2500.0,
+            p99_ms: 12.5,
+            ..LoadRun::default()
+        };
+        r.drain16 = Drain {
+            rate: 3000.0,
+            rss: Rss {
+                load: 15 * 1024,
+                ..Rss::default()
+            },
+            ..Drain::default()
+        };
+        r.off.rss.load = 31 * 1024;
+        r
+    }
+
+    #[test]
+    fn each_target_is_judged_on_its_own_figures() {
+        let t = targets(&results());
+        let verdicts: Vec<String> = t.iter().map(|t| t.verdict.to_string()).collect();
+        // 62 % of the insert limit; p99 12.5 ms; 30 % of consume+ack; 8 % telemetry cost;
+        // api 31 MiB; worker 15 MiB.
+        assert_eq!(verdicts, ["met", "met", "MISSED", "met", "MISSED", "met"]);
+        assert_eq!(t[0].measured, "62 % (4960 of 8000/s)");
+        assert_eq!(t[2].measured, "30 % (3000 of 10000/s)");
+        assert!(
+            t[3].measured.starts_with("8.0 % (4563 vs 4960/s"),
+            "{}",
+            t[3].measured
+        );
+    }
+
+    #[test]
+    fn telemetry_faster_than_off_is_inconclusive() {
+        let mut r = results();
+        r.on = Enqueue {
+            run: LoadRun {
+                rate: 5100.0,
+                ..LoadRun::default()
+            },
+            ..Enqueue::default()
+        };
+        let t = &targets(&r)[3];
+        assert!(matches!(t.verdict, Verdict::Inconclusive(_)), "{t:?}");
+    }
+
+    #[test]
+    fn a_missing_limit_is_inconclusive_not_a_division_by_zero() {
+        let mut r = results();
+        r.limits.pg_tps = 0.0;
+        assert_eq!(
+            targets(&r)[0].verdict,
+            Verdict::Inconclusive("no limit measured")
+        );
+        assert_eq!(ratio(1.0, 0.0), None);
+        assert!((telemetry_cost_pct(90.0, 100.0).unwrap() - 10.0).abs() < 1e-9);
+    }
+}
