@@ -298,20 +298,23 @@ pub enum Cancel {
 /// job's message may be in the broker (it had left the outbox), the cancel goes into the cancel
 /// outbox: the relay writes it to the control stream, which every worker reads before it takes
 /// a job. A relay publishing the job right now holds its outbox entry: the delete waits for it.
+/// The outbox entry is locked before the job row, in the relay's order, so the two never
+/// deadlock (the relay updates a delayed job's row while it holds the entry).
 pub async fn cancel(db: &PgPool, id: Uuid) -> sqlx::Result<Cancel> {
     let mut tx = db.begin().await?;
-    let Some(cur) = lock(&mut tx, id).await? else {
-        return Ok(Cancel::NotFound);
-    };
-    if cur.status.is_final() {
-        return Ok(Cancel::AlreadyFinal(fetch(&mut tx, id).await?));
-    }
     let unpublished = sqlx::query("DELETE FROM outbox WHERE job_id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?
         .rows_affected()
         > 0;
+    // Returning without a commit rolls the delete back.
+    let Some(cur) = lock(&mut tx, id).await? else {
+        return Ok(Cancel::NotFound);
+    };
+    if cur.status.is_final() {
+        return Ok(Cancel::AlreadyFinal(fetch(&mut tx, id).await?));
+    }
     let job: Job = sqlx::query_as(concat!(
         "UPDATE jobs SET cancel_requested = true, cancel_outbox = NOT $2, \
              status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END, \
@@ -670,7 +673,8 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<Job>> 
              result = NULL, error = NULL, started_at = NULL, finished_at = NULL, \
              cancel_requested = false, cancel_outbox = false, run_at = now() \
          FROM picked WHERE j.id = picked.picked_id RETURNING j.*), \
-         queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM up) \
+         queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM up \
+                    ON CONFLICT (job_id) DO NOTHING) \
          SELECT ",
         columns!(),
         " FROM up"
