@@ -2,9 +2,10 @@
 //!
 //! Why an outbox: the 202 promises the job will run, so it must not depend on the broker being
 //! up at that moment, nor on the api surviving the next millisecond. The handler only commits
-//! the row; this loop publishes rows in batches with pipelined confirms (an order of magnitude
-//! faster than a confirm per request) and marks them only after the broker confirmed them. A
-//! crash between the two publishes a job twice, which at-least-once delivery allows.
+//! the job and its `outbox` entry; this loop publishes due entries' jobs in batches with
+//! pipelined confirms (an order of magnitude faster than a confirm per request) and deletes the
+//! entries only after the broker confirmed them. A crash between the two publishes a job twice,
+//! which at-least-once delivery allows.
 //!
 //! A delayed job waits in the outbox until its `run_at`: the relay publishes only due rows and,
 //! when idle, sleeps until the earliest one is due. Cancels have an outbox of their own (a flag
