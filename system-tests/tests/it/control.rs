@@ -25,6 +25,21 @@ async fn wait_metric(app: &TestApp, series: &str, labels: &str, at_least: f64) {
     .await;
 }
 
+/// Runs a job submitted after the cancelled one (the relay and the queue keep order, so the
+/// worker has taken the cancelled one by then) and asserts no `kind` handler ever started.
+async fn assert_never_ran(app: &TestApp, kind: &str, why: &str) {
+    let later = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    assert_eq!(app.wait_final(&later, LONG).await["status"], "succeeded");
+    let label = format!("kind=\"{kind}\"");
+    assert_eq!(
+        app.metric_sum("jobstack_jobs_started_total", &label).await,
+        0.0,
+        "{why}"
+    );
+}
+
 #[tokio::test]
 async fn a_job_cancelled_while_no_worker_runs_never_reaches_a_handler() {
     let mut app = TestApp::api_only().await;
@@ -37,18 +52,7 @@ async fn a_job_cancelled_while_no_worker_runs_never_reaches_a_handler() {
     wait_metric(&app, "jobstack_cancels_published_total", "", 1.0).await;
 
     app.start_worker().await;
-    // A job submitted after it has run, so the worker has taken the cancelled one too (the
-    // relay and the queue keep order).
-    let later = app
-        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
-        .await;
-    assert_eq!(app.wait_final(&later, LONG).await["status"], "succeeded");
-    assert_eq!(
-        app.metric_sum("jobstack_jobs_started_total", r#"kind="hash""#)
-            .await,
-        0.0,
-        "the cancelled job's handler never ran"
-    );
+    assert_never_ran(&app, "hash", "the cancelled job's handler never ran").await;
     assert_eq!(
         app.metric_sum(
             "jobstack_jobs_finished_total",
@@ -62,15 +66,7 @@ async fn a_job_cancelled_while_no_worker_runs_never_reaches_a_handler() {
     // And a worker started after that one (a restart, a scale-out) knows it as well.
     app.stop_worker().await;
     app.start_worker().await;
-    let again = app
-        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
-        .await;
-    assert_eq!(app.wait_final(&again, LONG).await["status"], "succeeded");
-    assert_eq!(
-        app.metric_sum("jobstack_jobs_started_total", r#"kind="hash""#)
-            .await,
-        0.0
-    );
+    assert_never_ran(&app, "hash", "a worker started later skips it too").await;
     app.stop().await;
 }
 
@@ -547,16 +543,12 @@ async fn a_cancel_accepted_while_the_broker_is_down_is_broadcast_when_it_is_back
     let _proxy = crate::resilience::open_proxy(port).await;
     wait_metric(&app, "jobstack_cancels_published_total", "", 1.0).await;
     app.start_worker().await;
-    let later = app
-        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
-        .await;
-    assert_eq!(app.wait_final(&later, LONG).await["status"], "succeeded");
-    assert_eq!(
-        app.metric_sum("jobstack_jobs_started_total", r#"kind="hash""#)
-            .await,
-        0.0,
-        "the cancel reached the worker before the job did"
-    );
+    assert_never_ran(
+        &app,
+        "hash",
+        "the cancel reached the worker before the job did",
+    )
+    .await;
     let (status, job) = app.post_path(&format!("/jobs/{id}/retry"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     assert_eq!(app.wait_final(&id, LONG).await["status"], "succeeded");
