@@ -90,12 +90,14 @@ async fn run(
             .await
             .expect("never closed");
         let received = tokio::select! {
-            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
-            // Closed: what was handed over is still received, then 0.
-            () = stop.cancelled(), if !stop.is_cancelled() => {
+            // Once stopped, always this branch: closing is idempotent, and a closed queue still
+            // hands out what was sent before, then 0.
+            biased;
+            () = stop.cancelled() => {
                 rx.close();
                 rx.recv_many(&mut batch, MAX_BATCH).await
             }
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
         };
         if received == 0 {
             break;
@@ -124,4 +126,34 @@ async fn run(
     }
     // Every batch committed (or failed) and answered.
     let _ = in_flight.acquire_many(IN_FLIGHT as u32).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn close_returns_while_handles_are_alive_even_before_the_loop_first_runs() {
+        // Never connects: no job is handed over.
+        let db = PgPool::connect_lazy("postgres://127.0.0.1:1/never").unwrap();
+        let (committer, closer) = Committer::start(db, Arc::new(Notify::new()));
+        // A handle outlives the close, as a stalled request's state does at shutdown; on this
+        // single-threaded runtime the loop has not run yet when the stop comes.
+        tokio::time::timeout(std::time::Duration::from_secs(5), closer.close())
+            .await
+            .expect("the committer stops");
+        let refused = committer
+            .accept(NewJob {
+                kind: "sleep".into(),
+                payload: serde_json::json!({}),
+                schedule: jobs_contract::request::Schedule::Now,
+                trace_id: String::new(),
+                traceparent: None,
+            })
+            .await;
+        assert!(
+            matches!(refused, Err(ApiError::Unavailable(_))),
+            "{refused:?}"
+        );
+    }
 }
