@@ -326,6 +326,27 @@ def main():
             check(f"live: {name} answers /readyz 200", False, f"{e}; exit={p.poll()}; log tail: {tail}")
             return 1
 
+    # The Kubernetes ConfigMap (deploy/k8s/base/config.env) loaded by the real programs: a second
+    # api and worker start with its values, only this run's names, addresses and the URLs (which
+    # the Deployments build from Secrets) replaced, and must become ready.
+    k8s = {k: v for k, v in read_env(os.path.join(ROOT, "deploy", "k8s", "base", "config.env")).items()}
+    k8s_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "RUST_LOG", "LOG_FORMAT", "AMQP_", "DATABASE_URL"))}
+    k8s_env.update(k8s)
+    k8s_env.update(AMQP_PREFIX=PREFIX, AMQP_URL=example["AMQP_URL"], DATABASE_URL=database_url)
+    k8s_ports = {"api": free_port(), "worker": free_port()}
+    k8s_api = start("k8s-api", [api_bin], dict(k8s_env, API_LISTEN=f"127.0.0.1:{k8s_ports['api']}"))
+    k8s_worker = start("k8s-worker", [worker_bin], dict(k8s_env, WORKER_LISTEN=f"127.0.0.1:{k8s_ports['worker']}"))
+    for name, p in (("api", k8s_api), ("worker", k8s_worker)):
+        url = f"http://127.0.0.1:{k8s_ports[name]}/readyz"
+        try:
+            wait_for(f"k8s {name} ready", lambda: p.poll() is None and curl("GET", url)[0] == 200, 60)
+            check(f"live: {name} with deploy/k8s/base/config.env answers /readyz 200", True)
+        except TimeoutError as e:
+            tail = open(os.path.join(STATE, f"k8s-{name}.log"), errors="replace").read()[-800:]
+            check(f"live: {name} with deploy/k8s/base/config.env answers /readyz 200", False, f"{e}; exit={p.poll()}; log tail: {tail}")
+        p.terminate()
+        p.wait(timeout=30)
+
     # Prometheus 3.x (compose) fails a scrape whose Content-Type is missing or unknown, where the
     # local 2.42 would guess: require the text format's media type explicitly.
     for name, url in (("api", f"{API}/metrics"), ("worker", f"http://127.0.0.1:{ports['worker']}/metrics")):

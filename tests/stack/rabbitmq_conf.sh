@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# observability/rabbitmq/rabbitmq.conf read by a real RabbitMQ (the local Debian 3.10 server): a
-# throwaway node on spare ports loads it as conf.d/20-jobstack.conf, exactly as compose mounts it,
-# and we read back the values the broker actually applied. Exits 0 when they are the expected ones.
+# A broker config read by a real RabbitMQ (the local Debian 3.10 server): a throwaway node on spare
+# ports loads it as conf.d/20-jobstack.conf, exactly as compose (and the k8s local overlay) mount
+# it, and we read back the values the broker actually applied. Exits 0 when they are the expected
+# ones. Usage: rabbitmq_conf.sh [DIR] [LOOPBACK_USERS], DIR holding rabbitmq.conf and
+# enabled_plugins (default observability/rabbitmq, loopback users [] there: guest may connect).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+DIR=${1:-$ROOT/observability/rabbitmq}
+LOOPBACK=${2:-[]}
 NODE="stackcfg$$@localhost"
 T=$(mktemp -d /tmp/jobstack-rmqcfg.XXXXXX)
 as_rabbitmq() { su rabbitmq -s /bin/sh -c "HOME=/var/lib/rabbitmq $*"; }
@@ -17,8 +21,8 @@ trap cleanup EXIT
 trap "exit 143" TERM INT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mkdir -p "$T/conf.d" "$T/mnesia" "$T/log"
-cp "$ROOT/observability/rabbitmq/rabbitmq.conf" "$T/conf.d/20-jobstack.conf"
-cp "$ROOT/observability/rabbitmq/enabled_plugins" "$T/enabled_plugins"
+cp "$DIR/rabbitmq.conf" "$T/conf.d/20-jobstack.conf"
+cp "$DIR/enabled_plugins" "$T/enabled_plugins"
 cat >"$T/rabbitmq.conf" <<CONF
 listeners.tcp.default = $(port)
 management.tcp.port = $(port)
@@ -40,7 +44,7 @@ got=$(as_rabbitmq "/usr/lib/rabbitmq/bin/rabbitmqctl -q -n $NODE eval '
    application:get_env(rabbit, total_memory_available_override_value),
    application:get_env(rabbitmq_prometheus, return_per_object_metrics),
    lists:sort([P || {P, _, _} <- application:which_applications(), P == rabbitmq_prometheus orelse P == rabbitmq_management])}.'" 2>&1 || true)
-want='{{ok,900000},{ok,[]},{ok,536870912},{ok,false},[rabbitmq_management,rabbitmq_prometheus]}'
+want="{{ok,900000},{ok,$LOOPBACK},{ok,536870912},{ok,false},[rabbitmq_management,rabbitmq_prometheus]}"
 if [[ $(tr -d ' \n' <<<"$got") == "$want" ]]; then
   echo "applied: $got"
 else

@@ -110,6 +110,7 @@ run "promtool test rules $P/tests/*.yml" 120 promtool test rules "$P"/tests/*.ym
 
 # rabbitmq.conf + enabled_plugins, loaded by a real (3.10) broker as compose mounts them
 run "rabbitmq.conf applied by a real RabbitMQ (consumer_timeout, memory, plugins)" 120 bash tests/stack/rabbitmq_conf.sh
+run "k8s local overlay: its rabbitmq.conf and enabled_plugins applied by a real RabbitMQ" 120 bash tests/stack/rabbitmq_conf.sh deploy/k8s/overlays/local '[<<"guest">>]'
 
 # --- c, d: build the services, then the live run ---
 echo "# cargo build -p api -p worker"
