@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use jobs_contract::request::Schedule;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -203,19 +203,17 @@ async fn insert_rows(
     .await
 }
 
-async fn fetch(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<Job> {
-    sqlx::query_as(concat!("SELECT ", columns!(), " FROM jobs WHERE id = $1"))
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await
-}
-
-/// One job.
-pub async fn get(db: &PgPool, id: Uuid) -> sqlx::Result<Option<Job>> {
+/// One job, on the pool or inside a transaction.
+pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<Job>> {
     sqlx::query_as(concat!("SELECT ", columns!(), " FROM jobs WHERE id = $1"))
         .bind(id)
         .fetch_optional(db)
         .await
+}
+
+/// A job known to exist (its row is locked or referenced in this transaction).
+async fn fetch(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<Job> {
+    get(&mut **tx, id).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
 /// Where a page starts: just after this (created_at, id), newest first.
