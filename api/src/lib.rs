@@ -116,8 +116,22 @@ pub async fn run(
         () = deadline => tracing::warn!(grace_secs = grace.as_secs(), "requests still open after the grace period; closing them"),
     }
     // Jobs handed over before this are committed and answered; a request still open gets 503.
-    closer.close().await;
-    session.await?;
-    retention.await?;
-    Ok(())
+    // The rest of the teardown is bounded too: whatever is still waiting after another grace
+    // period is dropped (the outbox keeps what the relay did not publish).
+    let teardown = async {
+        closer.close().await;
+        session.await?;
+        retention.await?;
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(grace, teardown).await {
+        Ok(done) => done,
+        Err(_) => {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "shutdown still waiting after the grace period; exiting"
+            );
+            Ok(())
+        }
+    }
 }
