@@ -26,13 +26,22 @@ pub async fn session(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = &state.config;
-    let publisher = Publisher::open(&conn, config.amqp.publish_timeout).await?;
-    config
-        .amqp
-        .topology
-        .declare(publisher.channel())
-        .await
-        .context("declaring the topology")?;
+    let setup = async {
+        let publisher = Publisher::open(&conn, config.amqp.publish_timeout).await?;
+        config
+            .amqp
+            .topology
+            .declare(publisher.channel())
+            .await
+            .context("declaring the topology")?;
+        let events = events::subscribe(&conn, &config.amqp.topology.events_queue()).await?;
+        anyhow::Ok((publisher, events))
+    };
+    let Some(ready) = shared::amqp::unless_shutdown(&shutdown, setup).await else {
+        shared::amqp::close(&conn, "api stopped before its session was ready").await;
+        return Ok(());
+    };
+    let (publisher, consumer) = ready?;
     state.broker.status.set_up(true);
     let relay = relay::run(
         state.db.clone(),
@@ -43,7 +52,7 @@ pub async fn session(
         shutdown.clone(),
     );
     let events = events::consume(
-        &conn,
+        consumer,
         config.amqp.topology.events_queue(),
         state.db.clone(),
         state.broker.wake_relay.clone(),
@@ -56,6 +65,6 @@ pub async fn session(
         r = &mut relay => if r.is_ok() { events.await } else { r },
         r = &mut events => if r.is_ok() { relay.await } else { r },
     };
-    let _ = conn.close(200, "api session over".into()).await;
+    shared::amqp::close(&conn, "api session over").await;
     outcome
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use jobs_contract::messages::JobEvent;
+use lapin::Consumer;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -28,26 +29,30 @@ const PREFETCH: u16 = 512;
 /// Most events one lane applies in one transaction.
 const BATCH: usize = 64;
 
-/// Consumes the api's events queue until `shutdown` or a broker failure.
+/// Starts consuming the api's events queue on a channel of its own.
+pub async fn subscribe(conn: &lapin::Connection, queue: &str) -> lapin::Result<Consumer> {
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await?;
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Applies what `consumer` delivers until `shutdown` or a broker failure.
 pub async fn consume(
-    conn: &lapin::Connection,
+    mut consumer: Consumer,
     queue: String,
     db: PgPool,
     wake_relay: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let channel = conn.create_channel().await?;
-    channel
-        .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            queue.clone().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     let mut lanes = Vec::with_capacity(LANES);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..LANES {

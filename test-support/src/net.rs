@@ -3,6 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// A port with nothing listening (yet).
 pub async fn free_port() -> u16 {
@@ -18,16 +19,21 @@ pub async fn free_port() -> u16 {
 pub async fn open_proxy(port: u16, upstream: String) -> Proxy {
     let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let links = Arc::new(Mutex::new(Vec::<tokio::task::AbortHandle>::new()));
-    let tracked = links.clone();
+    let frozen = CancellationToken::new();
+    let (tracked, freeze) = (links.clone(), frozen.clone());
     let accept = tokio::spawn(async move {
         loop {
             let Ok((mut inbound, _)) = listener.accept().await else {
                 return;
             };
-            let upstream = upstream.clone();
+            let (upstream, freeze) = (upstream.clone(), freeze.clone());
             let link = tokio::spawn(async move {
                 if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        // Both sockets stay open, and nothing crosses any more.
+                        () = freeze.cancelled() => std::future::pending().await,
+                    }
                 }
             });
             tracked.lock().unwrap().push(link.abort_handle());
@@ -35,6 +41,7 @@ pub async fn open_proxy(port: u16, upstream: String) -> Proxy {
     });
     Proxy {
         links,
+        frozen,
         accept: accept.abort_handle(),
     }
 }
@@ -43,6 +50,7 @@ pub async fn open_proxy(port: u16, upstream: String) -> Proxy {
 #[derive(Debug)]
 pub struct Proxy {
     links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    frozen: CancellationToken,
     accept: tokio::task::AbortHandle,
 }
 
@@ -53,6 +61,12 @@ impl Proxy {
         let links: Vec<_> = self.links.lock().unwrap().drain(..).collect();
         links.iter().for_each(tokio::task::AbortHandle::abort);
         links.len()
+    }
+
+    /// The server stops answering without closing anything, as across a network partition:
+    /// every connection stays open and no byte crosses it any more, either way.
+    pub fn freeze(&self) {
+        self.frozen.cancel();
     }
 
     /// The server is gone: connections cut, the port closed.

@@ -68,59 +68,26 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topology = &deps.config.amqp.topology;
-    let publisher = Publisher::open(&conn, deps.config.amqp.publish_timeout).await?;
-    topology
-        .declare(publisher.channel())
-        .await
-        .context("declaring the topology")?;
-
-    let control_channel = conn.create_channel().await?;
-    control_channel
-        .basic_qos(CONTROL_PREFETCH, BasicQosOptions::default())
-        .await?;
-    let mut offset = FieldTable::default();
-    offset.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString("first".into()),
-    );
-    let mut control = control_channel
-        .basic_consume(
-            topology.control_stream().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            offset,
-        )
-        .await?;
-    let read = tokio::time::timeout(CATCH_UP, catch_up(&mut control, &publisher, &deps))
-        .await
-        .context("reading the control stream up to our marker")??;
-    tracing::info!(
-        control_messages = read,
-        "control stream read; cancels known"
-    );
-
-    // Consume on a channel of its own. `concurrency` slots bound the handlers running; the
-    // prefetch, twice that, bounds what this worker holds: jobs settling (outcome publish,
-    // confirm, ack) after their handler returned, and the next ones, ready for a free slot.
+    let Some(ready) = shared::amqp::unless_shutdown(&shutdown, open(&conn, &deps)).await else {
+        shared::amqp::close(&conn, "worker stopped before its session was ready").await;
+        return Ok(());
+    };
+    let Channels {
+        publisher,
+        mut control,
+        jobs_channel,
+        mut jobs,
+        prefetch,
+    } = ready?;
+    let jobs_tag = jobs.tag();
+    // `concurrency` slots bound the handlers running; the prefetch, twice that, bounds what this
+    // worker holds: jobs settling (outcome publish, confirm, ack) after their handler returned,
+    // and the next ones, ready for a free slot.
     let slots = Arc::new(Semaphore::new(usize::from(deps.config.concurrency)));
     // Jobs still waiting for a slot when this session ends (a broker failure) must not start:
     // the broker hands their deliveries out again.
     let session_over = shutdown.child_token();
     let _session_over = session_over.clone().drop_guard();
-    let prefetch = deps.config.concurrency.saturating_mul(2);
-    let channel = conn.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let mut jobs = channel
-        .basic_consume(
-            topology.jobs_queue().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let jobs_tag = jobs.tag();
 
     status.set_up(true);
     tracing::info!(queue = %topology.jobs_queue(), concurrency = deps.config.concurrency, prefetch, "consuming jobs");
@@ -146,9 +113,9 @@ pub async fn run(
 
     // Stop intake first, so no new job starts while we drain.
     status.set_up(false);
-    let _ = channel
-        .basic_cancel(jobs_tag, BasicCancelOptions::default())
-        .await;
+    let cancel = jobs_channel.basic_cancel(jobs_tag, BasicCancelOptions::default());
+    // Bounded like every broker call at shutdown: a broker that stopped answering must not hold it.
+    let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
     tracker.close();
     let in_flight = tracker.len();
     tracing::info!(
@@ -166,8 +133,74 @@ pub async fn run(
         );
     }
     // Closing the connection hands every unacked delivery back to the broker.
-    let _ = conn.close(200, "worker shutting down".into()).await;
+    shared::amqp::close(&conn, "worker shutting down").await;
     Ok(())
+}
+
+/// What a session consumes and publishes on.
+struct Channels {
+    publisher: Publisher,
+    control: Consumer,
+    jobs_channel: lapin::Channel,
+    jobs: Consumer,
+    prefetch: u16,
+}
+
+/// Declares the topology, reads the control stream up to a marker of our own (every cancel so
+/// far is then known), and only then starts consuming jobs.
+async fn open(conn: &lapin::Connection, deps: &Deps) -> anyhow::Result<Channels> {
+    let topology = &deps.config.amqp.topology;
+    let publisher = Publisher::open(conn, deps.config.amqp.publish_timeout).await?;
+    topology
+        .declare(publisher.channel())
+        .await
+        .context("declaring the topology")?;
+
+    let control_channel = conn.create_channel().await?;
+    control_channel
+        .basic_qos(CONTROL_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut offset = FieldTable::default();
+    offset.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut control = control_channel
+        .basic_consume(
+            topology.control_stream().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            offset,
+        )
+        .await?;
+    let read = tokio::time::timeout(CATCH_UP, catch_up(&mut control, &publisher, deps))
+        .await
+        .context("reading the control stream up to our marker")??;
+    tracing::info!(
+        control_messages = read,
+        "control stream read; cancels known"
+    );
+
+    let prefetch = deps.config.concurrency.saturating_mul(2);
+    let jobs_channel = conn.create_channel().await?;
+    jobs_channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let jobs = jobs_channel
+        .basic_consume(
+            topology.jobs_queue().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(Channels {
+        publisher,
+        control,
+        jobs_channel,
+        jobs,
+        prefetch,
+    })
 }
 
 /// Writes a marker to the control stream and applies every control message up to it; returns

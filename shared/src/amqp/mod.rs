@@ -27,6 +27,37 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<lapin::Connection> 
     lapin::Connection::connect_uri(uri, props).await
 }
 
+/// Runs `step` (a session's set-up: channels, declarations, consumers) unless `shutdown` comes
+/// first: `None` then. Broker RPCs have no deadline of their own, so a broker that stops
+/// answering mid-set-up would otherwise hold the session, and the shutdown, forever.
+pub async fn unless_shutdown<T>(
+    shutdown: &tokio_util::sync::CancellationToken,
+    step: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => None,
+        done = step => Some(done),
+    }
+}
+
+/// How long a closing connection waits for the broker's `Close-Ok`.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes `conn` cleanly if the broker answers within [`CLOSE_TIMEOUT`], and gives up otherwise:
+/// a broker that stopped answering (a network partition) would hold the close, and with it the
+/// service's shutdown, forever. Whatever was unacked goes back to its queue either way once the
+/// broker sees the connection end.
+pub async fn close(conn: &lapin::Connection, reason: &str) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, reason.into())).await {
+        Ok(_) => {}
+        Err(_) => tracing::warn!(
+            timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+            "the broker did not answer the connection close; dropping the connection"
+        ),
+    }
+}
+
 /// A producer span named and attributed per the OpenTelemetry messaging conventions. Publish
 /// inside it (or pass it to [`Outgoing::new`]) so the consumer's span becomes its child.
 pub fn producer_span(exchange: &str, routing_key: &str, message_id: &str) -> tracing::Span {

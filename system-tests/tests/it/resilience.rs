@@ -207,3 +207,27 @@ async fn a_request_that_never_completes_does_not_hold_shutdown_past_the_grace_pe
         .await
         .expect("the api stops within its grace period (1 s) despite the stalled request");
 }
+
+#[tokio::test]
+async fn a_broker_that_stops_answering_does_not_hold_shutdown() {
+    let port = free_port().await;
+    let proxy = open_proxy(port).await;
+    let url = rabbitmq_via(port);
+    let app = TestApp::with(Options {
+        amqp_url: url.clone(),
+        worker_amqp_url: url,
+        grace: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await;
+    app.wait_until(Duration::from_secs(10), "api connected", || async {
+        app.get("/readyz").await.1["status"] == "ready"
+    })
+    .await;
+    // Every connection stays open and nothing comes back: no broker call can complete, in
+    // whatever step of its session each service is (set-up, consuming, closing).
+    proxy.freeze();
+    tokio::time::timeout(Duration::from_secs(20), app.stop())
+        .await
+        .expect("the api and the worker stop although the broker never answers");
+}

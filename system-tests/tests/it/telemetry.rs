@@ -98,9 +98,15 @@ impl Isolated {
         }
     }
 
-    fn stop(self) -> Lines {
+    /// Stops the service and waits for its thread. Never a blocking join on the test's own
+    /// runtime: the proxy in front of the broker runs there, and a service whose broker froze
+    /// mid-shutdown is exactly what hung this test before.
+    async fn stop(self) -> Lines {
         self.stop.cancel();
-        self.thread.join().unwrap();
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
         self.lines
     }
 }
@@ -318,8 +324,8 @@ async fn check_one_trace(broker_down_at_first: bool) {
         );
     }
 
-    let api_lines = api.stop();
-    let worker_lines = worker.stop();
+    let api_lines = api.stop().await;
+    let worker_lines = worker.stop().await;
     check_log_lines(
         "api",
         &api_lines.parsed(),
