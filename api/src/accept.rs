@@ -19,18 +19,54 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::ApiError;
-use crate::store::{self, Job, NewJob};
+use crate::store::{self, JobRow, NewJob};
 
 /// Most jobs one transaction inserts.
 pub const MAX_BATCH: usize = 128;
+/// The buckets of `jobstack_accept_batch_size`: powers of two up to [`MAX_BATCH`], so the
+/// largest bucket is always a full batch.
+pub fn batch_buckets() -> shared::metrics::Buckets {
+    let bounds = std::iter::successors(Some(1usize), |b| Some(b * 2))
+        .take_while(|b| *b < MAX_BATCH)
+        .chain([MAX_BATCH])
+        .map(|b| b as f64)
+        .collect();
+    shared::metrics::Buckets {
+        metric: "jobstack_accept_batch_size",
+        bounds,
+    }
+}
+
 /// Batches committing at once.
 const IN_FLIGHT: usize = 4;
 /// Requests waiting for a batch; beyond this `accept` waits for room (the HTTP server's own
 /// concurrency bounds it well before).
 const QUEUE: usize = 4096;
 
-type Reply = oneshot::Sender<Result<Job, Arc<sqlx::Error>>>;
+type Reply = oneshot::Sender<Result<JobRow, BatchError>>;
+
+/// Why a job was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// The committer has stopped: the api is shutting down.
+    #[error("the api is shutting down")]
+    ShuttingDown,
+    /// The batch's transaction failed; nothing of it was stored.
+    #[error("storing the job failed")]
+    Store(#[source] BatchError),
+}
+
+/// The error that stopped a batch, shared by every request of it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the batch's transaction failed")]
+pub struct BatchError(#[source] Arc<sqlx::Error>);
+
+impl BatchError {
+    /// What PostgreSQL answered.
+    pub fn cause(&self) -> &sqlx::Error {
+        &self.0
+    }
+}
 
 /// Hands jobs to the committer.
 #[derive(Debug, Clone)]
@@ -63,14 +99,16 @@ impl Committer {
     }
 
     /// Stores `job`; returns its row once committed.
-    pub async fn accept(&self, job: NewJob) -> Result<Job, ApiError> {
+    pub async fn accept(&self, job: NewJob) -> Result<JobRow, AcceptError> {
         let (reply, answer) = oneshot::channel();
-        let gone = || ApiError::Unavailable("the api is shutting down".into());
-        self.queue.send((job, reply)).await.map_err(|_| gone())?;
-        match answer.await.map_err(|_| gone())? {
-            Ok(job) => Ok(job),
-            Err(e) => Err(ApiError::from(e.as_ref())),
-        }
+        self.queue
+            .send((job, reply))
+            .await
+            .map_err(|_| AcceptError::ShuttingDown)?;
+        answer
+            .await
+            .map_err(|_| AcceptError::ShuttingDown)?
+            .map_err(AcceptError::Store)
     }
 }
 
@@ -116,7 +154,7 @@ async fn run(
                     }
                 }
                 Err(e) => {
-                    let e = Arc::new(e);
+                    let e = BatchError(Arc::new(e));
                     for reply in replies {
                         let _ = reply.send(Err(e.clone()));
                     }
@@ -131,6 +169,14 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_buckets_double_up_to_a_full_batch() {
+        let b = batch_buckets().bounds;
+        assert_eq!(b.first(), Some(&1.0));
+        assert_eq!(b.last(), Some(&(MAX_BATCH as f64)));
+        assert!(b.windows(2).all(|w| w[1] > w[0] && w[1] <= 2.0 * w[0]));
+    }
 
     #[tokio::test]
     async fn close_returns_while_handles_are_alive_even_before_the_loop_first_runs() {
@@ -152,7 +198,7 @@ mod tests {
             })
             .await;
         assert!(
-            matches!(refused, Err(ApiError::Unavailable(_))),
+            matches!(refused, Err(AcceptError::ShuttingDown)),
             "{refused:?}"
         );
     }

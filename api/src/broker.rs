@@ -26,15 +26,14 @@ pub async fn session(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let config = &state.config;
+    let topology = config.topology();
     let setup = async {
         let publisher = Publisher::open(&conn, config.amqp.publish_timeout).await?;
-        config
-            .amqp
-            .topology
+        topology
             .declare(publisher.channel())
             .await
             .context("declaring the topology")?;
-        let events = events::subscribe(&conn, &config.amqp.topology.events_queue()).await?;
+        let events = events::subscribe(&conn, &topology.events_queue()).await?;
         anyhow::Ok((publisher, events))
     };
     let Some(ready) = shared::amqp::unless_shutdown(&shutdown, setup).await else {
@@ -46,18 +45,12 @@ pub async fn session(
     let relay = relay::run(
         state.db.clone(),
         publisher,
-        config.amqp.topology.clone(),
+        topology,
         state.broker.wake_relay.clone(),
         config.relay_interval,
         shutdown.clone(),
     );
-    let events = events::consume(
-        consumer,
-        config.amqp.topology.events_queue(),
-        state.db.clone(),
-        state.broker.wake_relay.clone(),
-        shutdown.clone(),
-    );
+    let events = events::consume(consumer, state.clone(), shutdown.clone());
     tokio::pin!(relay, events);
     // A failure of either ends the session at once; a clean stop (shutdown) waits for the
     // other, so the relay's final flush is not cut short.

@@ -3,7 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use jobs_contract::Topology;
 use shared::amqp;
+
+/// The longest back-off before a retry, however many attempts failed.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
 use shared::config::{self, ConfigError};
 
 /// Everything the api can be told.
@@ -13,8 +17,11 @@ pub struct Config {
     pub database_url: String,
     /// `DB_MAX_CONNECTIONS`.
     pub db_max_connections: u32,
-    /// `AMQP_URL`, `AMQP_PREFIX`, `MAX_ATTEMPTS`, `RETRY_BASE_MS`, `PUBLISH_TIMEOUT_MS`.
+    /// `AMQP_URL`, `AMQP_PREFIX`, `PUBLISH_TIMEOUT_MS`.
     pub amqp: amqp::Settings,
+    /// `RETRY_BASE_MS`: the back-off before an attempt's first retry; it doubles at each further
+    /// one, up to [`MAX_RETRY_DELAY`], and each delay is drawn at random below that step.
+    pub retry_base: Duration,
     /// `API_LISTEN`.
     pub listen: SocketAddr,
     /// `BODY_LIMIT_BYTES`: larger request bodies get 413.
@@ -51,6 +58,7 @@ impl Config {
             database_url,
             db_max_connections: config::ranged("DB_MAX_CONNECTIONS", 10, 1, 1000)?,
             amqp: amqp::Settings::from_env()?,
+            retry_base: config::millis("RETRY_BASE_MS", 1000, 1)?,
             listen: Self::listen()?,
             body_limit: config::ranged("BODY_LIMIT_BYTES", 1 << 20, 64, 64 << 20)?,
             request_timeout: config::seconds("REQUEST_TIMEOUT_SECS", 10)?,
@@ -61,6 +69,16 @@ impl Config {
             idempotency_ttl: config::span("IDEMPOTENCY_KEY_TTL", "24h", false)?
                 .expect("zero is refused"),
         })
+    }
+
+    /// The exchanges and queues, under `AMQP_PREFIX`.
+    pub fn topology(&self) -> Topology {
+        Topology::new(&self.amqp.prefix)
+    }
+
+    /// How long a job waits before the retry of its failed `attempt` (1 for the first).
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        shared::backoff::full_jitter(self.retry_base, MAX_RETRY_DELAY, attempt)
     }
 
     fn listen() -> Result<SocketAddr, ConfigError> {

@@ -1,11 +1,13 @@
 //! The HTTP error type and its `application/problem+json` (RFC 9457) rendering.
 //!
 //! Policy: handlers return `Result<_, ApiError>`. Bad input is one of the 4xx variants with a
-//! `detail` that tells the caller what to fix, and changes nothing. A dependency that is down is
-//! `Unavailable` (503, with `Retry-After`). Anything else is `Internal`: logged with its cause
-//! chain, answered with a generic 500 that leaks nothing. Errors from layers outside the handlers
-//! (404 of an unknown route, 405, 408, 413) are rewritten to the same shape by
-//! [`crate::observe::problem_bodies`], so every 4xx/5xx body is problem+json.
+//! `detail` that tells the caller what to fix, and changes nothing. A dependency that is down,
+//! restarting or failing over is `Unavailable` (503, with `Retry-After`): the request may be
+//! sent again as it is. Anything else is `Internal`: logged with its cause chain, answered with a
+//! generic 500 that leaks nothing. Domain modules return their own error types (e.g.
+//! [`crate::accept::AcceptError`]); they become HTTP answers here, in one place. Errors from
+//! layers outside the handlers (404 of an unknown route, 405, 408, 413) are rewritten to the same
+//! shape by [`crate::observe::problem_bodies`], so every 4xx/5xx body is problem+json.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -13,6 +15,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::accept::AcceptError;
 
 /// An error answer.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +39,14 @@ pub enum ApiError {
     /// 422: well-formed JSON that is not a valid job.
     #[error("{0}")]
     Unprocessable(String),
-    /// 503: PostgreSQL or RabbitMQ is unreachable; try again later.
-    #[error("{0}")]
-    Unavailable(String),
+    /// 503: a dependency is unreachable; the same request may be sent again shortly.
+    #[error("{detail}")]
+    Unavailable {
+        /// What the client is told.
+        detail: String,
+        /// What happened, for the log only.
+        cause: Option<anyhow::Error>,
+    },
     /// 500: a bug or an unexpected failure.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -66,7 +75,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,9 +105,16 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = format!("{e:#}"), "internal error");
                 "an unexpected error occurred; it has been logged".to_owned()
             }
-            Self::Unavailable(d) => {
-                tracing::warn!(detail = %d, "dependency unavailable");
-                let mut res = problem(status, d);
+            Self::Unavailable { detail, cause } => {
+                match cause {
+                    Some(cause) => tracing::warn!(
+                        detail,
+                        cause = format!("{cause:#}"),
+                        "dependency unavailable"
+                    ),
+                    None => tracing::warn!(detail, "dependency unavailable"),
+                }
+                let mut res = problem(status, detail);
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 return res;
@@ -109,21 +125,65 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::from(&e)
+impl ApiError {
+    /// A 503 for `detail`, with no cause to log.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::Unavailable {
+            detail: detail.into(),
+            cause: None,
+        }
     }
 }
 
-/// One database failure may answer many requests (a group commit's batch).
-impl From<&sqlx::Error> for ApiError {
-    fn from(e: &sqlx::Error) -> Self {
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Self::Unavailable(format!("PostgreSQL is unavailable: {e}"))
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if postgres_unavailable(&e) {
+            Self::Unavailable {
+                detail: POSTGRES_UNAVAILABLE.into(),
+                cause: Some(e.into()),
             }
-            other => Self::Internal(anyhow::anyhow!("{other}")),
+        } else {
+            Self::Internal(e.into())
         }
+    }
+}
+
+impl From<AcceptError> for ApiError {
+    fn from(e: AcceptError) -> Self {
+        match e {
+            AcceptError::ShuttingDown => Self::unavailable("the api is shutting down"),
+            AcceptError::Store(ref batch) if postgres_unavailable(batch.cause()) => {
+                Self::Unavailable {
+                    detail: POSTGRES_UNAVAILABLE.into(),
+                    cause: Some(e.into()),
+                }
+            }
+            AcceptError::Store(_) => Self::Internal(e.into()),
+        }
+    }
+}
+
+const POSTGRES_UNAVAILABLE: &str = "PostgreSQL is unavailable; try again shortly";
+
+/// Whether `e` means PostgreSQL cannot serve us right now, so that the same request may well
+/// succeed in a moment: no connection (refused, reset, timed out, pool exhausted), a server
+/// shutting down, restarting or failing over (SQLSTATE class 08, 57P01–57P03, what a fast
+/// shutdown or a failover does to open sessions), too many connections (53300), and a
+/// transaction the server chose to abort to resolve a conflict (class 40: deadlock,
+/// serialization). Everything else is a bug or a broken invariant: a 500.
+pub fn postgres_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || code.starts_with("40")
+                || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }
 

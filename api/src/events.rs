@@ -5,9 +5,9 @@
 //! queued up in it, in order, in one transaction. A lane that cannot reach PostgreSQL retries
 //! the same batch with backoff (the prefetch bounds what waits behind it); an event is acked
 //! only once applied or found useless. A `started` event of a job whose cancel was accepted
-//! (a worker that raced the broadcast) puts the cancel back in its outbox, and wakes the relay.
+//! (a worker that raced the broadcast) puts the cancel back in its outbox, and a failed attempt
+//! to be retried puts the job back in the outbox, due after its back-off; both wake the relay.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -17,11 +17,10 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use shared::backoff::{self, Policy};
-use sqlx::PgPool;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::store;
+use crate::{AppState, store};
 
 const LANES: usize = 8;
 /// Unacked events the broker may push to us at once.
@@ -48,23 +47,16 @@ pub async fn subscribe(conn: &lapin::Connection, queue: &str) -> lapin::Result<C
 /// Applies what `consumer` delivers until `shutdown` or a broker failure.
 pub async fn consume(
     mut consumer: Consumer,
-    queue: String,
-    db: PgPool,
-    wake_relay: Arc<Notify>,
+    state: AppState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let queue = state.config.topology().events_queue();
     let mut lanes = Vec::with_capacity(LANES);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..LANES {
         let (tx, rx) = mpsc::channel(usize::from(PREFETCH));
         lanes.push(tx);
-        workers.spawn(lane(
-            rx,
-            queue.clone(),
-            db.clone(),
-            wake_relay.clone(),
-            shutdown.clone(),
-        ));
+        workers.spawn(lane(rx, queue.clone(), state.clone(), shutdown.clone()));
     }
     let result = loop {
         let delivery = tokio::select! {
@@ -100,8 +92,7 @@ pub async fn consume(
 async fn lane(
     mut rx: mpsc::Receiver<(JobEvent, Delivery)>,
     queue: String,
-    db: PgPool,
-    wake_relay: Arc<Notify>,
+    state: AppState,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -122,11 +113,11 @@ async fn lane(
                 span
             })
             .collect();
-        let Some(applied) = apply_with_retry(&db, &events, &shutdown).await else {
+        let Some(applied) = apply_with_retry(&state, &events, &shutdown).await else {
             return;
         };
-        if applied.recancelled > 0 {
-            wake_relay.notify_one();
+        if applied.recancelled > 0 || applied.retried > 0 {
+            state.broker.wake_relay.notify_one();
         }
         let outcomes = events
             .iter()
@@ -149,10 +140,11 @@ async fn lane(
 
 /// `Some` once applied; `None` if shutdown came first.
 async fn apply_with_retry(
-    db: &PgPool,
+    state: &AppState,
     events: &[JobEvent],
     shutdown: &CancellationToken,
 ) -> Option<store::Applied> {
+    let backoff = |attempt| state.config.retry_delay(attempt);
     let policy = Policy {
         base: Duration::from_millis(100),
         max: Duration::from_secs(5),
@@ -160,7 +152,7 @@ async fn apply_with_retry(
     backoff::retry(
         policy,
         shutdown,
-        || store::apply_events(db, events),
+        || store::apply_events(&state.db, events, backoff),
         |e, _| tracing::warn!(error = %e, events = events.len(), "cannot apply job events; retrying"),
     )
     .await

@@ -7,23 +7,26 @@
 //! entries only after the broker confirmed them. A crash between the two publishes a job twice,
 //! which at-least-once delivery allows.
 //!
-//! A delayed job waits in the outbox until its `run_at`: the relay publishes only due rows and,
-//! when idle, sleeps until the earliest one is due. Cancels have an outbox of their own (a flag
-//! on the row), published the same way to the control stream (see `worker::session`).
+//! A delayed job, and a failed attempt's retry, wait in the outbox until their `run_at`: the
+//! relay publishes only due rows and, when idle, sleeps until the earliest one is due. Each
+//! message names its attempt: one more than the attempts the job has started. Cancels have an
+//! outbox of their own (a flag on the row), published the same way to the control stream (see
+//! `worker::session`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use jobs_contract::Topology;
 use jobs_contract::messages::{ControlMessage, JobMessage};
-use shared::amqp::{Outgoing, Publisher, Topology, producer_span};
+use shared::amqp::{Outgoing, Publisher, producer_span};
 use shared::telemetry::propagation;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store;
+use crate::store::outbox;
 
 /// Rows per batch: large enough to amortise the round trips, small enough to bound the time a
 /// batch holds its row locks.
@@ -60,7 +63,7 @@ pub async fn run(
             }
         }
         if gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
-            if let Ok(outbox) = store::outbox_state(&db).await {
+            if let Ok(outbox) = outbox::backlog(&db).await {
                 metrics::gauge!("jobstack_outbox_backlog").set(outbox.due as f64);
                 metrics::gauge!("jobstack_jobs_scheduled").set(outbox.scheduled as f64);
             }
@@ -71,7 +74,7 @@ pub async fn run(
             return Ok(());
         }
         // Until the earliest delayed job is due, if that comes before the next poll.
-        let nap = match store::next_due(&db).await {
+        let nap = match outbox::next_due(&db).await {
             Ok(Some(due)) => (due - Utc::now())
                 .to_std()
                 .unwrap_or_default()
@@ -115,14 +118,15 @@ async fn relay_batch(
     let mut tx = db.begin().await?;
     let Batch {
         ids,
-        delayed,
+        stale,
+        scheduled,
         messages,
         spans,
     } = match relay {
-        Relay::Jobs => jobs(store::lock_outbox(&mut tx, BATCH).await?, topology),
-        Relay::Cancels => cancels(store::lock_cancels(&mut tx, BATCH).await?, topology),
+        Relay::Jobs => jobs(outbox::lock_due(&mut tx, BATCH).await?, topology),
+        Relay::Cancels => cancels(outbox::lock_cancels(&mut tx, BATCH).await?, topology),
     };
-    if ids.is_empty() {
+    if ids.is_empty() && stale.is_empty() {
         return Ok(0);
     }
     let results = publisher.publish_all(messages).await;
@@ -139,22 +143,26 @@ async fn relay_batch(
     }
     match relay {
         Relay::Jobs => {
-            let delayed: Vec<Uuid> = delayed
-                .into_iter()
-                .filter(|id| published.contains(id))
-                .collect();
-            store::mark_published(&mut tx, &published, &delayed).await?;
+            let taken: Vec<Uuid> = published.iter().chain(&stale).copied().collect();
+            outbox::take_out(&mut tx, &taken).await?;
         }
-        Relay::Cancels => store::mark_cancels_published(&mut tx, &published).await?,
+        Relay::Cancels => outbox::mark_cancels_published(&mut tx, &published).await?,
     }
     tx.commit().await?;
+    let queued: Vec<Uuid> = scheduled
+        .into_iter()
+        .filter(|id| published.contains(id))
+        .collect();
+    if !queued.is_empty() {
+        outbox::mark_queued(db, &queued).await?;
+    }
     let counter = match relay {
         Relay::Jobs => "jobstack_outbox_published_total",
         Relay::Cancels => "jobstack_cancels_published_total",
     };
     metrics::counter!(counter).increment(published.len() as u64);
     match failure {
-        None => Ok(published.len()),
+        None => Ok(published.len() + stale.len()),
         Some(e) => Err(Failure::Broker(anyhow::Error::new(e).context(format!(
             "outbox relay: {} of {} {relay:?} not published",
             ids.len() - published.len(),
@@ -167,8 +175,10 @@ async fn relay_batch(
 #[derive(Default)]
 struct Batch {
     ids: Vec<Uuid>,
-    /// The delayed jobs among them (queued once published).
-    delayed: Vec<Uuid>,
+    /// Entries to drop unpublished: their jobs started or ended since they were published.
+    stale: Vec<Uuid>,
+    /// The scheduled jobs among them (queued once published).
+    scheduled: Vec<Uuid>,
     messages: Vec<Outgoing>,
     spans: Vec<tracing::Span>,
 }
@@ -181,10 +191,14 @@ impl Batch {
     }
 }
 
-fn jobs(rows: Vec<store::Unpublished>, topology: &Topology) -> Batch {
+fn jobs(rows: Vec<outbox::Unpublished>, topology: &Topology) -> Batch {
     let exchange = topology.jobs_exchange();
     let mut batch = Batch::default();
     for row in rows {
+        if row.stale {
+            batch.stale.push(row.id);
+            continue;
+        }
         let id = row.id.to_string();
         // The producer span continues the request's trace, however long after it we publish.
         let span = producer_span(&exchange, &row.kind, &id);
@@ -195,13 +209,13 @@ fn jobs(rows: Vec<store::Unpublished>, topology: &Topology) -> Batch {
             id: row.id,
             kind: row.kind.clone(),
             payload: row.payload,
-            attempt: 1,
+            attempt: row.attempt.max(1) as u32,
             generation: row.generation.max(0) as u32,
             available_at: row.run_at,
         };
         let body = serde_json::to_vec(&body).expect("messages serialize");
         if row.scheduled {
-            batch.delayed.push(row.id);
+            batch.scheduled.push(row.id);
         }
         batch.push(
             row.id,
@@ -212,7 +226,7 @@ fn jobs(rows: Vec<store::Unpublished>, topology: &Topology) -> Batch {
     batch
 }
 
-fn cancels(rows: Vec<store::PendingCancel>, topology: &Topology) -> Batch {
+fn cancels(rows: Vec<outbox::PendingCancel>, topology: &Topology) -> Batch {
     let exchange = topology.control_exchange();
     let mut batch = Batch::default();
     for row in rows {

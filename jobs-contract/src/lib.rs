@@ -10,10 +10,13 @@
 //! - [`messages`]: job, event and control messages (JSON bodies on RabbitMQ).
 //! - [`kinds`]: the job kinds — one file per kind — and the [`Catalog`] of them.
 //! - [`request`]: what a client sends to submit a job, and when it may run.
+//! - [`topology`]: the exchanges and queues, by name.
 
 pub mod kinds;
 pub mod messages;
 pub mod request;
+pub mod topology;
 
 pub use kinds::{Catalog, JobKind};
 pub use request::JobRequest;
+pub use topology::Topology;

@@ -55,10 +55,19 @@ pub fn exponential(base: Duration, max: Duration, attempt: u32) -> Duration {
 /// [`exponential`] scaled by a random factor in [0.5, 1.0], so that many clients that lost the
 /// same broker do not all come back in the same millisecond.
 pub fn jittered(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let d = exponential(base, max, attempt);
-    // A cheap random source is enough for spreading reconnects.
-    let r = uuid::Uuid::new_v4().as_u128() as u64 % 1000;
-    d.mul_f64(0.5 + r as f64 / 2000.0)
+    exponential(base, max, attempt).mul_f64(0.5 + unit_random() / 2.0)
+}
+
+/// A delay drawn uniformly from `[0, exponential(base, max, attempt)]` ("full jitter"): what
+/// many jobs failing at the same moment wait before their next attempt, so that they come back
+/// spread over the whole step instead of together.
+pub fn full_jitter(base: Duration, max: Duration, attempt: u32) -> Duration {
+    exponential(base, max, attempt).mul_f64(unit_random())
+}
+
+/// A number in `[0, 1)`, from the OS's random source via a v4 UUID: jitter needs no better.
+fn unit_random() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -83,6 +92,19 @@ mod tests {
             let full = exponential(S, S * 30, a);
             let j = jittered(S, S * 30, a);
             assert!(j >= full / 2 && j <= full, "{j:?} vs {full:?}");
+        }
+    }
+
+    #[test]
+    fn full_jitter_spreads_over_the_whole_step() {
+        let step = exponential(S, S * 30, 3);
+        let draws: Vec<Duration> = (0..2000).map(|_| full_jitter(S, S * 30, 3)).collect();
+        assert!(draws.iter().all(|d| *d <= step));
+        // Each quarter of the step gets its share (2000 draws: ~500 each; far from 0 or 2000).
+        for q in 0..4u32 {
+            let (lo, hi) = (step * q / 4, step * (q + 1) / 4);
+            let n = draws.iter().filter(|d| **d >= lo && **d < hi).count();
+            assert!((300..700).contains(&n), "quarter {q}: {n} of 2000");
         }
     }
 

@@ -7,7 +7,8 @@
 //! - [`amqp`]: connecting to RabbitMQ, the topology, confirmed publishing.
 //! - [`backoff`]: capped exponential backoff with jitter.
 //! - [`shutdown`]: the one cancellation token that SIGINT/SIGTERM trip.
-//! - [`health`]: the `healthcheck` sub-command used by container health checks.
+//! - [`probe`]: the `healthcheck` sub-command: a client of the service's own `/readyz`, for
+//!   container health checks.
 //! - [`readiness`]: the `/readyz` answer, one shape for every service.
 //! - [`admin`]: the admin router (`/healthz`, `/readyz`, `/metrics`) of a service.
 
@@ -15,8 +16,8 @@ pub mod admin;
 pub mod amqp;
 pub mod backoff;
 pub mod config;
-pub mod health;
 pub mod metrics;
+pub mod probe;
 pub mod readiness;
 pub mod shutdown;
 pub mod telemetry;

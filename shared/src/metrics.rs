@@ -1,5 +1,5 @@
 //! The process-wide Prometheus recorder. Installed once (tests start several services in one
-//! process), rendered by each service's own `/metrics` route.
+//! process, the first one's settings win), rendered by each service's own `/metrics` route.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -21,26 +21,30 @@ const PUBLISH_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-/// Jobs per group commit (`jobstack_accept_batch_size`): 1 … 128.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+/// The buckets of one of a service's own histograms (the ones above are everyone's).
+#[derive(Debug, Clone)]
+pub struct Buckets {
+    /// The histogram's full name.
+    pub metric: &'static str,
+    /// Its upper bounds, ascending.
+    pub bounds: Vec<f64>,
+}
 
-/// Installs the recorder on first use and records `jobstack_build_info`; later calls return the
-/// same handle. Must be called inside a Tokio runtime (it spawns the histogram upkeep).
-pub fn install(service: &str) -> PrometheusHandle {
+/// Installs the recorder on first use, with the shared buckets and the service's `own`, and
+/// records `jobstack_build_info`; later calls return the same handle. Must be called inside a
+/// Tokio runtime (it spawns the histogram upkeep).
+pub fn install(service: &str, own: &[Buckets]) -> PrometheusHandle {
     let handle = HANDLE.get_or_init(|| {
-        let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Prefix("http_".into()), HTTP_BUCKETS)
+        let builder = own.iter().try_fold(PrometheusBuilder::new(), |b, h| {
+            b.set_buckets_for_metric(Matcher::Full(h.metric.into()), &h.bounds)
+        });
+        let handle = builder
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Prefix("http_".into()), HTTP_BUCKETS))
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Prefix("jobstack_job_".into()), JOB_BUCKETS)
             })
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Prefix("jobstack_amqp_".into()), PUBLISH_BUCKETS)
-            })
-            .and_then(|b| {
-                b.set_buckets_for_metric(
-                    Matcher::Full("jobstack_accept_batch_size".into()),
-                    BATCH_BUCKETS,
-                )
             })
             .expect("bucket lists are non-empty")
             .install_recorder()

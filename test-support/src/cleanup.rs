@@ -3,8 +3,8 @@
 
 use std::future::Future;
 
+use jobs_contract::Topology;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use shared::amqp::Topology;
 
 use crate::services::{POSTGRES, RABBITMQ};
 
@@ -18,7 +18,7 @@ pub async fn remove_topology(t: &Topology) {
     };
     for q in t.queues() {
         let _ = ch
-            .queue_delete(q.into(), QueueDeleteOptions::default())
+            .queue_delete(q.name.into(), QueueDeleteOptions::default())
             .await;
     }
     for (x, _) in t.exchanges() {

@@ -7,9 +7,11 @@
 //!   failed assertion leaves nothing behind.
 //! - [`wait_until`]: wait on a condition, never a fixed sleep.
 //! - [`queues`]: draining a queue (the dead letters) to look at it.
+//! - [`metrics`]: reading `/metrics` strictly, and requiring a process per test.
 //! - [`otlp`]: an OTLP trace receiver (gRPC and HTTP/protobuf) that keeps what it is sent.
 
 pub mod cleanup;
+pub mod metrics;
 pub mod net;
 pub mod otlp;
 pub mod queues;

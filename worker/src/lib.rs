@@ -27,6 +27,35 @@ use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
+use cancellations::Cancellations;
+use jobs_contract::Topology;
+use kinds::Registry;
+
+/// What every job task needs, for the life of the process.
+#[derive(Debug)]
+pub struct WorkerState {
+    /// The worker's settings.
+    pub config: Config,
+    /// The exchanges and queues, under `AMQP_PREFIX`.
+    pub topology: Topology,
+    /// The job kinds.
+    pub registry: Registry,
+    /// Cancel requests received.
+    pub cancellations: Cancellations,
+}
+
+impl WorkerState {
+    /// Bundles the settings and kinds.
+    pub fn new(config: Config, registry: Registry) -> Self {
+        Self {
+            topology: config.topology(),
+            config,
+            registry,
+            cancellations: Cancellations::default(),
+        }
+    }
+}
+
 /// Runs the worker until `shutdown` is cancelled: the admin server on `listener`, and the
 /// broker session, reconnecting as needed. Returns once in-flight jobs are done or handed back.
 pub async fn run(
@@ -34,20 +63,20 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    shared::metrics::install("worker");
+    shared::metrics::install("worker", &[]);
     metrics::gauge!("jobstack_worker_concurrency").set(f64::from(config.concurrency));
     let status = BrokerStatus::default();
     let admin = tokio::spawn(admin::serve(listener, status.clone(), shutdown.clone()));
 
     let registry = kinds::registry();
     describe_metrics(&registry);
-    let deps = Arc::new(session::Deps::new(config, registry));
+    let state = Arc::new(WorkerState::new(config, registry));
     let tracker = TaskTracker::new();
-    let url = deps.config.amqp.url.clone();
+    let url = state.config.amqp.url.clone();
     supervise(&url, "worker", status.clone(), shutdown.clone(), |conn| {
         session::run(
             conn,
-            deps.clone(),
+            state.clone(),
             status.clone(),
             tracker.clone(),
             shutdown.clone(),

@@ -7,7 +7,7 @@ use worker::Config;
 
 fn main() -> ExitCode {
     // Before any runtime: the probe is blocking, and a runtime inside a runtime panics.
-    if let Some(code) = shared::health::run_if_requested(Config::listen_addr) {
+    if let Some(code) = shared::probe::run_if_requested(Config::listen_addr) {
         return code;
     }
     serve()

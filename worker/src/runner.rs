@@ -1,10 +1,11 @@
 //! One delivery, from decode to ack.
 //!
 //! Order matters here. The worker acks a job only after the broker has confirmed everything
-//! that must follow it — the retry message, the dead-letter copy, the final event — so a crash
-//! at any point leaves the job in the queue (delivery is at-least-once; the api applies events
-//! idempotently). If any of those publishes fails, the delivery is handed back (nack + requeue)
-//! and the attempt runs again.
+//! that must follow it — the dead-letter copy, the final event — so a crash at any point leaves
+//! the job in the queue (delivery is at-least-once; the api applies events idempotently). If any
+//! of those publishes fails, the delivery is handed back (nack + requeue) and the attempt runs
+//! again. A failed attempt with attempts left is reported as such and acked: the api schedules
+//! the retry (after a jittered back-off) and publishes it when it is due.
 //!
 //! Cheap per job: a job that ends within its first progress interval sends one event, its final
 //! one, which carries when it started; longer jobs report `started` at the first interval, then
@@ -28,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use crate::WorkerState;
 use crate::context::{JobContext, JobError};
-use crate::session::Deps;
 
 /// At most one event per job in this interval, the first (`started`, or progress if the handler
 /// reported some) no earlier than this after the start: a handler may report after every item of
@@ -49,10 +50,10 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    fn new(publisher: Publisher, deps: &Deps, msg: &JobMessage) -> Self {
+    fn new(publisher: Publisher, state: &WorkerState, msg: &JobMessage) -> Self {
         Self {
             publisher,
-            exchange: deps.config.amqp.topology.events_exchange(),
+            exchange: state.topology.events_exchange(),
             job_id: msg.id,
             attempt: msg.attempt,
             generation: msg.generation,
@@ -146,11 +147,11 @@ async fn with_progress<T>(
 pub(crate) async fn handle(
     delivery: Delivery,
     publisher: Publisher,
-    deps: Arc<Deps>,
+    state: Arc<WorkerState>,
     slots: Arc<Semaphore>,
     session_over: CancellationToken,
 ) {
-    let span = shared::amqp::consumer_span(&deps.config.amqp.topology.jobs_queue(), &delivery);
+    let span = shared::amqp::consumer_span(&state.topology.jobs_queue(), &delivery);
     async move {
         let settled = match serde_json::from_slice::<JobMessage>(&delivery.data) {
             Ok(msg) => {
@@ -164,9 +165,9 @@ pub(crate) async fn handle(
                     () = session_over.cancelled() => return,
                     slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
                 };
-                process(msg, &publisher, &deps, slot).await
+                process(msg, &publisher, &state, slot).await
             }
-            Err(e) => dead_letter_undecodable(&delivery, &e.to_string(), &publisher, &deps).await,
+            Err(e) => dead_letter_undecodable(&delivery, &e.to_string(), &publisher, &state).await,
         };
         let acked = match settled {
             Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
@@ -195,7 +196,7 @@ async fn dead_letter_undecodable(
     delivery: &Delivery,
     error: &str,
     publisher: &Publisher,
-    deps: &Deps,
+    state: &WorkerState,
 ) -> Result<(), PublishError> {
     tracing::error!(
         error,
@@ -203,7 +204,7 @@ async fn dead_letter_undecodable(
         "undecodable job message; dead-lettering"
     );
     propagation::record_error(&tracing::Span::current(), error);
-    let exchange = deps.config.amqp.topology.dead_letter_exchange();
+    let exchange = state.topology.dead_letter_exchange();
     let span = producer_span(&exchange, "undecodable", "");
     let msg = Outgoing::new(&exchange, "undecodable", delivery.data.clone(), "", &span)
         .with_header("x-jobstack-reason", "undecodable")
@@ -217,19 +218,19 @@ async fn dead_letter_undecodable(
 async fn process(
     msg: JobMessage,
     publisher: &Publisher,
-    deps: &Deps,
+    state: &WorkerState,
     slot: OwnedSemaphorePermit,
 ) -> Result<(), PublishError> {
-    let kind = if deps.registry.contains(&msg.kind) {
+    let kind = if state.registry.contains(&msg.kind) {
         msg.kind.clone()
     } else {
         "unknown".to_owned()
     };
-    let reporter = Reporter::new(publisher.clone(), deps, &msg);
-    let cancel = deps.cancellations.start(msg.id, msg.generation);
+    let reporter = Reporter::new(publisher.clone(), state, &msg);
+    let cancel = state.cancellations.start(msg.id, msg.generation);
     let outcome = if cancel.is_cancelled() {
         tracing::info!("job was cancelled before it started");
-        Err(JobError::Cancelled)
+        Outcome::Cancelled
     } else {
         tracing::info!("job started");
         metrics::counter!("jobstack_jobs_started_total", "kind" => kind.clone()).increment(1);
@@ -240,34 +241,77 @@ async fn process(
         in_flight.increment(1.0);
         let started = Instant::now();
         let (ctx, reports) = JobContext::new(msg.id, msg.attempt, cancel);
-        let outcome = with_progress(execute(&msg, ctx, deps), reports, &reporter).await;
+        let result = with_progress(execute(&msg, ctx, state), reports, &reporter).await;
         in_flight.decrement(1.0);
-        let label = match &outcome {
-            Ok(_) => "succeeded",
-            Err(JobError::Cancelled) => "cancelled",
-            Err(JobError::Transient(_))
-                if msg.attempt < deps.config.amqp.topology.max_attempts() =>
-            {
-                "retried"
-            }
-            Err(_) => "failed",
-        };
-        metrics::histogram!("jobstack_job_duration_seconds", "kind" => kind.clone(), "outcome" => label)
+        let outcome = Outcome::decide(result, msg.attempt, state.config.max_attempts);
+        metrics::histogram!("jobstack_job_duration_seconds", "kind" => kind.clone(), "outcome" => outcome.label())
             .record(started.elapsed().as_secs_f64());
         outcome
     };
-    deps.cancellations.finish(msg.id, msg.generation);
+    state.cancellations.finish(msg.id, msg.generation);
     // The slot goes to the next job; the outcome is published and confirmed meanwhile.
     drop(slot);
-    settle(&msg, &kind, outcome, &reporter, publisher, deps).await
+    settle(&msg, &kind, outcome, &reporter, publisher, state).await
+}
+
+/// How an attempt ended and what follows it, decided once from the handler's result and the
+/// attempt's place in the budget.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    /// The handler returned a result.
+    Succeeded(Value),
+    /// The job was cancelled, before or while it ran.
+    Cancelled,
+    /// A transient failure with attempts left: the api schedules the next one, after a
+    /// back-off.
+    Retried(String),
+    /// Final: dead-lettered for `reason` (`permanent`, or `exhausted` after the last attempt).
+    Failed {
+        /// What went wrong.
+        error: String,
+        /// Why it is final.
+        reason: &'static str,
+    },
+}
+
+impl Outcome {
+    fn decide(result: Result<Value, JobError>, attempt: u32, max_attempts: u32) -> Self {
+        match result {
+            Ok(value) => Self::Succeeded(value),
+            Err(JobError::Cancelled) => Self::Cancelled,
+            Err(JobError::Transient(error)) if attempt < max_attempts => Self::Retried(error),
+            Err(JobError::Transient(error)) => Self::Failed {
+                error,
+                reason: "exhausted",
+            },
+            Err(JobError::Permanent(error)) => Self::Failed {
+                error,
+                reason: "permanent",
+            },
+        }
+    }
+
+    /// The `outcome` label of the duration histogram.
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Succeeded(_) => "succeeded",
+            Self::Cancelled => "cancelled",
+            Self::Retried(_) => "retried",
+            Self::Failed { .. } => "failed",
+        }
+    }
 }
 
 /// Runs the handler in its own task, so a panic is contained, under the kind's deadline.
-async fn execute(msg: &JobMessage, ctx: JobContext, deps: &Deps) -> Result<Value, JobError> {
-    let Some((fut, deadline)) = deps.registry.run(&msg.kind, ctx, msg.payload.clone()) else {
+async fn execute(
+    msg: &JobMessage,
+    ctx: JobContext,
+    state: &WorkerState,
+) -> Result<Value, JobError> {
+    let Some((fut, deadline)) = state.registry.run(&msg.kind, ctx, msg.payload.clone()) else {
         return Err(JobError::Permanent(format!("unknown kind {:?}", msg.kind)));
     };
-    let deadline = deadline.min(deps.config.deadline);
+    let deadline = deadline.min(state.config.deadline);
     let task = tokio::spawn(fut.in_current_span());
     let abort = task.abort_handle();
     match tokio::time::timeout(deadline, task).await {
@@ -278,10 +322,7 @@ async fn execute(msg: &JobMessage, ctx: JobContext, deps: &Deps) -> Result<Value
         })),
         Err(_) => {
             abort.abort();
-            Err(JobError::Transient(format!(
-                "timed out after {}s",
-                deadline.as_secs()
-            )))
+            Err(JobError::Transient(format!("timed out after {deadline:?}")))
         }
     }
 }
@@ -294,32 +335,30 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
         .unwrap_or("non-string panic payload")
 }
 
-/// Publishes what follows the attempt: the final event, or a retry, or a dead-letter copy.
+/// Publishes what follows the attempt: its final event, and a dead-letter copy first when it
+/// failed for good. Each is confirmed before the delivery is acked.
 async fn settle(
     msg: &JobMessage,
     kind: &str,
-    outcome: Result<Value, JobError>,
+    outcome: Outcome,
     reporter: &Reporter,
     publisher: &Publisher,
-    deps: &Deps,
+    state: &WorkerState,
 ) -> Result<(), PublishError> {
-    let topology = &deps.config.amqp.topology;
     let (error, reason) = match outcome {
-        Ok(result) => {
+        Outcome::Succeeded(result) => {
             reporter.send(JobChange::Succeeded { result }).await?;
             tracing::info!("job succeeded");
             finished(kind, "succeeded");
             return Ok(());
         }
-        Err(JobError::Cancelled) => {
+        Outcome::Cancelled => {
             reporter.send(JobChange::Cancelled).await?;
             tracing::info!("job cancelled");
             finished(kind, "cancelled");
             return Ok(());
         }
-        Err(JobError::Transient(error)) if msg.attempt < topology.max_attempts() => {
-            let delay = topology.retry_delay(msg.attempt);
-            retry(msg, delay, publisher, deps).await?;
+        Outcome::Retried(error) => {
             propagation::record_error(&tracing::Span::current(), &error);
             reporter
                 .send(JobChange::Failed {
@@ -327,19 +366,14 @@ async fn settle(
                     retrying: true,
                 })
                 .await?;
-            tracing::warn!(
-                error,
-                retry_in_ms = delay.as_millis() as u64,
-                "job attempt failed; retrying"
-            );
+            tracing::warn!(error, "job attempt failed; the api schedules a retry");
             metrics::counter!("jobstack_job_retries_total", "kind" => kind.to_owned()).increment(1);
             return Ok(());
         }
-        Err(JobError::Transient(error)) => (error, "exhausted"),
-        Err(JobError::Permanent(error)) => (error, "permanent"),
+        Outcome::Failed { error, reason } => (error, reason),
     };
     propagation::record_error(&tracing::Span::current(), &error);
-    let exchange = topology.dead_letter_exchange();
+    let exchange = state.topology.dead_letter_exchange();
     let span = producer_span(&exchange, kind, &msg.id.to_string());
     let copy = Outgoing::new(
         &exchange,
@@ -364,32 +398,54 @@ async fn settle(
     Ok(())
 }
 
-/// Sends the next attempt to the TTL queue for `delay`, which dead-letters it back to the work
-/// queue when the delay is over.
-async fn retry(
-    msg: &JobMessage,
-    delay: Duration,
-    publisher: &Publisher,
-    deps: &Deps,
-) -> Result<(), PublishError> {
-    let next = JobMessage {
-        attempt: msg.attempt + 1,
-        available_at: Utc::now() + delay,
-        ..msg.clone()
-    };
-    let queue = deps.config.amqp.topology.retry_queue(delay);
-    let span = producer_span("", &queue, &msg.id.to_string());
-    let out = Outgoing::new(
-        "",
-        &queue,
-        serde_json::to_vec(&next).expect("messages serialize"),
-        &msg.id.to_string(),
-        &span,
-    );
-    publisher.publish(out).instrument(span).await
-}
-
 fn finished(kind: &str, outcome: &'static str) {
     metrics::counter!("jobstack_jobs_finished_total", "kind" => kind.to_owned(), "outcome" => outcome)
         .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_outcome_follows_the_error_and_the_attempts_left() {
+        let transient = || Err(JobError::Transient("flaky".into()));
+        assert_eq!(
+            Outcome::decide(Ok(json!(1)), 3, 3),
+            Outcome::Succeeded(json!(1))
+        );
+        assert_eq!(
+            Outcome::decide(Err(JobError::Cancelled), 1, 3),
+            Outcome::Cancelled
+        );
+        assert_eq!(
+            Outcome::decide(transient(), 2, 3),
+            Outcome::Retried("flaky".into())
+        );
+        assert_eq!(
+            Outcome::decide(transient(), 3, 3),
+            Outcome::Failed {
+                error: "flaky".into(),
+                reason: "exhausted"
+            }
+        );
+        assert_eq!(
+            Outcome::decide(Err(JobError::Permanent("bad".into())), 1, 3),
+            Outcome::Failed {
+                error: "bad".into(),
+                reason: "permanent"
+            }
+        );
+        let labels: Vec<_> = [
+            Outcome::decide(Ok(json!(1)), 1, 1),
+            Outcome::Cancelled,
+            Outcome::decide(transient(), 1, 2),
+            Outcome::decide(transient(), 2, 2),
+        ]
+        .iter()
+        .map(Outcome::label)
+        .collect();
+        assert_eq!(labels, ["succeeded", "cancelled", "retried", "failed"]);
+    }
 }

@@ -25,9 +25,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::Config;
-use crate::cancellations::Cancellations;
-use crate::kinds::Registry;
+use crate::WorkerState;
 use crate::runner;
 
 /// Unacked control messages in flight to us: a stream consumer needs a prefetch, and a larger
@@ -37,38 +35,16 @@ const CONTROL_PREFETCH: u16 = 1000;
 /// (and reconnects): the stream holds at most 64 MB.
 const CATCH_UP: Duration = Duration::from_secs(60);
 
-/// What every job task needs, for the life of the process.
-#[derive(Debug)]
-pub struct Deps {
-    /// The worker's settings.
-    pub config: Config,
-    /// The job kinds.
-    pub registry: Registry,
-    /// Cancel requests received.
-    pub cancellations: Cancellations,
-}
-
-impl Deps {
-    /// Bundles the settings and kinds.
-    pub fn new(config: Config, registry: Registry) -> Self {
-        Self {
-            config,
-            registry,
-            cancellations: Cancellations::default(),
-        }
-    }
-}
-
 /// Consumes until `shutdown` (then drains and returns `Ok`) or until the connection fails.
 pub async fn run(
     conn: lapin::Connection,
-    deps: Arc<Deps>,
+    state: Arc<WorkerState>,
     status: BrokerStatus,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let topology = &deps.config.amqp.topology;
-    let Some(ready) = shared::amqp::unless_shutdown(&shutdown, open(&conn, &deps)).await else {
+    let topology = &state.topology;
+    let Some(ready) = shared::amqp::unless_shutdown(&shutdown, open(&conn, &state)).await else {
         shared::amqp::close(&conn, "worker stopped before its session was ready").await;
         return Ok(());
     };
@@ -83,14 +59,14 @@ pub async fn run(
     // `concurrency` slots bound the handlers running; the prefetch, twice that, bounds what this
     // worker holds: jobs settling (outcome publish, confirm, ack) after their handler returned,
     // and the next ones, ready for a free slot.
-    let slots = Arc::new(Semaphore::new(usize::from(deps.config.concurrency)));
+    let slots = Arc::new(Semaphore::new(usize::from(state.config.concurrency)));
     // Jobs still waiting for a slot when this session ends (a broker failure) must not start:
     // the broker hands their deliveries out again.
     let session_over = shutdown.child_token();
     let _session_over = session_over.clone().drop_guard();
 
     status.set_up(true);
-    tracing::info!(queue = %topology.jobs_queue(), concurrency = deps.config.concurrency, prefetch, "consuming jobs");
+    tracing::info!(queue = %topology.jobs_queue(), concurrency = state.config.concurrency, prefetch, "consuming jobs");
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -99,14 +75,14 @@ pub async fn run(
                 tracker.spawn(runner::handle(
                     delivery,
                     publisher.clone(),
-                    deps.clone(),
+                    state.clone(),
                     slots.clone(),
                     session_over.clone(),
                 ));
             }
             delivery = control.next() => {
                 let delivery = delivery.context("control consumer closed")??;
-                on_control(&delivery, &deps).await;
+                on_control(&delivery, &state).await;
             }
         }
     }
@@ -120,10 +96,10 @@ pub async fn run(
     let in_flight = tracker.len();
     tracing::info!(
         in_flight,
-        grace_s = deps.config.grace.as_secs(),
+        grace_s = state.config.grace.as_secs(),
         "draining in-flight jobs"
     );
-    if tokio::time::timeout(deps.config.grace, tracker.wait())
+    if tokio::time::timeout(state.config.grace, tracker.wait())
         .await
         .is_err()
     {
@@ -148,9 +124,9 @@ struct Channels {
 
 /// Declares the topology, reads the control stream up to a marker of our own (every cancel so
 /// far is then known), and only then starts consuming jobs.
-async fn open(conn: &lapin::Connection, deps: &Deps) -> anyhow::Result<Channels> {
-    let topology = &deps.config.amqp.topology;
-    let publisher = Publisher::open(conn, deps.config.amqp.publish_timeout).await?;
+async fn open(conn: &lapin::Connection, state: &WorkerState) -> anyhow::Result<Channels> {
+    let topology = &state.topology;
+    let publisher = Publisher::open(conn, state.config.amqp.publish_timeout).await?;
     topology
         .declare(publisher.channel())
         .await
@@ -173,7 +149,7 @@ async fn open(conn: &lapin::Connection, deps: &Deps) -> anyhow::Result<Channels>
             offset,
         )
         .await?;
-    let read = tokio::time::timeout(CATCH_UP, catch_up(&mut control, &publisher, deps))
+    let read = tokio::time::timeout(CATCH_UP, catch_up(&mut control, &publisher, state))
         .await
         .context("reading the control stream up to our marker")??;
     tracing::info!(
@@ -181,7 +157,7 @@ async fn open(conn: &lapin::Connection, deps: &Deps) -> anyhow::Result<Channels>
         "control stream read; cancels known"
     );
 
-    let prefetch = deps.config.concurrency.saturating_mul(2);
+    let prefetch = state.config.concurrency.saturating_mul(2);
     let jobs_channel = conn.create_channel().await?;
     jobs_channel
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -208,10 +184,10 @@ async fn open(conn: &lapin::Connection, deps: &Deps) -> anyhow::Result<Channels>
 async fn catch_up(
     control: &mut Consumer,
     publisher: &Publisher,
-    deps: &Deps,
+    state: &WorkerState,
 ) -> anyhow::Result<usize> {
     let nonce = Uuid::new_v4();
-    let exchange = deps.config.amqp.topology.control_exchange();
+    let exchange = state.topology.control_exchange();
     let body = serde_json::to_vec(&ControlMessage::Marker { nonce }).expect("serializes");
     let span = producer_span(&exchange, "", "");
     let marker = Outgoing::new(&exchange, "", body, "", &span);
@@ -220,21 +196,21 @@ async fn catch_up(
     loop {
         let delivery = control.next().await.context("control consumer closed")??;
         read += 1;
-        if on_control(&delivery, deps).await == Some(nonce) {
+        if on_control(&delivery, state).await == Some(nonce) {
             return Ok(read);
         }
     }
 }
 
 /// Applies one control message; returns the nonce if it is a marker.
-async fn on_control(delivery: &Delivery, deps: &Deps) -> Option<Uuid> {
+async fn on_control(delivery: &Delivery, state: &WorkerState) -> Option<Uuid> {
     // Acks only move a stream consumer's credit on; the message stays for other readers.
     if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "control ack failed");
     }
     match serde_json::from_slice::<ControlMessage>(&delivery.data) {
         Ok(ControlMessage::Cancel { job_id, generation }) => {
-            if deps.cancellations.cancel(job_id, generation) {
+            if state.cancellations.cancel(job_id, generation) {
                 tracing::info!(job.id = %job_id, "cancel requested; stopping the running job");
             }
             None

@@ -15,10 +15,11 @@ use utoipa::OpenApi;
     ),
     paths(metrics, openapi_json),
     components(schemas(
-        crate::store::Job,
-        super::jobs::JobPage,
-        super::jobs::RetryMany,
-        super::jobs::Requeued,
+        super::jobs::view::Job,
+        super::jobs::view::JobPage,
+        super::jobs::view::Redriven,
+        crate::lifecycle::Status,
+        crate::lifecycle::PastGeneration,
         crate::error::Problem
     ))
 )]
@@ -96,8 +97,8 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
                     "description": "The job's state: poll it until it is final." },
         "CancelJob": { "operationId": "cancelJob", "parameters": by_id,
                        "description": "Cancel it while it is scheduled, queued or running." },
-        "RetryJob": { "operationId": "retryJob", "parameters": by_id,
-                      "description": "Run it again once it has failed or been cancelled." },
+        "RedriveJob": { "operationId": "redriveJob", "parameters": by_id,
+                        "description": "Run it again once it has failed or been cancelled." },
     });
     doc
 }

@@ -18,13 +18,13 @@ fn isolated_config() -> api::Config {
     let mut config = api::Config::from_env().expect("default config");
     config.database_url = test_support::services::database_url(&format!("jobstack_{name}"));
     config.amqp.url = test_support::services::RABBITMQ.clone();
-    config.amqp.topology = shared::amqp::Topology::new(&name, 3, Duration::from_millis(50));
+    config.amqp.prefix = name;
     config
 }
 
 /// Removes what `isolated_config` named: queues, exchanges, database.
 async fn cleanup(config: &api::Config) {
-    test_support::cleanup::remove_topology(&config.amqp.topology).await;
+    test_support::cleanup::remove_topology(&config.topology()).await;
     let database = config.database_url.rsplit('/').next().unwrap_or_default();
     test_support::cleanup::drop_database(database).await;
 }
@@ -52,19 +52,7 @@ impl ApiProcess {
             .env("API_LISTEN", format!("127.0.0.1:{port}"))
             .env("DATABASE_URL", &config.database_url)
             .env("AMQP_URL", &config.amqp.url)
-            .env(
-                "AMQP_PREFIX",
-                config.amqp.topology.jobs_queue().trim_end_matches(".jobs"),
-            )
-            // The same retry queues as the config, so `cleanup` finds every queue it declares.
-            .env(
-                "MAX_ATTEMPTS",
-                config.amqp.topology.max_attempts().to_string(),
-            )
-            .env(
-                "RETRY_BASE_MS",
-                config.amqp.topology.retry_delay(1).as_millis().to_string(),
-            )
+            .env("AMQP_PREFIX", &config.amqp.prefix)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -220,7 +208,7 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("API_LISTEN", "localhost"),
         ("DB_MAX_CONNECTIONS", "0"),
         ("BODY_LIMIT_BYTES", "lots"),
-        ("MAX_ATTEMPTS", "-1"),
+        ("RETRY_BASE_MS", "-1"),
         ("LOG_FORMAT", "xml"),
         ("RUST_LOG", "api=loud"),
         ("OTEL_TRACES_SAMPLER", "sometimes"),

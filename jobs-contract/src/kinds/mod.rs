@@ -104,7 +104,14 @@ impl Catalog {
 
 /// Parses and validates a payload of `K`: what the api does at the door and the worker on receipt.
 pub fn parse<K: JobKind>(payload: &Value) -> Result<K::Payload, String> {
-    let parsed = K::Payload::deserialize(payload).map_err(|e| e.to_string())?;
+    // The path names the field at fault (`steps: invalid type ...`); serde alone does not.
+    let parsed = serde_path_to_error::deserialize(payload).map_err(|e| {
+        let path = e.path().to_string();
+        match path.as_str() {
+            "." => e.into_inner().to_string(),
+            _ => format!("{path}: {}", e.into_inner()),
+        }
+    })?;
     K::validate(&parsed)?;
     Ok(parsed)
 }
@@ -119,8 +126,6 @@ fn schema<K: JobKind>() -> Value {
 fn validate<K: JobKind>(payload: &Value) -> Result<(), String> {
     parse::<K>(payload).map(drop)
 }
-
-use serde::Deserialize as _;
 
 #[cfg(test)]
 mod tests {

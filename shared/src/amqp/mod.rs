@@ -1,14 +1,12 @@
-//! RabbitMQ: connecting with backoff, the topology both services declare, confirmed publishing.
+//! RabbitMQ: connecting with backoff, confirmed publishing, trace context on messages.
 
 mod publisher;
 mod settings;
 mod supervisor;
-mod topology;
 
 pub use publisher::{Outgoing, PublishError, Publisher};
 pub use settings::Settings;
 pub use supervisor::{BrokerStatus, supervise};
-pub use topology::Topology;
 
 /// The largest AMQP frame we ask for, unless the URL sets `?frame_max=`. lapin keeps 32
 /// frames of read and 32 of write buffer, zero-filled: at RabbitMQ's default of 128 KiB that

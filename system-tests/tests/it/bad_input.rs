@@ -224,7 +224,7 @@ async fn every_bad_request_is_a_problem_and_stores_nothing() {
             "bad status filter",
             "/jobs?status=done",
             400,
-            "unknown status",
+            "status: unknown variant `done`",
         ),
         get("bad kind filter", "/jobs?kind=mine", 400, "unknown kind"),
         get("limit zero", "/jobs?limit=0", 400, "limit must be"),
@@ -233,7 +233,7 @@ async fn every_bad_request_is_a_problem_and_stores_nothing() {
             "limit not a number",
             "/jobs?limit=ten",
             400,
-            "limit must be",
+            "limit: invalid digit",
         ),
         get("bad cursor", "/jobs?cursor=abc", 400, "malformed cursor"),
         get(

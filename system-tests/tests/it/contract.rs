@@ -76,16 +76,49 @@ async fn every_kind_accepts_what_its_schema_allows_and_refuses_what_it_does_not(
                 "schema-valid {request} refused: {body}"
             );
         }
-        // Past a bound, or with a field the schema does not allow: refused, 422.
-        let mut beyond = generate(payload_schema, Bound::High);
+        // Each bound on its own, everything else valid: one past it is refused, 422, naming the
+        // field, and nothing is stored.
+        let stored = app.count_jobs().await;
+        let valid = generate(payload_schema, Bound::High);
         for (name, field) in payload_schema["properties"].as_object().unwrap() {
-            if let Some(max) = field["maximum"].as_i64() {
-                beyond[name] = json!(max + 1);
+            for beyond in [
+                field["maximum"].as_i64().map(|max| max + 1),
+                field["minimum"].as_i64().map(|min| min - 1),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let mut payload = valid.clone();
+                payload[name] = json!(beyond);
+                let (status, _, body) = app.post(json!({ "kind": kind, "payload": payload })).await;
+                assert_eq!(
+                    status,
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "{kind}.{name} = {beyond}: {body}"
+                );
+                assert!(
+                    body["detail"].as_str().unwrap().contains(name.as_str()),
+                    "{kind}.{name} = {beyond}: the detail names the field: {body}"
+                );
             }
         }
-        beyond["not_in_the_schema"] = json!(1);
-        let (status, _, body) = app.post(json!({ "kind": kind, "payload": beyond })).await;
+        // And a field the schema does not allow, on an otherwise valid payload.
+        let mut unknown = valid.clone();
+        unknown["not_in_the_schema"] = json!(1);
+        let (status, _, body) = app.post(json!({ "kind": kind, "payload": unknown })).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{kind}: {body}");
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("not_in_the_schema"),
+            "{body}"
+        );
+        assert_eq!(
+            app.count_jobs().await,
+            stored,
+            "{kind}: refusals store nothing"
+        );
     }
     app.stop().await;
 }
@@ -103,7 +136,7 @@ async fn the_committed_openapi_document_is_the_served_one() {
     for (link, operation) in [
         ("GetJob", "getJob"),
         ("CancelJob", "cancelJob"),
-        ("RetryJob", "retryJob"),
+        ("RedriveJob", "redriveJob"),
     ] {
         assert_eq!(links[link]["operationId"], operation);
         assert_eq!(links[link]["parameters"]["id"], "$response.body#/id");

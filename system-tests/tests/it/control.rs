@@ -266,9 +266,9 @@ async fn a_dead_lettered_job_re_driven_runs_again_as_a_new_series() {
     assert_eq!(failed["status"], "failed");
     let error = failed["error"].as_str().unwrap().to_owned();
 
-    let (status, problem) = app.post_path("/jobs/not-an-id/retry", None).await;
+    let (status, problem) = app.post_path("/jobs/not-an-id/redrive", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
-    let (status, job) = app.post_path(&format!("/jobs/{id}/retry"), None).await;
+    let (status, job) = app.post_path(&format!("/jobs/{id}/redrive"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     assert_eq!(job["status"], "queued");
     assert_eq!(job["attempts"], 0);
@@ -301,11 +301,11 @@ async fn a_dead_lettered_job_re_driven_runs_again_as_a_new_series() {
         .create("sleep", json!({"duration_ms": 10, "steps": 1}))
         .await;
     assert_eq!(app.wait_final(&ok, LONG).await["status"], "succeeded");
-    let (status, problem) = app.post_path(&format!("/jobs/{ok}/retry"), None).await;
+    let (status, problem) = app.post_path(&format!("/jobs/{ok}/redrive"), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{problem}");
     assert_eq!(app.job(&ok).await["status"], "succeeded");
     let (status, _) = app
-        .post_path("/jobs/00000000-0000-0000-0000-000000000000/retry", None)
+        .post_path("/jobs/00000000-0000-0000-0000-000000000000/redrive", None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     app.stop().await;
@@ -326,14 +326,16 @@ async fn a_running_job_cannot_be_retried_and_a_cancelled_one_runs_again() {
         .await;
     app.wait_for(&running, LONG, |j| j["status"] == "running")
         .await;
-    let (status, problem) = app.post_path(&format!("/jobs/{running}/retry"), None).await;
+    let (status, problem) = app
+        .post_path(&format!("/jobs/{running}/redrive"), None)
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("is running"));
     assert_eq!(app.job(&running).await["attempts"], 1);
 
     // The cancel named the first series; the re-driven one runs.
     let (status, job) = app
-        .post_path(&format!("/jobs/{cancelled}/retry"), None)
+        .post_path(&format!("/jobs/{cancelled}/redrive"), None)
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     assert_eq!(
@@ -372,12 +374,12 @@ async fn bulk_re_drive_takes_a_bounded_number_and_says_how_many() {
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
     ] {
-        let (got, problem) = app.post_path("/jobs/retry", Some(body.clone())).await;
+        let (got, problem) = app.post_path("/jobs/redrive", Some(body.clone())).await;
         assert_eq!(got, status, "{body}: {problem}");
     }
     let (status, answer) = app
         .post_path(
-            "/jobs/retry",
+            "/jobs/redrive",
             Some(json!({"status": "failed", "kind": "fail", "limit": 2})),
         )
         .await;
@@ -386,7 +388,7 @@ async fn bulk_re_drive_takes_a_bounded_number_and_says_how_many() {
     assert_eq!(answer["ids"].as_array().unwrap().len(), 2);
     let (_, answer) = app
         .post_path(
-            "/jobs/retry",
+            "/jobs/redrive",
             Some(json!({"status": "failed", "kind": "sleep"})),
         )
         .await;
@@ -531,7 +533,7 @@ async fn a_cancel_accepted_while_the_broker_is_down_is_broadcast_when_it_is_back
         (StatusCode::ACCEPTED, Some("cancelled"))
     );
     // The cancel names the series it stops: no new series before it is out.
-    let (status, problem) = app.post_path(&format!("/jobs/{id}/retry"), None).await;
+    let (status, problem) = app.post_path(&format!("/jobs/{id}/redrive"), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "{problem}");
     assert!(
         problem["detail"]
@@ -549,7 +551,7 @@ async fn a_cancel_accepted_while_the_broker_is_down_is_broadcast_when_it_is_back
         "the cancel reached the worker before the job did",
     )
     .await;
-    let (status, job) = app.post_path(&format!("/jobs/{id}/retry"), None).await;
+    let (status, job) = app.post_path(&format!("/jobs/{id}/redrive"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     assert_eq!(app.wait_final(&id, LONG).await["status"], "succeeded");
     app.stop().await;

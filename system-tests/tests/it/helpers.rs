@@ -4,7 +4,6 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use api::Config;
-use futures_util::StreamExt as _;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
 use reqwest::StatusCode;
@@ -29,6 +28,9 @@ static TELEMETRY: LazyLock<()> = LazyLock::new(|| {
     };
     // The provider must live as long as the process.
     std::mem::forget(guard.expect("telemetry installs"));
+    // Panics print as they do outside the services: a failed assertion must say why, whatever
+    // the log sink (`install` turns panics into log lines, which go nowhere without TEST_LOG).
+    drop(std::panic::take_hook());
 });
 
 /// How to build a test app.
@@ -95,6 +97,7 @@ impl TestApp {
     }
 
     pub(crate) async fn with(opts: Options) -> Self {
+        test_support::metrics::require_process_per_test();
         LazyLock::force(&TELEMETRY);
         let (_, api_config, worker_config) = configs(&opts);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -111,9 +114,7 @@ impl TestApp {
             worker: None,
             cleaned: false,
         };
-        if opts.worker {
-            app.start_worker().await;
-        }
+        // The api first: it installs the process's metrics recorder, with its own buckets.
         app.wait_until(Duration::from_secs(30), "api serving", || async {
             app.http
                 .get(format!("{}/healthz", app.url))
@@ -122,6 +123,9 @@ impl TestApp {
                 .is_ok()
         })
         .await;
+        if opts.worker {
+            app.start_worker().await;
+        }
         app
     }
 
@@ -321,7 +325,7 @@ impl TestApp {
     /// Takes every message now in the dead-letter queue: (reason header, body).
     pub(crate) async fn drain_dead(&self) -> Vec<(String, Value)> {
         let ch = self.channel().await;
-        let queue = self.api_config.amqp.topology.dead_queue();
+        let queue = self.api_config.topology().dead_queue();
         test_support::queues::drain_dead_letters(&ch, &queue)
             .await
             .into_iter()
@@ -341,17 +345,12 @@ impl TestApp {
     }
 
     /// The sum of the samples of `series` whose labels contain `labels` (from `/metrics`); with
-    /// `labels` empty, every sample of it.
+    /// `labels` empty, every sample of it. A series with no such sample fails the test, naming
+    /// it: a renamed metric must not read as zero.
     pub(crate) async fn metric_sum(&self, series: &str, labels: &str) -> f64 {
         let res = self.http.get(format!("{}/metrics", self.url)).send().await;
         let text = res.unwrap().text().await.unwrap();
-        text.lines()
-            .filter(|l| {
-                let rest = l.strip_prefix(series).unwrap_or_default();
-                (rest.starts_with('{') || rest.starts_with(' ')) && l.contains(labels)
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        test_support::metrics::sum(&text, series, labels)
     }
 
     /// The number of job rows, to prove a refused request stored nothing.
@@ -391,8 +390,8 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
         None => database_url(&database),
     };
     api_config.amqp.url = opts.amqp_url.clone();
-    api_config.amqp.topology =
-        shared::amqp::Topology::new(&name, opts.max_attempts, Duration::from_millis(50));
+    api_config.amqp.prefix = name.clone();
+    api_config.retry_base = Duration::from_millis(50);
     api_config.body_limit = opts.body_limit;
     api_config.grace = opts.grace;
     api_config.relay_interval = Duration::from_millis(200);
@@ -402,7 +401,8 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
 
     let mut worker_config = worker::Config::from_env().expect("default config");
     worker_config.amqp.url = opts.worker_amqp_url.clone();
-    worker_config.amqp.topology = api_config.amqp.topology.clone();
+    worker_config.amqp.prefix = name.clone();
+    worker_config.max_attempts = opts.max_attempts;
     worker_config.deadline = opts.deadline;
     worker_config.grace = opts.grace;
     worker_config.concurrency = opts.concurrency;
@@ -411,24 +411,7 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
 
 /// Removes a test's queues, exchanges and database.
 pub(crate) async fn cleanup(api_config: &Config) {
-    test_support::cleanup::remove_topology(&api_config.amqp.topology).await;
+    test_support::cleanup::remove_topology(&api_config.topology()).await;
     // The database is named after the prefix (see `configs`).
-    let prefix = api_config.amqp.topology.jobs_queue();
-    let name = format!("jobstack_{}", prefix.trim_end_matches(".jobs"));
-    test_support::cleanup::drop_database(&name).await;
-}
-
-/// Consumes one message from `queue` (for tests that watch a queue).
-#[allow(dead_code)]
-pub(crate) async fn next_message(ch: &Channel, queue: &str) -> lapin::message::Delivery {
-    let mut c = ch
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            Default::default(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    c.next().await.unwrap().unwrap()
+    test_support::cleanup::drop_database(&format!("jobstack_{}", api_config.amqp.prefix)).await;
 }

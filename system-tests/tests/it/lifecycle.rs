@@ -92,7 +92,7 @@ async fn permanent_failure_fails_at_once() {
 #[tokio::test]
 async fn undecodable_message_is_dead_lettered_and_the_worker_keeps_consuming() {
     let app = TestApp::spawn().await;
-    let t = &app.api_config.amqp.topology;
+    let t = &app.api_config.topology();
     app.publish_raw(
         &t.jobs_exchange(),
         "sleep",
@@ -213,7 +213,7 @@ async fn duplicate_and_stale_events_change_nothing() {
         .await;
     let done = app.wait_final(&id, LONG).await;
     assert_eq!(done["status"], "succeeded");
-    let t = &app.api_config.amqp.topology;
+    let t = &app.api_config.topology();
     for (key, event) in [
         ("job.started", json!({"event": "started"})),
         (
@@ -280,7 +280,7 @@ async fn a_test_that_fails_still_removes_its_database_and_queues() {
         .await
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
-    let queue = config.amqp.topology.jobs_queue();
+    let queue = config.topology().jobs_queue();
     let declared = ch
         .queue_declare(
             queue.as_str().into(),

@@ -57,8 +57,8 @@ async fn openapi_document_lists_every_route() {
         ("/jobs", "get"),
         ("/jobs/{id}", "get"),
         ("/jobs/{id}/cancel", "post"),
-        ("/jobs/{id}/retry", "post"),
-        ("/jobs/retry", "post"),
+        ("/jobs/{id}/redrive", "post"),
+        ("/jobs/redrive", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),
@@ -74,8 +74,10 @@ async fn openapi_document_lists_every_route() {
         "CreateJob",
         "JobPage",
         "Problem",
-        "RetryMany",
-        "Requeued",
+        "RedriveMany",
+        "Redriven",
+        "Status",
+        "PastGeneration",
     ] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),

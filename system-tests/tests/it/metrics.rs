@@ -17,7 +17,7 @@ async fn metrics_after_jobs_have_the_documented_series() {
         app.wait_final(id, Duration::from_secs(30)).await;
     }
     app.get(&format!("/jobs/{ok}")).await;
-    let p = &app.api_config.amqp.topology;
+    let p = &app.api_config.topology();
     let expected = [
         r#"http_server_request_duration_seconds_bucket{method="POST",route="/jobs",status="202",le="0.001"}"#.to_owned(),
         r#"http_server_request_duration_seconds_count{method="GET",route="/jobs/{id}",status="200"}"#.to_owned(),
@@ -35,8 +35,11 @@ async fn metrics_after_jobs_have_the_documented_series() {
         r#"jobstack_jobs_in_flight{kind="sleep"} 0"#.to_owned(),
         r#"jobstack_job_events_total{event="succeeded",result="applied"} 1"#.to_owned(),
         "jobstack_outbox_backlog 0".to_owned(),
-        "jobstack_outbox_published_total 2".to_owned(),
-        format!(r#"jobstack_amqp_publish_duration_seconds_count{{exchange="{}"}} 2"#, p.jobs_exchange()),
+        // Two jobs, and the fail job's two retries, each published by the api's relay.
+        "jobstack_outbox_published_total 4".to_owned(),
+        format!(r#"jobstack_amqp_publish_duration_seconds_count{{exchange="{}"}} 4"#, p.jobs_exchange()),
+        // The accept batches, in buckets up to a full batch.
+        r#"jobstack_accept_batch_size_bucket{le="128"} 2"#.to_owned(),
         format!(r#"jobstack_amqp_publish_duration_seconds_count{{exchange="{}"}}"#, p.events_exchange()),
         "jobstack_amqp_connected 1".to_owned(),
         format!(r#"jobstack_build_info{{service="api",version="{}"}} 1"#, env!("CARGO_PKG_VERSION")),

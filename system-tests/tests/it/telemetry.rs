@@ -154,7 +154,7 @@ async fn check_one_trace(broker_down_at_first: bool) {
     if broker_down_at_first {
         api_config.amqp.url = crate::helpers::rabbitmq_via(proxy_port);
     }
-    let t = api_config.amqp.topology.clone();
+    let t = api_config.topology();
 
     let cfg = api_config.clone();
     let api = Isolated::spawn("api", exporter.clone(), move |l, stop| {

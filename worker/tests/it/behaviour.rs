@@ -1,16 +1,17 @@
 //! The worker on its own, in-process against the test broker: what it does with each outcome of
-//! a handler — success, transient failure (retries, then the dead-letter queue), permanent
-//! failure, panic, deadline — and with a message nobody can read. `TestWorker` owns its AMQP
-//! prefix and removes its queues and exchanges on drop, also when an assertion fails.
+//! a handler — success, transient failure (reported for the api to retry while attempts are
+//! left, then dead-lettered), permanent failure, panic, deadline — and with a message nobody can
+//! read. `TestWorker` owns its AMQP prefix and removes its queues and exchanges on drop, also
+//! when an assertion fails.
 
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use jobs_contract::Topology;
 use jobs_contract::messages::{JobChange, JobEvent, JobMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
-use shared::amqp::Topology;
 use test_support::cleanup::TopologyGuard;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,10 +33,11 @@ struct TestWorker {
 }
 
 impl TestWorker {
-    /// A running worker: `max_attempts` attempts 50 ms apart, attempts capped at `deadline`.
+    /// A running worker: `max_attempts` attempts, each capped at `deadline`.
     async fn spawn(max_attempts: u32, deadline: Duration) -> Self {
+        test_support::metrics::require_process_per_test();
         let prefix = format!("tw{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let topology = Topology::new(&prefix, max_attempts, Duration::from_millis(50));
+        let topology = Topology::new(&prefix);
         let removal = TopologyGuard(topology.clone());
         let conn = Connection::connect(&rabbitmq(), Default::default())
             .await
@@ -57,7 +59,8 @@ impl TestWorker {
             .unwrap();
         let mut config = worker::Config::from_env().expect("default config");
         config.amqp.url = rabbitmq();
-        config.amqp.topology = topology.clone();
+        config.amqp.prefix = prefix;
+        config.max_attempts = max_attempts;
         config.deadline = deadline;
         config.concurrency = 2;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -68,7 +71,7 @@ impl TestWorker {
         // The probe blocks: off the runtime thread, which the worker needs to answer it.
         let ready = move || {
             tokio::task::spawn_blocking(move || {
-                shared::health::probe(admin, Duration::from_secs(1)).is_ok()
+                shared::probe::probe(admin, Duration::from_secs(1)).is_ok()
             })
         };
         while !ready().await.unwrap() {
@@ -91,11 +94,17 @@ impl TestWorker {
 
     /// Publishes a first attempt of `kind` (confirmed); returns its id.
     async fn submit(&self, kind: &str, payload: Value) -> Uuid {
+        self.submit_attempt(kind, payload, 1).await
+    }
+
+    /// Publishes attempt `attempt` of a job of `kind` (confirmed), as the api's relay does for a
+    /// retry; returns its id.
+    async fn submit_attempt(&self, kind: &str, payload: Value, attempt: u32) -> Uuid {
         let job = JobMessage {
             id: Uuid::new_v4(),
             kind: kind.into(),
             payload,
-            attempt: 1,
+            attempt,
             generation: 0,
             available_at: chrono::Utc::now(),
         };
@@ -118,8 +127,8 @@ impl TestWorker {
             .unwrap();
     }
 
-    /// Every event of `id` until its final one (`failed` without retry counts as final).
-    async fn until_final(&mut self, id: Uuid) -> Vec<JobEvent> {
+    /// Every event of `id`'s attempt until its last one (success, cancel or failure).
+    async fn until_settled(&mut self, id: Uuid) -> Vec<JobEvent> {
         let mut seen = Vec::new();
         loop {
             let delivery = tokio::time::timeout(Duration::from_secs(30), self.events.next())
@@ -132,11 +141,10 @@ impl TestWorker {
             if event.job_id != id {
                 continue;
             }
-            let last = match &event.change {
-                JobChange::Succeeded { .. } | JobChange::Cancelled => true,
-                JobChange::Failed { retrying, .. } => !retrying,
-                _ => false,
-            };
+            let last = matches!(
+                event.change,
+                JobChange::Succeeded { .. } | JobChange::Cancelled | JobChange::Failed { .. }
+            );
             seen.push(event);
             if last {
                 return seen;
@@ -166,23 +174,34 @@ fn failed(event: &JobEvent) -> Option<(&str, bool)> {
 }
 
 #[tokio::test]
-async fn a_transient_failure_is_retried_until_the_attempts_run_out_then_dead_lettered() {
+async fn a_transient_failure_is_reported_for_retry_until_the_last_attempt_is_dead_lettered() {
     let mut w = TestWorker::spawn(3, Duration::from_secs(30)).await;
-    let id = w.submit("fail", json!({"transient": true})).await;
-    let events = w.until_final(id).await;
+    // Attempts left: the failure says so, and nothing is dead-lettered or sent anywhere else
+    // (the api schedules the retry).
+    for attempt in [1, 2] {
+        let id = w
+            .submit_attempt("fail", json!({"transient": true}), attempt)
+            .await;
+        let events = w.until_settled(id).await;
+        let failures: Vec<_> = events.iter().filter_map(failed).collect();
+        assert_eq!(
+            failures,
+            [("simulated transient failure", true)],
+            "{events:#?}"
+        );
+        assert_eq!(events.last().unwrap().attempt, attempt);
+    }
+    assert!(w.dead_letters().await.is_empty());
+    // The last attempt: final, and a copy in the dead-letter queue with its reason.
+    let id = w
+        .submit_attempt("fail", json!({"transient": true}), 3)
+        .await;
+    let events = w.until_settled(id).await;
     let failures: Vec<_> = events.iter().filter_map(failed).collect();
     assert_eq!(
-        failures
-            .iter()
-            .map(|(_, retrying)| *retrying)
-            .collect::<Vec<_>>(),
-        [true, true, false],
-        "three attempts, the last one final: {events:#?}"
-    );
-    assert_eq!(
-        events.iter().map(|e| e.attempt).max(),
-        Some(3),
-        "the attempt number travels with the message"
+        failures,
+        [("simulated transient failure", false)],
+        "{events:#?}"
     );
     let dead = w.dead_letters().await;
     assert_eq!(dead.len(), 1);
@@ -202,7 +221,7 @@ async fn a_permanent_failure_and_a_panic_are_dead_lettered_at_once() {
         ),
     ] {
         let id = w.submit("fail", payload).await;
-        let events = w.until_final(id).await;
+        let events = w.until_settled(id).await;
         let failures: Vec<_> = events.iter().filter_map(failed).collect();
         assert_eq!(failures.len(), 1, "one attempt only: {events:#?}");
         assert!(failures[0].0.contains(error), "{:?}", failures[0]);
@@ -214,17 +233,21 @@ async fn a_permanent_failure_and_a_panic_are_dead_lettered_at_once() {
 #[tokio::test]
 async fn an_attempt_past_its_deadline_fails_as_timed_out_and_is_retried() {
     let mut w = TestWorker::spawn(2, Duration::from_millis(300)).await;
-    let id = w
-        .submit("sleep", json!({"duration_ms": 5000, "steps": 1}))
-        .await;
-    let events = w.until_final(id).await;
-    let failures: Vec<_> = events.iter().filter_map(failed).collect();
-    assert_eq!(failures.len(), 2, "{events:#?}");
-    assert!(
-        failures.iter().all(|(e, _)| e.contains("timed out")),
-        "{failures:?}"
-    );
-    assert_eq!(w.dead_letters().await[0].0, "exhausted");
+    let sleepy = json!({"duration_ms": 5000, "steps": 1});
+    let first = w.submit_attempt("sleep", sleepy.clone(), 1).await;
+    let last = w.submit_attempt("sleep", sleepy, 2).await;
+    for (id, retrying) in [(first, true), (last, false)] {
+        let events = w.until_settled(id).await;
+        let failures: Vec<_> = events.iter().filter_map(failed).collect();
+        assert_eq!(
+            failures,
+            [("timed out after 300ms", retrying)],
+            "{events:#?}"
+        );
+    }
+    let dead = w.dead_letters().await;
+    assert_eq!(dead.len(), 1, "only the last attempt is dead-lettered");
+    assert_eq!(dead[0].0, "exhausted");
 }
 
 #[tokio::test]
@@ -234,7 +257,7 @@ async fn an_undecodable_message_is_dead_lettered_and_the_worker_keeps_consuming(
     let id = w
         .submit("sleep", json!({"duration_ms": 10, "steps": 1}))
         .await;
-    let events = w.until_final(id).await;
+    let events = w.until_settled(id).await;
     assert!(matches!(
         events.last().unwrap().change,
         JobChange::Succeeded { .. }
@@ -249,7 +272,7 @@ async fn a_quick_success_sends_one_event_that_says_when_it_started() {
     let mut w = TestWorker::spawn(3, Duration::from_secs(30)).await;
     let before = chrono::Utc::now();
     let id = w.submit("hash", json!({"rounds": 10})).await;
-    let events = w.until_final(id).await;
+    let events = w.until_settled(id).await;
     assert_eq!(events.len(), 1, "no separate started event: {events:#?}");
     let done = &events[0];
     let started = done.started_at.expect("the final event carries started_at");
@@ -264,7 +287,7 @@ async fn a_quick_success_sends_one_event_that_says_when_it_started() {
     let id = w
         .submit("sleep", json!({"duration_ms": 300, "steps": 1}))
         .await;
-    let events = w.until_final(id).await;
+    let events = w.until_settled(id).await;
     assert_eq!(
         events.first().unwrap().change,
         JobChange::Started,

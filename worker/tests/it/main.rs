@@ -5,10 +5,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use jobs_contract::Topology;
 use jobs_contract::messages::{JobChange, JobEvent, JobMessage};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
-use shared::amqp::Topology;
 use tokio::process::Command;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_worker");
@@ -36,7 +36,7 @@ async fn channel() -> (Connection, Channel) {
 #[tokio::test]
 async fn sigterm_with_a_job_in_flight_finishes_it_and_exits_zero() {
     let prefix = format!("w{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let topology = Topology::new(&prefix, 3, Duration::from_secs(1));
+    let topology = Topology::new(&prefix);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -162,7 +162,7 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("WORKER_LISTEN", "8081"),
         ("JOB_DEADLINE_SECS", "0"),
         ("SHUTDOWN_GRACE_SECS", "-3"),
-        ("RETRY_BASE_MS", "soon"),
+        ("MAX_ATTEMPTS", "soon"),
         ("PUBLISH_TIMEOUT_MS", "1"),
         ("LOG_FORMAT", "yaml"),
         ("AMQP_URL", "rabbitmq:5672"),

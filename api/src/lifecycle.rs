@@ -1,0 +1,558 @@
+//! The job state machine: a job's statuses, and how an event from a worker changes a job.
+//!
+//! Delivery is at-least-once and events of different attempts can cross, so every rule below
+//! is written to make a repeated or stale event a no-op: nothing changes once a job is final,
+//! events of an older attempt or of an earlier generation (before a re-drive) are ignored,
+//! progress only rises, and an attempt starts only once.
+//!
+//! Words: an *attempt* is one run of the handler; a failed attempt that may be tried again is
+//! *retried* (automatically, after a back-off); a *generation* is the series of attempts that
+//! one submission or one *re-drive* (an operator asking a failed or cancelled job to run again)
+//! starts.
+
+use chrono::{DateTime, Utc};
+use jobs_contract::messages::{JobChange, JobEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// A job's lifecycle state. Stored as the PostgreSQL enum `job_status`, whose labels are these
+/// names (a test holds the two together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "job_status", rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting for its `run_at`: a delayed job, or a retry waiting out its back-off.
+    Scheduled,
+    /// Waiting for a worker.
+    Queued,
+    /// An attempt is running.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished without one: permanent failure or attempts exhausted.
+    Failed,
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Self; 6] = [
+        Self::Scheduled,
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The statuses nothing changes any more.
+    pub const FINAL: [Self; 3] = [Self::Succeeded, Self::Failed, Self::Cancelled];
+
+    /// The name, as stored and as answered.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether nothing can change any more.
+    pub fn is_final(self) -> bool {
+        Self::FINAL.contains(&self)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an earlier generation of a job ended: one entry per re-drive, kept on the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PastGeneration {
+    /// Which generation (0 for the job as first submitted).
+    pub generation: u32,
+    /// How it ended: `failed` or `cancelled`.
+    pub status: Status,
+    /// Attempts it made.
+    pub attempts: u32,
+    /// Its last error.
+    pub error: Option<String>,
+    /// When its first attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What the state machine needs to know of the row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Current {
+    /// The stored status.
+    pub status: Status,
+    /// The latest attempt seen (0 before the first starts).
+    pub attempts: u32,
+    /// The latest progress seen.
+    pub progress: f64,
+    /// Whether a client asked to cancel.
+    pub cancel_requested: bool,
+    /// The generation under way (one more at each re-drive).
+    pub generation: u32,
+}
+
+impl Current {
+    /// The state once `u` is written.
+    pub fn after(self, u: &Update) -> Self {
+        Self {
+            status: u.status,
+            attempts: u.attempts,
+            progress: u.progress,
+            ..self
+        }
+    }
+}
+
+/// The new values to write; `started_at` and `finished_at` are only set where still empty.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Update {
+    /// New status.
+    pub status: Status,
+    /// New attempt count.
+    pub attempts: u32,
+    /// New progress.
+    pub progress: f64,
+    /// When the first attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the job reached a final state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The handler's result.
+    pub result: Option<Value>,
+    /// The last error.
+    pub error: Option<String>,
+    /// The attempt failed and the next one is due after a back-off: the store sets `run_at`
+    /// and puts the job back in the outbox.
+    pub retry: bool,
+}
+
+impl Update {
+    /// This update followed by `next`, as one write: what applying both in turn would store
+    /// (the first timestamps stay, the latest result and error win, and a retry stays
+    /// scheduled only if `next` still is one).
+    pub fn then(self, next: Self) -> Self {
+        Self {
+            started_at: self.started_at.or(next.started_at),
+            finished_at: self.finished_at.or(next.finished_at),
+            result: next.result.or(self.result),
+            error: next.error.or(self.error),
+            ..next
+        }
+    }
+}
+
+/// The change `event` makes to a job in state `cur`, or `None` when it changes nothing.
+pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
+    let a = event.attempt;
+    if cur.status.is_final() || event.generation != cur.generation || a < cur.attempts {
+        return None;
+    }
+    let newer = a > cur.attempts;
+    let at = Some(event.at);
+    let base = Update {
+        status: cur.status,
+        attempts: a,
+        progress: cur.progress,
+        started_at: event.started_at.or(at),
+        finished_at: None,
+        result: None,
+        error: None,
+        retry: false,
+    };
+    match &event.change {
+        // An attempt starts once; a repeat (redelivery) or a late start of a finished attempt
+        // (waiting for its retry, with the same count) is ignored.
+        JobChange::Started => newer.then_some(Update {
+            status: Status::Running,
+            progress: 0.0,
+            ..base
+        }),
+        JobChange::Progress { progress } => {
+            let rises = cur.status == Status::Running && *progress > cur.progress;
+            (newer || rises).then_some(Update {
+                status: Status::Running,
+                progress: *progress,
+                ..base
+            })
+        }
+        JobChange::Succeeded { result } => Some(Update {
+            status: Status::Succeeded,
+            progress: 1.0,
+            finished_at: at,
+            result: Some(result.clone()),
+            ..base
+        }),
+        // A job the client cancelled is not retried, whatever the worker planned.
+        JobChange::Failed { error, retrying } if *retrying && !cur.cancel_requested => {
+            (newer || cur.status == Status::Running).then_some(Update {
+                status: Status::Scheduled,
+                progress: 0.0,
+                error: Some(error.clone()),
+                retry: true,
+                ..base
+            })
+        }
+        JobChange::Failed { error, retrying } => Some(Update {
+            status: if *retrying {
+                Status::Cancelled
+            } else {
+                Status::Failed
+            },
+            finished_at: at,
+            error: Some(error.clone()),
+            ..base
+        }),
+        JobChange::Cancelled => Some(Update {
+            status: Status::Cancelled,
+            started_at: None,
+            finished_at: at,
+            ..base
+        }),
+    }
+}
+
+/// What a run of events did to one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Folded {
+    /// Per event, whether it changed anything.
+    pub changed: Vec<bool>,
+    /// The one write that stores them all, if any changed anything.
+    pub update: Option<Update>,
+}
+
+/// Applies `events` of one job, in order, starting from `cur`: each sees the state the ones
+/// before it left, and their updates merge into one write.
+pub fn fold<'a>(mut cur: Current, events: impl IntoIterator<Item = &'a JobEvent>) -> Folded {
+    let mut folded = Folded {
+        changed: Vec::new(),
+        update: None,
+    };
+    for event in events {
+        let update = apply(cur, event);
+        folded.changed.push(update.is_some());
+        if let Some(u) = update {
+            cur = cur.after(&u);
+            folded.update = Some(match folded.update.take() {
+                Some(before) => before.then(u),
+                None => u,
+            });
+        }
+    }
+    folded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn ev(attempt: u32, change: JobChange) -> JobEvent {
+        JobEvent {
+            job_id: Uuid::nil(),
+            attempt,
+            generation: 0,
+            at: Utc::now(),
+            started_at: None,
+            change,
+        }
+    }
+
+    fn failed(attempt: u32, retrying: bool) -> JobEvent {
+        ev(
+            attempt,
+            JobChange::Failed {
+                error: format!("attempt {attempt}"),
+                retrying,
+            },
+        )
+    }
+
+    fn progress(attempt: u32, progress: f64) -> JobEvent {
+        ev(attempt, JobChange::Progress { progress })
+    }
+
+    fn succeeded(attempt: u32) -> JobEvent {
+        ev(attempt, JobChange::Succeeded { result: json!(1) })
+    }
+
+    fn cur(status: Status, attempts: u32, progress: f64) -> Current {
+        Current {
+            status,
+            attempts,
+            progress,
+            cancel_requested: false,
+            generation: 0,
+        }
+    }
+
+    const FRESH: Current = Current {
+        status: Status::Queued,
+        attempts: 0,
+        progress: 0.0,
+        cancel_requested: false,
+        generation: 0,
+    };
+
+    /// Runs events through the machine from a fresh job; the state they leave.
+    fn run(events: &[JobEvent]) -> Current {
+        let folded = fold(FRESH, events);
+        folded.update.map_or(FRESH, |u| FRESH.after(&u))
+    }
+
+    #[test]
+    fn happy_path() {
+        let end = run(&[ev(1, JobChange::Started), progress(1, 0.5), succeeded(1)]);
+        assert_eq!(end, cur(Status::Succeeded, 1, 1.0));
+    }
+
+    #[test]
+    fn a_start_is_running_at_zero_with_its_time() {
+        let start = ev(1, JobChange::Started);
+        let u = apply(FRESH, &start).unwrap();
+        assert_eq!(
+            (u.status, u.attempts, u.progress),
+            (Status::Running, 1, 0.0)
+        );
+        assert_eq!(u.started_at, Some(start.at));
+        assert_eq!((u.finished_at, u.retry), (None, false));
+        assert_eq!((u.result, u.error), (None, None));
+    }
+
+    #[test]
+    fn duplicates_change_nothing() {
+        let once = [ev(1, JobChange::Started), progress(1, 0.5)];
+        let c = run(&once);
+        for e in &once {
+            assert_eq!(apply(c, e), None, "{e:?} repeated");
+        }
+    }
+
+    #[test]
+    fn progress_never_goes_back_and_only_rises_while_running() {
+        let c = run(&[ev(1, JobChange::Started), progress(1, 0.7)]);
+        assert_eq!(apply(c, &progress(1, 0.3)), None);
+        assert_eq!(apply(c, &progress(1, 0.7)), None, "equal is not a rise");
+        let u = apply(c, &progress(1, 0.8)).unwrap();
+        assert_eq!((u.status, u.progress), (Status::Running, 0.8));
+        // Waiting for a retry with the same attempt count: a late progress report of the
+        // failed attempt does not bring it back to running.
+        let waiting = run(&[ev(1, JobChange::Started), failed(1, true)]);
+        assert_eq!(apply(waiting, &progress(1, 0.9)), None);
+    }
+
+    #[test]
+    fn nothing_changes_a_final_job() {
+        for status in Status::FINAL {
+            let c = cur(status, 1, 1.0);
+            for change in [
+                JobChange::Started,
+                JobChange::Progress { progress: 0.9 },
+                JobChange::Succeeded {
+                    result: json!(null),
+                },
+                JobChange::Failed {
+                    error: "x".into(),
+                    retrying: false,
+                },
+                JobChange::Cancelled,
+            ] {
+                assert_eq!(
+                    apply(c, &ev(2, change.clone())),
+                    None,
+                    "{status} {change:?}"
+                );
+                assert_eq!(apply(c, &ev(1, change)), None, "{status}");
+            }
+        }
+    }
+
+    #[test]
+    fn stale_attempt_is_ignored() {
+        let c = run(&[
+            ev(1, JobChange::Started),
+            failed(1, true),
+            ev(2, JobChange::Started),
+        ]);
+        assert_eq!(c, cur(Status::Running, 2, 0.0));
+        for stale in [
+            succeeded(1),
+            progress(1, 0.9),
+            failed(1, false),
+            ev(1, JobChange::Cancelled),
+        ] {
+            assert_eq!(apply(c, &stale), None, "{stale:?}");
+        }
+    }
+
+    #[test]
+    fn a_retry_waits_scheduled_and_a_late_start_of_the_failed_attempt_is_ignored() {
+        let c = run(&[ev(1, JobChange::Started), failed(1, true)]);
+        assert_eq!(c, cur(Status::Scheduled, 1, 0.0));
+        assert_eq!(apply(c, &ev(1, JobChange::Started)), None);
+        assert_eq!(apply(c, &failed(1, true)), None, "a repeated failure");
+        let u = apply(c, &ev(2, JobChange::Started)).expect("the next attempt starts");
+        assert_eq!((u.status, u.attempts), (Status::Running, 2));
+    }
+
+    #[test]
+    fn a_retry_is_scheduled_with_its_error_and_no_end() {
+        let running = run(&[ev(1, JobChange::Started), progress(1, 0.4)]);
+        let e = failed(1, true);
+        let u = apply(running, &e).unwrap();
+        assert_eq!(
+            (u.status, u.attempts, u.progress),
+            (Status::Scheduled, 1, 0.0)
+        );
+        assert!(u.retry);
+        assert_eq!(u.error.as_deref(), Some("attempt 1"));
+        assert_eq!((u.finished_at, u.result), (None, None));
+        // A failure reported without any other event of its attempt (it failed at once).
+        let alone = apply(FRESH, &e).unwrap();
+        assert_eq!((alone.status, alone.retry), (Status::Scheduled, true));
+    }
+
+    #[test]
+    fn a_final_failure_ends_the_job_with_its_error() {
+        let running = run(&[ev(1, JobChange::Started)]);
+        let e = failed(1, false);
+        let u = apply(running, &e).unwrap();
+        assert_eq!(u.status, Status::Failed);
+        assert_eq!(u.finished_at, Some(e.at));
+        assert_eq!(u.error.as_deref(), Some("attempt 1"));
+        assert!(!u.retry);
+        assert_eq!(u.progress, 0.0, "progress stays where it was");
+    }
+
+    #[test]
+    fn a_cancel_requested_job_is_not_retried() {
+        let mut c = run(&[ev(1, JobChange::Started)]);
+        c.cancel_requested = true;
+        let u = apply(c, &failed(1, true)).unwrap();
+        assert_eq!(
+            u.status,
+            Status::Cancelled,
+            "a cancelled job is not retried"
+        );
+        assert!(!u.retry);
+        assert!(u.finished_at.is_some());
+        // And a final failure of a cancel-requested job is still a failure.
+        assert_eq!(apply(c, &failed(1, false)).unwrap().status, Status::Failed);
+    }
+
+    #[test]
+    fn success_is_complete_with_its_result() {
+        let running = run(&[ev(1, JobChange::Started), progress(1, 0.3)]);
+        let e = succeeded(1);
+        let u = apply(running, &e).unwrap();
+        assert_eq!((u.status, u.progress), (Status::Succeeded, 1.0));
+        assert_eq!((u.result, u.finished_at), (Some(json!(1)), Some(e.at)));
+        assert!(!u.retry);
+    }
+
+    #[test]
+    fn a_cancelled_attempt_ends_the_job_without_claiming_a_start() {
+        let running = run(&[ev(1, JobChange::Started)]);
+        let e = ev(1, JobChange::Cancelled);
+        let u = apply(running, &e).unwrap();
+        assert_eq!(u.status, Status::Cancelled);
+        assert_eq!((u.started_at, u.finished_at), (None, Some(e.at)));
+    }
+
+    #[test]
+    fn events_of_an_earlier_generation_are_ignored() {
+        // Re-driven: generation 1, attempts start again from 0.
+        let c = Current {
+            generation: 1,
+            ..cur(Status::Queued, 0, 0.0)
+        };
+        let mut late = failed(3, false);
+        assert_eq!(apply(c, &late), None, "a late event of generation 0");
+        late.generation = 1;
+        assert_eq!(apply(c, &late).map(|u| u.status), Some(Status::Failed));
+        late.generation = 2;
+        assert_eq!(apply(c, &late), None, "a generation not started yet");
+    }
+
+    #[test]
+    fn a_lone_final_event_records_when_the_attempt_started() {
+        let started = Utc::now() - chrono::Duration::milliseconds(40);
+        let mut done = succeeded(1);
+        done.started_at = Some(started);
+        let u = apply(FRESH, &done).unwrap();
+        assert_eq!((u.status, u.started_at), (Status::Succeeded, Some(started)));
+        assert_eq!(u.finished_at, Some(done.at));
+    }
+
+    #[test]
+    fn missed_start_is_implied() {
+        let c = run(&[progress(1, 0.2)]);
+        assert_eq!(c, cur(Status::Running, 1, 0.2));
+    }
+
+    #[test]
+    fn status_names_are_the_serialized_names() {
+        for s in Status::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+            assert_eq!(s.to_string(), s.as_str());
+            assert_eq!(s.is_final(), Status::FINAL.contains(&s));
+        }
+        assert!(serde_json::from_value::<Status>(json!("done")).is_err());
+    }
+
+    #[test]
+    fn a_fold_writes_what_its_events_would_one_by_one() {
+        let started = ev(1, JobChange::Started);
+        let retrying = failed(1, true);
+        let again = ev(2, JobChange::Started);
+        let done = succeeded(2);
+        let stale = progress(1, 0.9);
+        let events = [&started, &retrying, &again, &stale, &done];
+        let folded = fold(FRESH, events);
+        assert_eq!(folded.changed, [true, true, true, false, true]);
+        let m = folded.update.unwrap();
+        assert_eq!(
+            (m.status, m.attempts, m.progress, m.retry),
+            (Status::Succeeded, 2, 1.0, false)
+        );
+        assert_eq!(m.started_at, Some(started.at), "the first start stays");
+        assert_eq!(m.finished_at, Some(done.at));
+        assert_eq!(m.result, Some(json!(1)));
+        assert_eq!(
+            m.error.as_deref(),
+            Some("attempt 1"),
+            "an earlier error is kept"
+        );
+        // The same events one at a time, each written before the next is applied.
+        let mut c = FRESH;
+        for e in events {
+            if let Some(u) = apply(c, e) {
+                c = c.after(&u);
+            }
+        }
+        assert_eq!(c, FRESH.after(&m));
+    }
+
+    #[test]
+    fn a_fold_ending_in_a_retry_schedules_it() {
+        let folded = fold(FRESH, [&ev(1, JobChange::Started), &failed(1, true)]);
+        let u = folded.update.unwrap();
+        assert!(u.retry && u.status == Status::Scheduled);
+        assert_eq!(fold(FRESH, []).update, None);
+        assert!(fold(FRESH, []).changed.is_empty());
+    }
+}

@@ -1,0 +1,86 @@
+//! `GET /jobs/{id}` and `GET /jobs`: one job, or a page of them.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::parse_id;
+use super::view::{Job, JobPage};
+use crate::AppState;
+use crate::error::{ApiError, Problem};
+use crate::lifecycle::Status;
+use crate::store::{self, Cursor};
+
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100;
+
+/// One job.
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", operation_id = "getJob",
+    params(("id" = uuid::Uuid, Path, description = "job id")),
+    responses(
+    (status = 200, description = "the job", body = Job),
+    (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
+    (status = 404, description = "no such job", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+))]
+pub(super) async fn read(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    let id = parse_id(&id)?;
+    store::get(&state.db, id)
+        .await?
+        .map(|row| Json(Job::from(row)))
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+}
+
+/// Filters and paging for the job list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Only jobs in this status.
+    status: Option<Status>,
+    /// Only jobs of this kind (one of the contract's kinds).
+    kind: Option<String>,
+    /// Page size (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Lists jobs, newest first, with cursor pagination.
+#[utoipa::path(get, path = "/jobs", tag = "jobs", operation_id = "listJobs", params(ListQuery),
+    responses(
+    (status = 200, description = "a page of jobs", body = JobPage),
+    (status = 400, description = "bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+))]
+pub(super) async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<JobPage>, ApiError> {
+    let Query(q) = query?;
+    if let Some(k) = &q.kind
+        && !state.kinds.contains(k)
+    {
+        return Err(ApiError::BadRequest(format!("unknown kind {k:?}")));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be from 1 to {MAX_LIMIT}"
+        )));
+    }
+    let cursor = q
+        .cursor
+        .map(|c| Cursor::decode(&c).ok_or_else(|| ApiError::BadRequest("malformed cursor".into())))
+        .transpose()?;
+    let (rows, next) = store::list(&state.db, q.status, q.kind.as_deref(), cursor, limit).await?;
+    Ok(Json(JobPage {
+        items: rows.into_iter().map(Job::from).collect(),
+        next_cursor: next.map(|c| c.encode()),
+    }))
+}

@@ -1,0 +1,108 @@
+//! `POST /jobs`: accept a job.
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use chrono::Utc;
+use jobs_contract::JobRequest;
+use shared::telemetry::propagation;
+
+use super::view::Job;
+use crate::AppState;
+use crate::error::{ApiError, Problem};
+use crate::idempotency;
+use crate::store::{self, Inserted, NewJob};
+
+/// Accepts a job. The 202 means the job is committed to PostgreSQL and will run, even if
+/// RabbitMQ is down right now. The request body is a `CreateJob`: in the OpenAPI document a
+/// `oneOf` by `kind`, each with its payload's schema from the contract (see `openapi.rs`).
+#[utoipa::path(post, path = "/jobs", tag = "jobs", operation_id = "createJob",
+    request_body(content = Object, description = "a `CreateJob`"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely: the same key with the same body answers with the job the first one created (for `IDEMPOTENCY_KEY_TTL`, 24 h by default), with `Idempotent-Replayed: true`. A Structured Field String (`\"...\"`) or bare printable ASCII, 1–255 characters.")),
+    responses(
+    (status = 202, description = "accepted (or replayed); `Location` names the job", body = Job,
+        headers(("Location" = String, description = "the job's URL, `/jobs/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when an earlier request with the same Idempotency-Key created the job"))),
+    (status = 400, description = "malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+    (status = 413, description = "body over the limit", body = Problem, content_type = "application/problem+json"),
+    (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
+    (status = 422, description = "unknown kind, invalid payload or schedule, or an Idempotency-Key already used with another body", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "PostgreSQL unavailable, or the api is shutting down: send the same request again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+))]
+pub(super) async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<JobRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let key = idempotency::key(&headers).map_err(ApiError::BadRequest)?;
+    let Json(req) = body?;
+    let job = validate(&state, &req)?;
+    let (job, replayed) = match key {
+        None => (state.committer.accept(job).await?, false),
+        Some(key) => {
+            let fingerprint = idempotency::fingerprint(&req);
+            let key = store::Key {
+                key: &key,
+                fingerprint: &fingerprint,
+                ttl: state.config.idempotency_ttl,
+            };
+            match store::insert_keyed(&state.db, &job, &key).await? {
+                Inserted::Created(job) => {
+                    state.broker.wake_relay.notify_one();
+                    (job, false)
+                }
+                Inserted::Replayed(job) => (job, true),
+                Inserted::KeyReused => {
+                    return Err(ApiError::Unprocessable(
+                        "this Idempotency-Key was already used with a different request body; \
+                         use a new key for a new job"
+                            .into(),
+                    ));
+                }
+            }
+        }
+    };
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/jobs/{}", job.id)) {
+        headers.insert(header::LOCATION, v);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+        tracing::info!(job.id = %job.id, job.kind = %job.kind, "job request replayed");
+    } else {
+        // Committed: from here the relay owns publishing it.
+        metrics::counter!("jobstack_jobs_created_total", "kind" => job.kind.clone()).increment(1);
+        tracing::info!(job.id = %job.id, job.kind = %job.kind, run_at = %job.run_at, "job accepted");
+    }
+    Ok((StatusCode::ACCEPTED, headers, Json(Job::from(job))))
+}
+
+/// Checks the request against the contract (kind, payload, schedule) and makes the job to
+/// store, joined to the request's trace.
+fn validate(state: &AppState, req: &JobRequest) -> Result<NewJob, ApiError> {
+    if !state.kinds.contains(&req.kind) {
+        let known: Vec<_> = state.kinds.names().collect();
+        return Err(ApiError::Unprocessable(format!(
+            "unknown kind {:?}; known kinds: {}",
+            req.kind,
+            known.join(", ")
+        )));
+    }
+    state
+        .kinds
+        .validate(&req.kind, &req.payload)
+        .map_err(|e| ApiError::Unprocessable(format!("invalid payload for {}: {e}", req.kind)))?;
+    let schedule = req
+        .schedule(Utc::now())
+        .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    let span = tracing::Span::current();
+    Ok(NewJob {
+        kind: req.kind.clone(),
+        payload: req.payload.clone(),
+        schedule,
+        trace_id: propagation::trace_id(&span).unwrap_or_default(),
+        traceparent: propagation::traceparent(&span),
+    })
+}

@@ -1,0 +1,90 @@
+//! What the `/jobs` routes answer: the public shape of a job, which is not its row.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::lifecycle::{PastGeneration, Status};
+use crate::store::JobRow;
+
+/// A job, as answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Job {
+    /// The job's id.
+    pub(crate) id: Uuid,
+    /// Which handler runs it.
+    pub(crate) kind: String,
+    /// The handler's input, as submitted.
+    #[schema(value_type = Object)]
+    pub(crate) payload: Value,
+    /// Where it is in its lifecycle.
+    pub(crate) status: Status,
+    /// Share of the work done, 0.0–1.0.
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub(crate) progress: f64,
+    /// Attempts started in this generation (0 before the first).
+    pub(crate) attempts: u32,
+    /// Its generation: 0, and one more at each re-drive.
+    pub(crate) generation: u32,
+    /// The handler's output, once succeeded.
+    #[schema(value_type = Option<Object>)]
+    pub(crate) result: Option<Value>,
+    /// The last error, if any: of the failed attempt, or why it ended.
+    pub(crate) error: Option<String>,
+    /// When the api accepted it.
+    pub(crate) created_at: DateTime<Utc>,
+    /// When it may run: `created_at`, later for a delayed job, and the end of its back-off
+    /// while a retry waits (status `scheduled` until then).
+    pub(crate) run_at: DateTime<Utc>,
+    /// When its first attempt started.
+    pub(crate) started_at: Option<DateTime<Utc>>,
+    /// When it reached a final state.
+    pub(crate) finished_at: Option<DateTime<Utc>>,
+    /// The trace that created it (32 hex digits).
+    #[schema(pattern = "^[0-9a-f]{32}$")]
+    pub(crate) trace_id: String,
+    /// How each earlier generation ended, oldest first: one entry per re-drive.
+    pub(crate) history: Vec<PastGeneration>,
+}
+
+impl From<JobRow> for Job {
+    fn from(row: JobRow) -> Self {
+        Self {
+            id: row.id,
+            kind: row.kind,
+            payload: row.payload,
+            status: row.status,
+            progress: row.progress,
+            attempts: row.attempts.max(0) as u32,
+            generation: row.generation.max(0) as u32,
+            result: row.result,
+            error: row.error,
+            created_at: row.created_at,
+            run_at: row.run_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            trace_id: row.trace_id,
+            history: row.history.0,
+        }
+    }
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct JobPage {
+    /// The jobs.
+    pub(crate) items: Vec<Job>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// What a bulk re-drive did.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Redriven {
+    /// How many jobs were queued again.
+    pub(crate) requeued: usize,
+    /// Their ids.
+    pub(crate) ids: Vec<Uuid>,
+}

@@ -1,0 +1,148 @@
+//! Start-up and shutdown: what runs beside the HTTP server, in what order it starts, and how
+//! it stops within its budget.
+//!
+//! Start: metrics, the PostgreSQL pool (created and migrated, retried until it answers), the
+//! group committer, the broker session (relay + event consumer, reconnecting on its own) and
+//! retention; then the server. Stop (the token is cancelled): the server stops taking requests
+//! and finishes the open ones within the grace period; then the committer answers what it was
+//! handed, and the broker session and retention stop, within another grace period. Whatever is
+//! still unpublished stays in the outbox for the next start.
+
+use std::future::IntoFuture as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobs_contract::Catalog;
+use shared::amqp::supervise;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::accept::{self, Closer, Committer};
+use crate::{AppState, Config, broker, db, retention, routes};
+
+/// Serves on `listener` until `shutdown` is cancelled, then stops everything it started.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let kinds = jobs_contract::kinds::catalog();
+    init_metrics(&kinds);
+    let grace = config.grace;
+    let (state, background) = start(config, kinds, &shutdown).await?;
+    serve(listener, state, &shutdown, grace).await?;
+    // Jobs handed over before this are committed and answered; a request still open gets 503.
+    // Whatever is still waiting after another grace period is dropped: the outbox keeps what
+    // the relay did not publish.
+    match tokio::time::timeout(grace, background.stop()).await {
+        Ok(stopped) => stopped,
+        Err(_) => {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "shutdown still waiting after the grace period; exiting"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Every series at zero from the start, so `rate()` sees the first increment.
+fn init_metrics(kinds: &Catalog) {
+    shared::metrics::install("api", &[accept::batch_buckets()]);
+    for kind in kinds.names() {
+        metrics::counter!("jobstack_jobs_created_total", "kind" => kind).absolute(0);
+        metrics::counter!("jobstack_jobs_redriven_total", "kind" => kind).absolute(0);
+    }
+    for event in ["started", "progress", "succeeded", "failed", "cancelled"] {
+        for result in ["applied", "ignored"] {
+            metrics::counter!("jobstack_job_events_total", "event" => event, "result" => result)
+                .absolute(0);
+        }
+    }
+    metrics::counter!("jobstack_outbox_published_total").absolute(0);
+    metrics::counter!("jobstack_cancels_published_total").absolute(0);
+    metrics::counter!("jobstack_amqp_reconnects_total").absolute(0);
+}
+
+/// What runs beside the server, to stop after it.
+struct Background {
+    committer: Closer,
+    session: JoinHandle<()>,
+    retention: JoinHandle<()>,
+}
+
+impl Background {
+    async fn stop(self) -> anyhow::Result<()> {
+        self.committer.close().await;
+        self.session.await?;
+        self.retention.await?;
+        Ok(())
+    }
+}
+
+/// Connects to PostgreSQL and starts the committer, the broker session and retention.
+async fn start(
+    config: Config,
+    kinds: Catalog,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(AppState, Background)> {
+    let db = db::connect(&config, shutdown).await?;
+    let broker = broker::Broker::default();
+    let (committer, closer) = Committer::start(db.clone(), broker.wake_relay.clone());
+    let state = AppState {
+        config: Arc::new(config),
+        db,
+        broker,
+        kinds,
+        committer,
+    };
+    let session = {
+        let (state, shutdown) = (state.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let url = state.config.amqp.url.clone();
+            let status = state.broker.status.clone();
+            supervise(&url, "api", status, shutdown.clone(), |conn| {
+                broker::session(conn, state.clone(), shutdown.clone())
+            })
+            .await;
+        })
+    };
+    let retention = tokio::spawn(retention::run(
+        state.db.clone(),
+        state.config.retention,
+        state.config.retention_interval,
+        shutdown.clone(),
+    ));
+    let background = Background {
+        committer: closer,
+        session,
+        retention,
+    };
+    Ok((state, background))
+}
+
+/// Serves until `shutdown`, then lets open requests finish within `grace`, and no longer: a
+/// client that never completes its request must not keep the process from exiting.
+async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let server = axum::serve(listener, routes::app(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = deadline => tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "requests still open after the grace period; closing them"
+        ),
+    }
+    Ok(())
+}

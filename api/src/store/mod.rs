@@ -1,0 +1,109 @@
+//! Every SQL statement the api runs, one module per use. A job's state lives in `jobs`; what is
+//! still to be published lives in `outbox` (jobs) and in `jobs.cancel_outbox` (cancels); the
+//! `Idempotency-Key` answers live in `idempotency_keys`. The SQL sits beside the Rust that binds
+//! it, and each module owns the transactions it needs.
+//!
+//! - [`insert`]: accepting jobs (grouped, or with an idempotency key).
+//! - [`read`]: one job, or a page of them.
+//! - [`cancel`]: cancelling a job.
+//! - [`events`]: applying workers' events through the state machine.
+//! - [`outbox`]: what the relay publishes and takes out.
+//! - [`redrive`]: running failed or cancelled jobs again.
+//! - [`retention`]: deleting old finished jobs and expired keys.
+
+pub mod cancel;
+pub mod events;
+pub mod insert;
+pub mod outbox;
+pub mod read;
+pub mod redrive;
+pub mod retention;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::lifecycle::{Current, PastGeneration, Status};
+
+pub use cancel::{Cancel, cancel};
+pub use events::{Applied, apply_events};
+pub use insert::{Inserted, Key, NewJob, insert, insert_keyed};
+pub use read::{Cursor, get, list};
+pub use redrive::{Redrive, RedriveOne, redrive, redrive_one};
+pub use retention::{Pruned, RETENTION_LOCK, prune};
+
+/// A job row, as read.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    /// The job's id.
+    pub id: Uuid,
+    /// Which handler runs it.
+    pub kind: String,
+    /// The handler's input.
+    pub payload: Value,
+    /// Where it is in its lifecycle.
+    pub status: Status,
+    /// 0.0–1.0.
+    pub progress: f64,
+    /// Attempts started in this generation.
+    pub attempts: i32,
+    /// The handler's output, once succeeded.
+    pub result: Option<Value>,
+    /// The last error, if any.
+    pub error: Option<String>,
+    /// When the api accepted it.
+    pub created_at: DateTime<Utc>,
+    /// When it may run (its next attempt, while it waits for a retry).
+    pub run_at: DateTime<Utc>,
+    /// When its first attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a final state.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The trace that created it (32 hex).
+    pub trace_id: String,
+    /// Its generation: 0, and one more at each re-drive.
+    pub generation: i32,
+    /// How each earlier generation ended, oldest first.
+    pub history: Json<Vec<PastGeneration>>,
+}
+
+/// The columns of [`JobRow`], for `concat!` (sqlx only takes static SQL).
+macro_rules! job_columns {
+    () => {
+        "id, kind, payload, status, progress, attempts, result, error, \
+         created_at, run_at, started_at, finished_at, trace_id, generation, history"
+    };
+}
+use job_columns;
+
+/// The state machine's columns of a row, as locked for a change.
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    id: Uuid,
+    status: Status,
+    attempts: i32,
+    progress: f64,
+    cancel_requested: bool,
+    generation: i32,
+}
+
+/// The columns of [`StateRow`].
+macro_rules! state_columns {
+    () => {
+        "id, status, attempts, progress, cancel_requested, generation"
+    };
+}
+use state_columns;
+
+impl StateRow {
+    fn current(&self) -> Current {
+        Current {
+            status: self.status,
+            attempts: self.attempts.max(0) as u32,
+            progress: self.progress,
+            cancel_requested: self.cancel_requested,
+            generation: self.generation.max(0) as u32,
+        }
+    }
+}

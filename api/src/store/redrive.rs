@@ -1,0 +1,115 @@
+//! Re-driving failed or cancelled jobs: each runs again as its next generation.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{JobRow, job_columns, read};
+use crate::lifecycle::Status;
+
+/// Which jobs to re-drive.
+#[derive(Debug, Clone, Copy)]
+pub enum Redrive<'a> {
+    /// This one.
+    One(Uuid),
+    /// Up to `limit` in `status`, of `kind` if given, most recently finished first.
+    Many {
+        /// `failed` or `cancelled`.
+        status: Status,
+        /// Only this kind.
+        kind: Option<&'a str>,
+        /// At most this many.
+        limit: u32,
+    },
+}
+
+/// What a single re-drive found.
+#[derive(Debug)]
+pub enum RedriveOne {
+    /// No such job.
+    NotFound,
+    /// Not failed or cancelled: nothing changed.
+    Refused(JobRow),
+    /// Cancelled, but the cancel is not broadcast yet: nothing changed.
+    CancelPending(JobRow),
+    /// Another request is re-driving (or cancelling) it right now: nothing changed here.
+    Busy(JobRow),
+    /// Back in the outbox as its next generation.
+    Requeued(JobRow),
+}
+
+/// The statuses a re-drive takes.
+pub const REDRIVABLE: [Status; 2] = [Status::Failed, Status::Cancelled];
+
+/// Puts failed or cancelled jobs back in the outbox as their next generation (attempts from 1),
+/// recording how the previous generation ended in `history`. A job whose cancel is not
+/// broadcast yet (the broker is down) is left alone: the cancel names the generation it stops,
+/// and must reach the workers before the next one starts. Rows another transaction holds are
+/// skipped, so a bulk re-drive never waits on one.
+pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow>> {
+    let (id, status, kind, limit) = match which {
+        Redrive::One(id) => (Some(id), None, None, 1),
+        Redrive::Many {
+            status,
+            kind,
+            limit,
+        } => (None, Some(status), kind, i64::from(limit)),
+    };
+    sqlx::query_as(concat!(
+        "WITH picked AS ( \
+             SELECT id AS picked_id FROM jobs \
+             WHERE status = ANY($5) AND NOT cancel_outbox \
+               AND ($1::uuid IS NULL OR id = $1) \
+               AND ($2::job_status IS NULL OR status = $2) AND ($3::text IS NULL OR kind = $3) \
+             ORDER BY finished_at DESC NULLS LAST LIMIT $4 FOR UPDATE SKIP LOCKED), \
+         up AS (UPDATE jobs AS j SET \
+             history = j.history || jsonb_build_array(jsonb_build_object( \
+                 'generation', j.generation, 'status', j.status, 'attempts', j.attempts, \
+                 'error', j.error, 'started_at', j.started_at, 'finished_at', j.finished_at)), \
+             generation = j.generation + 1, status = $6, attempts = 0, progress = 0, \
+             result = NULL, error = NULL, started_at = NULL, finished_at = NULL, \
+             cancel_requested = false, cancel_outbox = false, run_at = now() \
+         FROM picked WHERE j.id = picked.picked_id RETURNING j.*), \
+         queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM up \
+                    ON CONFLICT (job_id) DO NOTHING) \
+         SELECT ",
+        job_columns!(),
+        " FROM up"
+    ))
+    .bind(id)
+    .bind(status)
+    .bind(kind)
+    .bind(limit)
+    .bind(&REDRIVABLE[..])
+    .bind(Status::Queued)
+    .fetch_all(db)
+    .await
+}
+
+/// Re-drives one job, telling a missing job from one in another state, one whose cancel is not
+/// out yet, and one another request holds right now (it was skipped, not refused).
+pub async fn redrive_one(db: &PgPool, id: Uuid) -> sqlx::Result<RedriveOne> {
+    if let Some(job) = redrive(db, Redrive::One(id)).await?.pop() {
+        return Ok(RedriveOne::Requeued(job));
+    }
+    // Why was it not taken? Looked at under the row's lock, without waiting for it: a row held
+    // by another request is busy, whatever it reads as now.
+    let mut tx = db.begin().await?;
+    let locked: Option<(Status, bool)> = sqlx::query_as(
+        "SELECT status, cancel_outbox FROM jobs WHERE id = $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(job) = read::get(&mut *tx, id).await? else {
+        return Ok(RedriveOne::NotFound);
+    };
+    Ok(match locked {
+        None => RedriveOne::Busy(job),
+        Some((status, _)) if !REDRIVABLE.contains(&status) => RedriveOne::Refused(job),
+        Some((_, true)) => RedriveOne::CancelPending(job),
+        // Redrivable, its cancel out, and unlocked: it changed between the two statements
+        // (e.g. another re-drive finished and it failed again at once). Report it as busy:
+        // asking again will take it.
+        Some(_) => RedriveOne::Busy(job),
+    })
+}
