@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: the `BENCH_*` settings; [`ctx`]: what every step shares, how services start.
 //! - [`limits`]: PostgreSQL inserts (pgbench) and RabbitMQ publish / consume (amqp-bench).
-//! - [`enqueue`]: `POST /jobs` closed and open loop, telemetry off and on; [`drain`]: the worker.
+//! - [`enqueue`]: `POST /jobs` closed and open loop, telemetry off and on; [`drain`]: the worker;
+//!   [`storm`]: a retry storm next to a steady stream.
 //! - [`procfs`]: CPU and memory from /proc; [`machine`]: what it is and whether it is quiet.
 //! - [`pg`], [`rabbit`], [`services`]: the servers and processes; [`scratch`]: their removal.
 //! - [`results`]: what was measured; [`targets`]: against what; [`report`]: BENCHMARKS.md.
@@ -22,6 +23,7 @@ pub mod report;
 pub mod results;
 pub mod scratch;
 pub mod services;
+pub mod storm;
 pub mod targets;
 
 use std::path::PathBuf;
@@ -138,6 +140,7 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
     let limits = limits::measure(&ctx).await?;
     let enqueue = enqueue::measure(&ctx).await?;
     let drain = drain::measure(&ctx).await?;
+    let storm = storm::measure(&ctx).await?;
     let mut drain1 = drain.drain1;
     let mut drain16 = drain.drain16;
     drain1.rss.idle = drain.idle_kib;
@@ -161,6 +164,7 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
         drain16,
         spans_api: enqueue.spans_api,
         log_lines_on: enqueue.log_lines_on,
+        storm,
         noisy: ctx.noisy.into_inner().expect("not poisoned"),
     })
 }

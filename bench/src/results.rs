@@ -277,8 +277,38 @@ pub struct Results {
     pub spans_api: u64,
     /// Log lines the telemetry-on apis wrote.
     pub log_lines_on: u64,
+    /// A retry storm next to a steady stream.
+    pub storm: Storm,
     /// Steps that started on a busy machine, with its idle share.
     pub noisy: Vec<String>,
+}
+
+/// Jobs' time from accept (`created_at`) to succeeded (`finished_at`), as PostgreSQL recorded it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndToEnd {
+    /// Jobs measured.
+    pub jobs: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+}
+
+/// A retry storm: `failing` jobs failing at once, next to a steady stream of no-op jobs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Storm {
+    /// The stream's jobs per second.
+    pub rate: u32,
+    /// Each window's length.
+    pub seconds: u64,
+    /// Jobs failing together at the start of the storm window.
+    pub failing: u32,
+    /// Their retried attempts.
+    pub retries: u64,
+    /// The stream alone.
+    pub baseline: EndToEnd,
+    /// The stream during the storm.
+    pub storm: EndToEnd,
 }
 
 #[cfg(test)]

@@ -17,17 +17,22 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// The variable's value, if it is set and not blank.
+fn read(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
 /// The variable's value, or `default` when it is unset or empty.
 pub fn string(var: &'static str, default: &str) -> String {
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => v,
-        _ => default.to_owned(),
-    }
+    read(var).unwrap_or_else(|| default.to_owned())
 }
 
 /// An `amqp://` URL (the password is redacted in the error), or `default` when unset or empty.
 pub fn amqp_url(var: &'static str, default: &str) -> Result<String, ConfigError> {
-    let url = string(var, default);
+    check_amqp_url(var, string(var, default))
+}
+
+fn check_amqp_url(var: &'static str, url: String) -> Result<String, ConfigError> {
     let refuse = |reason: String| ConfigError {
         var,
         value: redact_url(&url),
@@ -48,13 +53,21 @@ where
     T: FromStr,
     T::Err: Display,
 {
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|e: T::Err| ConfigError {
+    parse_value(var, read(var), default)
+}
+
+fn parse_value<T>(var: &'static str, raw: Option<String>, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match raw {
+        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError {
             var,
             value: v.clone(),
             reason: e.to_string(),
         }),
-        _ => Ok(default),
+        None => Ok(default),
     }
 }
 
@@ -64,7 +77,21 @@ where
     T: FromStr + PartialOrd + Display + Copy,
     T::Err: Display,
 {
-    let v = parse(var, default)?;
+    ranged_value(var, read(var), default, min, max)
+}
+
+fn ranged_value<T>(
+    var: &'static str,
+    raw: Option<String>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display + Copy,
+    T::Err: Display,
+{
+    let v = parse_value(var, raw, default)?;
     if v < min || v > max {
         return Err(ConfigError {
             var,
@@ -179,16 +206,58 @@ mod tests {
         }
     }
 
+    /// The one line a bad setting prints: the variable, its value and what is wrong.
+    fn line<T: std::fmt::Debug>(r: Result<T, ConfigError>) -> String {
+        r.expect_err("refused").to_string()
+    }
+
     #[test]
-    fn error_names_the_variable() {
-        let e = ConfigError {
-            var: "WORKER_CONCURRENCY",
-            value: "abc".into(),
-            reason: "invalid digit found in string".into(),
-        };
+    fn a_bad_value_is_refused_with_a_line_naming_the_variable_its_value_and_why() {
+        let some = |v: &str| Some(v.to_owned());
         assert_eq!(
-            e.to_string(),
-            "invalid WORKER_CONCURRENCY=\"abc\": invalid digit found in string"
+            parse_value("PORTS", None, 7u16).unwrap(),
+            7,
+            "unset: default"
         );
+        assert_eq!(parse_value("PORTS", some(" 9 "), 7u16).unwrap(), 9);
+        assert_eq!(
+            line(parse_value("PORTS", some("abc"), 7u16)),
+            "invalid PORTS=\"abc\": invalid digit found in string"
+        );
+        assert_eq!(ranged_value("N", some("5"), 1u16, 1, 10).unwrap(), 5);
+        assert_eq!(
+            ranged_value("N", some("1"), 5u16, 1, 10).unwrap(),
+            1,
+            "min is in"
+        );
+        assert_eq!(
+            ranged_value("N", some("10"), 5u16, 1, 10).unwrap(),
+            10,
+            "max is in"
+        );
+        assert_eq!(
+            line(ranged_value("N", some("0"), 5u16, 1, 10)),
+            "invalid N=\"0\": must be between 1 and 10"
+        );
+        assert_eq!(
+            line(ranged_value("N", some("11"), 5u16, 1, 10)),
+            "invalid N=\"11\": must be between 1 and 10"
+        );
+    }
+
+    #[test]
+    fn a_bad_broker_url_is_refused_without_its_password() {
+        let url = |u: &str| check_amqp_url("AMQP_URL", u.to_owned());
+        assert!(url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
+        for bad in [
+            "http://user:s3cret@mq:5672",
+            "amqps://user:s3cret@mq",
+            "amqp://user:s3cret@mq:notaport",
+        ] {
+            let line = line(url(bad));
+            assert!(line.starts_with("invalid AMQP_URL="), "{line}");
+            assert!(!line.contains("s3cret"), "the password is redacted: {line}");
+            assert!(line.contains("user:***@mq"), "{line}");
+        }
     }
 }

@@ -34,15 +34,15 @@ where
 }
 
 /// Runs `binary healthcheck` as compose's health check does: nothing in its environment but
-/// `listen_var=listen`, and bounded by compose's `timeout: 3s` (panics past it).
+/// `listen_var=listen`, and bounded by compose's `timeout` (panics past it).
 pub async fn healthcheck(binary: &str, listen_var: &str, listen: &str) -> std::process::Output {
     let run = tokio::process::Command::new(binary)
         .arg("healthcheck")
         .env_clear()
         .env(listen_var, listen)
         .output();
-    tokio::time::timeout(Duration::from_secs(3), run)
+    tokio::time::timeout(shared::probe::COMPOSE_TIMEOUT, run)
         .await
-        .expect("the probe answers within compose's 3 s timeout")
+        .expect("the probe answers within compose's health check timeout")
         .expect("the binary runs")
 }

@@ -167,6 +167,23 @@ pub(super) fn results_table(r: &Results) -> String {
         empty(),
         empty(),
     ]);
+    let storm = &r.storm;
+    t.row([
+        format!(
+            "accept → succeeded of {}/s no-op jobs over {}s, alone / with {} jobs failing at once",
+            storm.rate, storm.seconds, storm.failing
+        ),
+        format!(
+            "p50/p99 {:.1} / {:.1} ms alone; {:.1} / {:.1} ms in the storm ({} retries)",
+            storm.baseline.p50_ms,
+            storm.baseline.p99_ms,
+            storm.storm.p50_ms,
+            storm.storm.p99_ms,
+            storm.retries
+        ),
+        empty(),
+        empty(),
+    ]);
     t.render()
 }
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, TestApp};
+use crate::helpers::{Options, TestApp, assert_never_ran};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -23,21 +23,6 @@ async fn wait_metric(app: &TestApp, series: &str, labels: &str, at_least: f64) {
         app.metric_sum(series, labels).await >= at_least
     })
     .await;
-}
-
-/// Runs a job submitted after the cancelled one (the relay and the queue keep order, so the
-/// worker has taken the cancelled one by then) and asserts no `kind` handler ever started.
-async fn assert_never_ran(app: &TestApp, kind: &str, why: &str) {
-    let later = app
-        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
-        .await;
-    assert_eq!(app.wait_final(&later, LONG).await["status"], "succeeded");
-    let label = format!("kind=\"{kind}\"");
-    assert_eq!(
-        app.metric_sum("jobstack_jobs_started_total", &label).await,
-        0.0,
-        "{why}"
-    );
 }
 
 #[tokio::test]
@@ -259,7 +244,7 @@ async fn a_scheduled_job_can_be_cancelled_and_bad_schedules_are_refused() {
 }
 
 #[tokio::test]
-async fn a_dead_lettered_job_re_driven_runs_again_as_a_new_series() {
+async fn a_dead_lettered_job_re_driven_runs_again_as_its_next_generation() {
     let app = TestApp::spawn().await;
     let id = app.create("fail", json!({"transient": false})).await;
     let failed = app.wait_final(&id, LONG).await;
@@ -278,7 +263,8 @@ async fn a_dead_lettered_job_re_driven_runs_again_as_a_new_series() {
 
     let again = app.wait_final(&id, LONG).await;
     assert_eq!(again["status"], "failed", "{again}");
-    assert_eq!(again["attempts"], 1, "a new series: attempts from 1");
+    assert_eq!(again["attempts"], 1, "the next generation: attempts from 1");
+    assert_eq!(again["generation"], 1);
     assert_eq!(
         app.metric_sum("jobstack_jobs_started_total", r#"kind="fail""#)
             .await,
@@ -312,7 +298,7 @@ async fn a_dead_lettered_job_re_driven_runs_again_as_a_new_series() {
 }
 
 #[tokio::test]
-async fn a_running_job_cannot_be_retried_and_a_cancelled_one_runs_again() {
+async fn a_running_job_cannot_be_re_driven_and_a_cancelled_one_runs_again() {
     let mut app = TestApp::api_only().await;
     let cancelled = app
         .create("sleep", json!({"duration_ms": 10, "steps": 1}))
@@ -333,7 +319,7 @@ async fn a_running_job_cannot_be_retried_and_a_cancelled_one_runs_again() {
     assert!(problem["detail"].as_str().unwrap().contains("is running"));
     assert_eq!(app.job(&running).await["attempts"], 1);
 
-    // The cancel named the first series; the re-driven one runs.
+    // The cancel named generation 0; generation 1 runs.
     let (status, job) = app
         .post_path(&format!("/jobs/{cancelled}/redrive"), None)
         .await;
@@ -385,18 +371,48 @@ async fn bulk_re_drive_takes_a_bounded_number_and_says_how_many() {
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["requeued"], 2);
-    assert_eq!(answer["ids"].as_array().unwrap().len(), 2);
-    let (_, answer) = app
+    let redriven: Vec<&str> = answer["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap())
+        .collect();
+    assert_eq!(redriven.len(), 2);
+    assert!(
+        redriven.iter().all(|id| ids.iter().any(|i| i == id)),
+        "{answer}"
+    );
+    let (_, none) = app
         .post_path(
             "/jobs/redrive",
             Some(json!({"status": "failed", "kind": "sleep"})),
         )
         .await;
-    assert_eq!(answer["requeued"], 0, "no failed sleep jobs");
-    for id in answer["ids"].as_array().unwrap() {
-        let job = app.wait_final(id.as_str().unwrap(), LONG).await;
-        assert_eq!(job["history"].as_array().unwrap().len(), 1);
+    assert_eq!(none["requeued"], 0, "no failed sleep jobs");
+    // Each re-driven job ran again (and failed again) as generation 1, with how generation 0
+    // ended in its history; the third was left alone.
+    for id in &redriven {
+        let job = app
+            .wait_for(id, LONG, |j| {
+                j["generation"] == 1 && j["status"] == "failed"
+            })
+            .await
+            .pop()
+            .unwrap();
+        let history = job["history"].as_array().unwrap();
+        assert_eq!(history.len(), 1, "{job}");
+        assert_eq!(history[0]["generation"], 0);
+        assert_eq!(history[0]["status"], "failed");
     }
+    let left = ids
+        .iter()
+        .find(|id| !redriven.contains(&id.as_str()))
+        .unwrap();
+    let job = app.job(left).await;
+    assert_eq!(
+        (job["generation"].as_u64(), job["status"].as_str()),
+        (Some(0), Some("failed"))
+    );
     app.stop().await;
 }
 
@@ -554,5 +570,47 @@ async fn a_cancel_accepted_while_the_broker_is_down_is_broadcast_when_it_is_back
     let (status, job) = app.post_path(&format!("/jobs/{id}/redrive"), None).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     assert_eq!(app.wait_final(&id, LONG).await["status"], "succeeded");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn twenty_concurrent_re_drives_of_one_job_make_one_generation() {
+    let app = TestApp::spawn().await;
+    let id = app.create("fail", json!({"transient": false})).await;
+    assert_eq!(app.wait_final(&id, LONG).await["status"], "failed");
+    let path = format!("/jobs/{id}/redrive");
+    let answers = futures_util::future::join_all((0..20).map(|_| app.post_path(&path, None))).await;
+    let accepted: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(accepted.len(), 1, "exactly one re-drive wins: {answers:?}");
+    assert_eq!(accepted[0]["generation"], 1);
+    for (status, body) in answers.iter().filter(|(s, _)| *s != StatusCode::ACCEPTED) {
+        // The others were either held off by the winner's row lock, or came after it and found
+        // the job queued or running again: a conflict that says which, never a 5xx.
+        assert_eq!(*status, StatusCode::CONFLICT, "{body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("right now") || detail.contains("only failed or cancelled"),
+            "{detail}"
+        );
+        assert!(!detail.contains("cancel is not yet delivered"), "{detail}");
+    }
+    // One new generation, run once.
+    let job = app
+        .wait_for(&id, LONG, |j| {
+            j["generation"] == 1 && j["status"] == "failed"
+        })
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(job["history"].as_array().unwrap().len(), 1, "{job}");
+    assert_eq!(
+        app.metric_sum("jobstack_jobs_started_total", r#"kind="fail""#)
+            .await,
+        2.0
+    );
     app.stop().await;
 }

@@ -38,6 +38,8 @@ static TELEMETRY: LazyLock<()> = LazyLock::new(|| {
 pub(crate) struct Options {
     pub(crate) worker: bool,
     pub(crate) max_attempts: u32,
+    /// `RETRY_BASE_MS`: the back-off before the first retry.
+    pub(crate) retry_base: Duration,
     pub(crate) deadline: Duration,
     pub(crate) grace: Duration,
     pub(crate) body_limit: usize,
@@ -56,6 +58,7 @@ impl Default for Options {
         Self {
             worker: true,
             max_attempts: 3,
+            retry_base: Duration::from_millis(50),
             deadline: Duration::from_secs(30),
             grace: Duration::from_secs(10),
             body_limit: 1 << 20,
@@ -391,7 +394,7 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
     };
     api_config.amqp.url = opts.amqp_url.clone();
     api_config.amqp.prefix = name.clone();
-    api_config.retry_base = Duration::from_millis(50);
+    api_config.retry_base = opts.retry_base;
     api_config.body_limit = opts.body_limit;
     api_config.grace = opts.grace;
     api_config.relay_interval = Duration::from_millis(200);
@@ -414,4 +417,22 @@ pub(crate) async fn cleanup(api_config: &Config) {
     test_support::cleanup::remove_topology(&api_config.topology()).await;
     // The database is named after the prefix (see `configs`).
     test_support::cleanup::drop_database(&format!("jobstack_{}", api_config.amqp.prefix)).await;
+}
+
+/// Runs a job submitted after the cancelled one (the relay and the queue keep order, so the
+/// worker has taken the cancelled one by then) and asserts no `kind` handler ever started.
+pub(crate) async fn assert_never_ran(app: &TestApp, kind: &str, why: &str) {
+    let later = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    assert_eq!(
+        app.wait_final(&later, Duration::from_secs(30)).await["status"],
+        "succeeded"
+    );
+    let label = format!("kind=\"{kind}\"");
+    assert_eq!(
+        app.metric_sum("jobstack_jobs_started_total", &label).await,
+        0.0,
+        "{why}"
+    );
 }

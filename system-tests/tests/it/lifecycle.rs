@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use lapin::BasicProperties;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::helpers::{Options, TestApp};
+use crate::helpers::{Options, TestApp, assert_never_ran};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -64,7 +64,15 @@ async fn hash_job_returns_a_digest() {
 async fn transient_failure_retries_then_dead_letters() {
     let app = TestApp::spawn().await;
     let id = app.create("fail", json!({"transient": true})).await;
-    let job = app.wait_final(&id, LONG).await;
+    // Between attempts the job waits `scheduled`, its next attempt due within the back-off step
+    // (50 ms, then 100 ms, jittered below that).
+    let seen = app.wait_for(&id, LONG, |j| j["status"] == "failed").await;
+    let waits: Vec<&Value> = seen.iter().filter(|j| j["status"] == "scheduled").collect();
+    for wait in &waits {
+        assert_eq!(wait["error"], "simulated transient failure", "{wait}");
+        assert!(wait["finished_at"].is_null(), "{wait}");
+    }
+    let job = seen.last().unwrap().clone();
     assert_eq!(job["status"], "failed");
     assert_eq!(job["attempts"], 3, "MAX_ATTEMPTS attempts: {job}");
     assert_eq!(job["error"], "simulated transient failure");
@@ -77,66 +85,67 @@ async fn transient_failure_retries_then_dead_letters() {
 }
 
 #[tokio::test]
-async fn permanent_failure_fails_at_once() {
-    let app = TestApp::spawn().await;
-    let id = app.create("fail", json!({"transient": false})).await;
-    let job = app.wait_final(&id, LONG).await;
-    assert_eq!(job["status"], "failed");
-    assert_eq!(job["attempts"], 1);
-    let dead = app.drain_dead().await;
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].0, "permanent");
+async fn a_retry_waits_scheduled_for_its_jittered_back_off_and_can_be_cancelled_there() {
+    let app = TestApp::with(Options {
+        retry_base: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    let id = app.create("fail", json!({"transient": true})).await;
+    let waiting = app
+        .wait_for(&id, LONG, |j| j["status"] == "scheduled")
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (waiting["attempts"].as_u64(), waiting["error"].as_str()),
+        (Some(1), Some("simulated transient failure"))
+    );
+    // Due within the first step (3 s, drawn at random below it), from when the api scheduled it.
+    let run_at: chrono::DateTime<chrono::Utc> =
+        waiting["run_at"].as_str().unwrap().parse().unwrap();
+    let started: chrono::DateTime<chrono::Utc> =
+        waiting["started_at"].as_str().unwrap().parse().unwrap();
+    assert!(run_at >= started, "{waiting}");
+    assert!(
+        run_at <= chrono::Utc::now() + chrono::Duration::seconds(3),
+        "{waiting}"
+    );
+    // A cancel takes it out of the outbox at once: no second attempt ever starts.
+    let (status, job) = app.cancel(&id).await;
+    assert_eq!(
+        (status, job["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("cancelled"))
+    );
+    let later = app
+        .create("sleep", json!({"duration_ms": 3500, "steps": 1}))
+        .await;
+    assert_eq!(app.wait_final(&later, LONG).await["status"], "succeeded");
+    assert_eq!(
+        app.metric_sum("jobstack_jobs_started_total", r#"kind="fail""#)
+            .await,
+        1.0,
+        "the cancelled retry never ran"
+    );
     app.stop().await;
 }
 
 #[tokio::test]
-async fn undecodable_message_is_dead_lettered_and_the_worker_keeps_consuming() {
+async fn a_permanent_failure_or_a_panic_fails_the_job_at_once_and_the_worker_carries_on() {
     let app = TestApp::spawn().await;
-    let t = &app.api_config.topology();
-    app.publish_raw(
-        &t.jobs_exchange(),
-        "sleep",
-        b"{not json",
-        BasicProperties::default(),
-    )
-    .await;
-    app.publish_raw(
-        &t.jobs_exchange(),
-        "sleep",
-        br#"{"id":"nope"}"#,
-        BasicProperties::default(),
-    )
-    .await;
-    let mut dead = Vec::new();
-    let start = std::time::Instant::now();
-    while dead.len() < 2 {
-        assert!(start.elapsed() < LONG, "dead letters so far: {dead:?}");
-        dead.extend(app.drain_dead().await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for (payload, error) in [
+        (json!({"transient": false}), "simulated permanent failure"),
+        (
+            json!({"transient": true, "panic": true}),
+            "handler panicked",
+        ),
+    ] {
+        let id = app.create("fail", payload).await;
+        let job = app.wait_final(&id, LONG).await;
+        assert_eq!(job["status"], "failed");
+        assert_eq!(job["attempts"], 1, "no retry: {job}");
+        assert!(job["error"].as_str().unwrap().contains(error), "{job}");
     }
-    assert!(
-        dead.iter().all(|(reason, _)| reason == "undecodable"),
-        "{dead:?}"
-    );
-    let id = app
-        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
-        .await;
-    assert_eq!(app.wait_final(&id, LONG).await["status"], "succeeded");
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn panicking_handler_fails_the_job_and_the_worker_survives() {
-    let app = TestApp::spawn().await;
-    let id = app
-        .create("fail", json!({"transient": false, "panic": true}))
-        .await;
-    let job = app.wait_final(&id, LONG).await;
-    assert_eq!(job["status"], "failed");
-    assert!(
-        job["error"].as_str().unwrap().contains("handler panicked"),
-        "{job}"
-    );
     let id = app.create("hash", json!({"rounds": 10})).await;
     assert_eq!(app.wait_final(&id, LONG).await["status"], "succeeded");
     app.stop().await;
@@ -162,10 +171,8 @@ async fn an_attempt_past_its_deadline_fails_as_timed_out() {
 
 #[tokio::test]
 async fn cancel_a_queued_job() {
-    let app = TestApp::api_only().await;
-    let id = app
-        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
-        .await;
+    let mut app = TestApp::api_only().await;
+    let id = app.create("hash", json!({"rounds": 10})).await;
     let (status, job) = app.cancel(&id).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     assert_eq!(job["status"], "cancelled");
@@ -175,14 +182,10 @@ async fn cancel_a_queued_job() {
         problem["detail"],
         format!("job {id} already cancelled").as_str()
     );
-    // A worker arriving later must not resurrect it: once a job submitted after it has run
-    // (the relay and the worker take jobs in order), it is still cancelled.
-    let mut app = app;
+    // A worker arriving later never runs it, whether its message was still in the outbox or
+    // already in the queue when the cancel came.
     app.start_worker().await;
-    let later = app
-        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
-        .await;
-    assert_eq!(app.wait_final(&later, LONG).await["status"], "succeeded");
+    assert_never_ran(&app, "hash", "the cancelled job reached a handler").await;
     assert_eq!(app.job(&id).await["status"], "cancelled");
     app.stop().await;
 }

@@ -231,3 +231,118 @@ async fn a_broker_that_stops_answering_does_not_hold_shutdown() {
         .await
         .expect("the api and the worker stop although the broker never answers");
 }
+
+/// What a client saw of one request while PostgreSQL was killing the api's sessions.
+#[derive(Debug)]
+enum Answer {
+    Accepted(String),
+    Read,
+    Unavailable,
+}
+
+#[tokio::test]
+async fn postgres_killing_the_apis_sessions_mid_request_is_a_503_with_retry_after_never_a_500() {
+    let app = TestApp::api_only().await;
+    let admin = sqlx::PgPool::connect(&crate::helpers::database_url("postgres"))
+        .await
+        .unwrap();
+    let database = app
+        .api_config
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let known = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    // What a fast shutdown or a failover does to open sessions (SQLSTATE 57P01), over and over,
+    // while clients submit and read.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let killer = {
+        let (admin, database, stop) = (admin.clone(), database.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut killed = 0i64;
+            while !stop.is_cancelled() {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind(&database)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+                killed += n;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            killed
+        })
+    };
+    let client = |n: usize| {
+        let (http, url, known) = (app.http.clone(), app.url.clone(), known.clone());
+        async move {
+            let mut answers = Vec::new();
+            for i in 0..60 {
+                let res = if (n + i).is_multiple_of(3) {
+                    http.get(format!("{url}/jobs/{known}"))
+                        .send()
+                        .await
+                        .unwrap()
+                } else {
+                    http.post(format!("{url}/jobs"))
+                        .json(&json!({"kind": "sleep", "payload": {"duration_ms": 10, "steps": 1}}))
+                        .send()
+                        .await
+                        .unwrap()
+                };
+                let status = res.status();
+                let retry_after = res.headers().get("retry-after").is_some();
+                let body: serde_json::Value = res.json().await.unwrap_or_default();
+                answers.push(match status {
+                    StatusCode::ACCEPTED => {
+                        Answer::Accepted(body["id"].as_str().unwrap().to_owned())
+                    }
+                    StatusCode::OK => Answer::Read,
+                    StatusCode::SERVICE_UNAVAILABLE => {
+                        assert!(retry_after, "a 503 says when to come back: {body}");
+                        assert_eq!(
+                            body["detail"],
+                            "PostgreSQL is unavailable; try again shortly"
+                        );
+                        Answer::Unavailable
+                    }
+                    other => panic!("{other} during the session kills: {body}"),
+                });
+            }
+            answers
+        }
+    };
+    let answers: Vec<Answer> = futures_util::future::join_all((0..8).map(client))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    stop.cancel();
+    let killed = killer.await.unwrap();
+    let unavailable = answers
+        .iter()
+        .filter(|a| matches!(a, Answer::Unavailable))
+        .count();
+    assert!(killed > 0, "no session was killed: the test tested nothing");
+    assert!(
+        unavailable > 0,
+        "no request met a killed session ({killed} killed): the test tested nothing"
+    );
+    // Every 202 is a committed job.
+    for answer in &answers {
+        if let Answer::Accepted(id) = answer {
+            app.wait_until(
+                Duration::from_secs(10),
+                "the accepted job readable",
+                || async { app.get(&format!("/jobs/{id}")).await.0 == StatusCode::OK },
+            )
+            .await;
+        }
+    }
+    app.stop().await;
+}
