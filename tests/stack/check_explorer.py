@@ -204,7 +204,7 @@ def run_checks(db, role, password, args):
 # ------------------------------------------------------------------ --seed: a scratch database
 SEED = """
 INSERT INTO jobs (id, kind, payload, status, progress, attempts, result, error, created_at, started_at, finished_at, run_at, trace_id)
-SELECT gen_random_uuid(), kind, payload::jsonb, status, progress, attempts, result::jsonb, error,
+SELECT gen_random_uuid(), kind, payload::jsonb, status::job_status, progress, attempts, result::jsonb, error,
        now() - created * interval '1 s', now() - started::int * interval '1 s', now() - finished::int * interval '1 s',
        now() + coalesce(run_in::int, -created) * interval '1 s', md5(random()::text)
 FROM (VALUES
