@@ -192,6 +192,7 @@ mod tests {
             .accept(NewJob {
                 kind: "sleep".into(),
                 payload: serde_json::json!({}),
+                payload_version: 1,
                 schedule: jobs_contract::request::Schedule::Now,
                 trace_id: String::new(),
                 traceparent: None,

@@ -1,5 +1,5 @@
-//! The api's broker session: declare the topology, run the outbox relay and the events
-//! consumer on one connection.
+//! The api's broker session: declare the topology, run the outbox relay, the events consumer
+//! and the lease reaper on one connection.
 
 use std::sync::Arc;
 
@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use shared::amqp::{BrokerStatus, Publisher};
 use tokio_util::sync::CancellationToken;
 
-use crate::{AppState, events, relay};
+use crate::events::InFlight;
+use crate::{AppState, events, leases, relay};
 
 /// The api's view of RabbitMQ, shared with the HTTP handlers.
 #[derive(Debug, Clone, Default)]
@@ -34,29 +35,33 @@ pub async fn session(
             .await
             .context("declaring the topology")?;
         let events = events::subscribe(&conn, &topology.events_queue()).await?;
-        anyhow::Ok((publisher, events))
+        let reaper = conn.create_channel().await?;
+        anyhow::Ok((publisher, events, reaper))
     };
     let Some(ready) = shared::amqp::unless_shutdown(&shutdown, setup).await else {
         shared::amqp::close(&conn, "api stopped before its session was ready").await;
         return Ok(());
     };
-    let (publisher, consumer) = ready?;
+    let (publisher, consumer, reaper) = ready?;
     state.broker.status.set_up(true);
+    let in_flight = InFlight::default();
     let relay = relay::run(
         state.db.clone(),
         publisher,
-        topology,
+        config.dispatch(),
         state.broker.wake_relay.clone(),
         config.relay_interval,
         shutdown.clone(),
     );
-    let events = events::consume(consumer, state.clone(), shutdown.clone());
-    tokio::pin!(relay, events);
-    // A failure of either ends the session at once; a clean stop (shutdown) waits for the
-    // other, so the relay's final flush is not cut short.
+    let events = events::consume(consumer, state.clone(), in_flight.clone(), shutdown.clone());
+    let reaper = leases::run(reaper, state.clone(), in_flight, shutdown.clone());
+    tokio::pin!(relay, events, reaper);
+    // A failure of any ends the session at once; a clean stop (shutdown) waits for the others,
+    // so the relay's final flush is not cut short.
     let outcome = tokio::select! {
-        r = &mut relay => if r.is_ok() { events.await } else { r },
-        r = &mut events => if r.is_ok() { relay.await } else { r },
+        r = &mut relay => match r { Ok(()) => tokio::try_join!(events, reaper).map(drop), e => e },
+        r = &mut events => match r { Ok(()) => tokio::try_join!(relay, reaper).map(drop), e => e },
+        r = &mut reaper => match r { Ok(()) => tokio::try_join!(relay, events).map(drop), e => e },
     };
     shared::amqp::close(&conn, "api session over").await;
     outcome

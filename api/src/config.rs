@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use jobs_contract::Topology;
+
+use crate::relay::Dispatch;
 use shared::amqp;
 
 /// The longest back-off before a retry, however many attempts failed.
@@ -22,6 +24,13 @@ pub struct Config {
     /// `RETRY_BASE_MS`: the back-off before an attempt's first retry; it doubles at each further
     /// one, up to [`MAX_RETRY_DELAY`], and each delay is drawn at random below that step.
     pub retry_base: Duration,
+    /// `MAX_ATTEMPTS`: attempts a job gets in a generation before it fails; every failure counts,
+    /// a lapsed lease too, an attempt handed back at a shutdown does not.
+    pub max_attempts: u32,
+    /// `JOB_LEASE_SECS`: how long a running attempt may go without a sign of life (a heartbeat or
+    /// an event) before the api gives it up and runs the job again. Workers heartbeat at a sixth
+    /// of it and stop an attempt themselves after half of it without a confirmed heartbeat.
+    pub lease: Duration,
     /// `API_LISTEN`.
     pub listen: SocketAddr,
     /// `BODY_LIMIT_BYTES`: larger request bodies get 413.
@@ -59,6 +68,8 @@ impl Config {
             db_max_connections: config::ranged("DB_MAX_CONNECTIONS", 10, 1, 1000)?,
             amqp: amqp::Settings::from_env()?,
             retry_base: config::millis("RETRY_BASE_MS", 1000, 1)?,
+            max_attempts: config::ranged("MAX_ATTEMPTS", 3, 1, 100)?,
+            lease: config::seconds("JOB_LEASE_SECS", 60)?,
             listen: Self::listen()?,
             body_limit: config::ranged("BODY_LIMIT_BYTES", 1 << 20, 64, 64 << 20)?,
             request_timeout: config::seconds("REQUEST_TIMEOUT_SECS", 10)?,
@@ -76,9 +87,18 @@ impl Config {
         Topology::new(&self.amqp.prefix)
     }
 
-    /// How long a job waits before the retry of its failed `attempt` (1 for the first).
-    pub fn retry_delay(&self, attempt: u32) -> Duration {
-        shared::backoff::full_jitter(self.retry_base, MAX_RETRY_DELAY, attempt)
+    /// How long a job waits before the retry of its `failures`-th failure (1 for the first).
+    pub fn retry_delay(&self, failures: u32) -> Duration {
+        shared::backoff::full_jitter(self.retry_base, MAX_RETRY_DELAY, failures)
+    }
+
+    /// Where jobs go and what each attempt is told.
+    pub fn dispatch(&self) -> Dispatch {
+        Dispatch {
+            topology: self.topology(),
+            max_attempts: self.max_attempts,
+            lease: self.lease,
+        }
     }
 
     fn listen() -> Result<SocketAddr, ConfigError> {

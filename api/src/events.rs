@@ -1,17 +1,28 @@
-//! Applies job events from workers to the job rows.
+//! Applies job events and heartbeats from workers to the job rows.
 //!
 //! Events of one job must be applied in the order they were published, but different jobs are
 //! independent: deliveries are spread over a few lanes by job id, each lane applying what has
 //! queued up in it, in order, in one transaction. A lane that cannot reach PostgreSQL retries
 //! the same batch with backoff (the prefetch bounds what waits behind it); an event is acked
 //! only once applied or found useless. A `started` event of a job whose cancel was accepted
-//! (a worker that raced the broadcast) puts the cancel back in its outbox, and a failed attempt
-//! to be retried puts the job back in the outbox, due after its back-off; both wake the relay.
+//! (a worker that raced the broadcast) puts the cancel back in its outbox; a failed attempt to
+//! be retried, or one handed back, puts the job back in the outbox; both wake the relay.
+//!
+//! A worker's heartbeat (one message naming every attempt it runs) renews those attempts'
+//! leases in one statement, off the lanes: it carries no order with the events. What has been
+//! received and not yet applied is counted, so that the lease reaper never gives up an
+//! attempt whose sign of life is still on its way in (see [`crate::leases`]).
+//!
+//! Traces stay bounded however long a job runs: progress events and heartbeats are applied
+//! without a span of their own; every other event gets one, a child of the worker's publish.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
-use jobs_contract::messages::JobEvent;
+use jobs_contract::messages::{HEARTBEAT_ROUTING_KEY, Heartbeat, JobChange, JobEvent};
 use lapin::Consumer;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -20,6 +31,7 @@ use shared::backoff::{self, Policy};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::events::Timing;
 use crate::{AppState, store};
 
 const LANES: usize = 8;
@@ -27,6 +39,45 @@ const LANES: usize = 8;
 const PREFETCH: u16 = 512;
 /// Most events one lane applies in one transaction.
 const BATCH: usize = 64;
+
+/// When each delivery this session holds was published (by its worker's clock, the AMQP
+/// `timestamp`, whole seconds), until it is applied (or found useless) and acked: the lease
+/// reaper gives up only attempts whose lease lapsed before the oldest of these was sent, so a
+/// renewal on its way in always counts, however long it waited in the queue (an api that was
+/// down, or lagging).
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<Mutex<InFlightInner>>);
+
+#[derive(Debug, Default)]
+struct InFlightInner {
+    next: u64,
+    published: BTreeMap<u64, DateTime<Utc>>,
+}
+
+impl InFlight {
+    /// When the oldest delivery still held was published, if any.
+    pub fn oldest(&self) -> Option<DateTime<Utc>> {
+        let inner = self.0.lock().expect("not poisoned");
+        inner.published.values().next().copied()
+    }
+
+    fn add(&self, delivery: &Delivery) -> u64 {
+        let published = delivery
+            .properties
+            .timestamp()
+            .and_then(|secs| DateTime::from_timestamp(secs as i64, 0))
+            .unwrap_or_else(Utc::now);
+        let mut inner = self.0.lock().expect("not poisoned");
+        let seq = inner.next;
+        inner.next += 1;
+        inner.published.insert(seq, published);
+        seq
+    }
+
+    fn done(&self, seq: u64) {
+        self.0.lock().expect("not poisoned").published.remove(&seq);
+    }
+}
 
 /// Starts consuming the api's events queue on a channel of its own.
 pub async fn subscribe(conn: &lapin::Connection, queue: &str) -> lapin::Result<Consumer> {
@@ -44,10 +95,13 @@ pub async fn subscribe(conn: &lapin::Connection, queue: &str) -> lapin::Result<C
         .await
 }
 
-/// Applies what `consumer` delivers until `shutdown` or a broker failure.
+/// Applies what `consumer` delivers until `shutdown` or a broker failure, counting in
+/// `in_flight` what it holds (one count per session: a session that ends hands its unacked
+/// deliveries back to the broker).
 pub async fn consume(
     mut consumer: Consumer,
     state: AppState,
+    in_flight: InFlight,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let queue = state.config.topology().events_queue();
@@ -56,8 +110,21 @@ pub async fn consume(
     for _ in 0..LANES {
         let (tx, rx) = mpsc::channel(usize::from(PREFETCH));
         lanes.push(tx);
-        workers.spawn(lane(rx, queue.clone(), state.clone(), shutdown.clone()));
+        workers.spawn(lane(
+            rx,
+            queue.clone(),
+            state.clone(),
+            in_flight.clone(),
+            shutdown.clone(),
+        ));
     }
+    let (beats, beats_rx) = mpsc::channel(usize::from(PREFETCH));
+    workers.spawn(heartbeats(
+        beats_rx,
+        state.clone(),
+        in_flight.clone(),
+        shutdown.clone(),
+    ));
     let result = loop {
         let delivery = tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
@@ -68,73 +135,140 @@ pub async fn consume(
             Some(Err(e)) => break Err(e.into()),
             None => break Err(anyhow::anyhow!("events consumer closed")),
         };
-        match serde_json::from_slice::<JobEvent>(&delivery.data) {
-            Ok(event) => {
-                let lane = (event.job_id.as_u128() % LANES as u128) as usize;
-                if lanes[lane].send((event, delivery)).await.is_err() {
-                    break Ok(());
+        let held = Held {
+            seq: in_flight.add(&delivery),
+            delivery,
+        };
+        let sent = if held.delivery.routing_key.as_str() == HEARTBEAT_ROUTING_KEY {
+            match serde_json::from_slice::<Heartbeat>(&held.delivery.data) {
+                Ok(beat) => beats.send((beat, held)).await.is_ok(),
+                Err(e) => {
+                    undecodable(held, "heartbeat", &e, &in_flight).await;
+                    true
                 }
             }
-            Err(e) => {
-                // Nothing can make this event readable later: drop it, loudly.
-                tracing::warn!(error = %e, "ignoring an undecodable job event");
-                metrics::counter!("jobstack_job_events_total", "event" => "undecodable", "result" => "ignored").increment(1);
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        } else {
+            match serde_json::from_slice::<JobEvent>(&held.delivery.data) {
+                Ok(event) => {
+                    let lane = (event.job_id.as_u128() % LANES as u128) as usize;
+                    lanes[lane].send((event, held)).await.is_ok()
+                }
+                Err(e) => {
+                    undecodable(held, "undecodable", &e, &in_flight).await;
+                    true
+                }
             }
+        };
+        if !sent {
+            break Ok(());
         }
     };
-    drop(lanes);
+    drop((lanes, beats));
     // Unacked events go back to the queue when the channel closes; no need to wait long.
     let _ = tokio::time::timeout(Duration::from_secs(2), workers.join_all()).await;
     result
 }
 
+/// A delivery, and its place among those held.
+struct Held {
+    seq: u64,
+    delivery: Delivery,
+}
+
+impl Held {
+    /// Acks it, and it is no longer held.
+    async fn ack(self, in_flight: &InFlight) -> lapin::Result<()> {
+        let acked = self.delivery.acker.ack(BasicAckOptions::default()).await;
+        in_flight.done(self.seq);
+        acked.map(drop)
+    }
+}
+
+/// Nothing can make this message readable later: drop it, loudly.
+async fn undecodable(held: Held, what: &'static str, e: &serde_json::Error, in_flight: &InFlight) {
+    tracing::warn!(error = %e, what, "ignoring an undecodable message on the events queue");
+    metrics::counter!("jobstack_job_events_total", "event" => what, "result" => "ignored")
+        .increment(1);
+    let _ = held.ack(in_flight).await;
+}
+
 async fn lane(
-    mut rx: mpsc::Receiver<(JobEvent, Delivery)>,
+    mut rx: mpsc::Receiver<(JobEvent, Held)>,
     queue: String,
     state: AppState,
+    in_flight: InFlight,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     // Under load, whatever waits in the lane is applied together: one transaction per batch
     // instead of one per event. An idle lane applies each event as it comes.
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let (events, deliveries): (Vec<JobEvent>, Vec<Delivery>) = batch.drain(..).unzip();
-        let spans: Vec<tracing::Span> = events
+        let (events, held): (Vec<JobEvent>, Vec<Held>) = batch.drain(..).unzip();
+        let spans: Vec<Option<tracing::Span>> = events
             .iter()
-            .zip(&deliveries)
-            .map(|(event, delivery)| {
-                let span = shared::amqp::consumer_span(&queue, delivery);
-                let id = event.job_id.to_string();
-                span.record("messaging.message.id", id.as_str());
-                span.record("job.id", id.as_str());
-                span.record("job.attempt", event.attempt);
-                span.record("job.event", event.change.name());
-                span
-            })
+            .zip(&held)
+            .map(|(event, h)| event_span(&queue, event, &h.delivery))
             .collect();
         let Some(applied) = apply_with_retry(&state, &events, &shutdown).await else {
             return;
         };
-        if applied.recancelled > 0 || applied.retried > 0 {
+        if applied.recancelled > 0 || applied.requeued > 0 {
             state.broker.wake_relay.notify_one();
         }
-        let outcomes = events
-            .iter()
-            .zip(deliveries)
-            .zip(spans)
-            .zip(applied.changed);
-        for (((event, delivery), span), applied) in outcomes {
+        let outcomes = events.iter().zip(held).zip(spans).zip(applied.changed);
+        for (((event, held), span), applied) in outcomes {
             let result = if applied { "applied" } else { "ignored" };
+            let span = span.unwrap_or_else(tracing::Span::none);
             span.in_scope(|| tracing::debug!(result, batch = events.len(), "job event"));
             metrics::counter!("jobstack_job_events_total", "event" => event.change.name(), "result" => result)
                 .increment(1);
-            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+            if let Err(e) = held.ack(&in_flight).await {
                 span.in_scope(|| {
                     tracing::warn!(error = %e, "event ack failed; it will be redelivered and ignored");
                 });
             }
         }
+    }
+}
+
+/// The consumer span of an event, a child of the worker's publish; none for progress, whose
+/// count grows with the job's length.
+fn event_span(queue: &str, event: &JobEvent, delivery: &Delivery) -> Option<tracing::Span> {
+    if matches!(event.change, JobChange::Progress { .. }) {
+        return None;
+    }
+    let span = shared::amqp::consumer_span(queue, delivery);
+    let id = event.job_id.to_string();
+    span.record("messaging.message.id", id.as_str());
+    span.record("job.id", id.as_str());
+    span.record("job.attempt", event.attempt);
+    span.record("job.event", event.change.name());
+    Some(span)
+}
+
+/// Renews the leases each heartbeat names, then acks it.
+async fn heartbeats(
+    mut rx: mpsc::Receiver<(Heartbeat, Held)>,
+    state: AppState,
+    in_flight: InFlight,
+    shutdown: CancellationToken,
+) {
+    let policy = Policy {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+    };
+    while let Some((beat, held)) = rx.recv().await {
+        let renewed = backoff::retry(
+            policy,
+            &shutdown,
+            || store::leases::renew(&state.db, &beat.running, state.config.lease),
+            |e, _| tracing::warn!(error = %e, "cannot renew leases; retrying"),
+        )
+        .await;
+        let Some(renewed) = renewed else { return };
+        metrics::counter!("jobstack_heartbeats_total").increment(1);
+        tracing::trace!(running = beat.running.len(), renewed, "worker heartbeat");
+        let _ = held.ack(&in_flight).await;
     }
 }
 
@@ -144,7 +278,11 @@ async fn apply_with_retry(
     events: &[JobEvent],
     shutdown: &CancellationToken,
 ) -> Option<store::Applied> {
-    let backoff = |attempt| state.config.retry_delay(attempt);
+    let backoff = |failures| state.config.retry_delay(failures);
+    let timing = Timing {
+        backoff: &backoff,
+        lease: state.config.lease,
+    };
     let policy = Policy {
         base: Duration::from_millis(100),
         max: Duration::from_secs(5),
@@ -152,7 +290,7 @@ async fn apply_with_retry(
     backoff::retry(
         policy,
         shutdown,
-        || store::apply_events(&state.db, events, backoff),
+        || store::apply_events(&state.db, events, &timing),
         |e, _| tracing::warn!(error = %e, events = events.len(), "cannot apply job events; retrying"),
     )
     .await

@@ -10,8 +10,8 @@
 //! - [`accept`]: group commit of accepted jobs.
 //! - [`lifecycle`]: a job's statuses and the state machine events go through.
 //! - [`store`]: every SQL statement, one module per use; [`db`]: pool + migrations.
-//! - [`broker`]: the RabbitMQ session, running [`relay`] (outbox → broker) and [`events`]
-//!   (broker → job rows).
+//! - [`broker`]: the RabbitMQ session, running [`relay`] (outbox → broker), [`events`]
+//!   (broker → job rows) and [`leases`] (running attempts whose worker went silent).
 //! - [`retention`]: deletes old finished jobs and expired idempotency keys.
 
 pub mod accept;
@@ -21,6 +21,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod idempotency;
+pub mod leases;
 pub mod lifecycle;
 pub mod observe;
 pub mod relay;
@@ -35,7 +36,7 @@ use jobs_contract::Catalog;
 use sqlx::PgPool;
 
 pub use config::Config;
-pub use startup::run;
+pub use startup::{run, run_with};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]

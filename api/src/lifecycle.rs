@@ -98,6 +98,12 @@ pub struct Current {
     pub status: Status,
     /// The latest attempt seen (0 before the first starts).
     pub attempts: u32,
+    /// Attempts of this generation that failed (their worker's failure, or a lease that
+    /// expired): what the retry budget counts.
+    pub failures: u32,
+    /// Attempts up to this one are superseded (their lease expired, or they released the job):
+    /// their late events change nothing.
+    pub superseded: u32,
     /// The latest progress seen.
     pub progress: f64,
     /// Whether a client asked to cancel.
@@ -112,10 +118,30 @@ impl Current {
         Self {
             status: u.status,
             attempts: u.attempts,
+            failures: u.failures,
+            superseded: u.superseded,
             progress: u.progress,
             ..self
         }
     }
+}
+
+/// What happens to the running attempt's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// The attempt showed it is alive: its lease runs for another lease period from now.
+    Renew,
+    /// The attempt is over: no lease.
+    End,
+}
+
+/// When the job runs again, for an update that puts it back in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// After the back-off of its `failures`-th failure: a retry.
+    Retry,
+    /// Now: a released job, resuming from its checkpoint.
+    Now,
 }
 
 /// The new values to write; `started_at` and `finished_at` are only set where still empty.
@@ -125,6 +151,10 @@ pub struct Update {
     pub status: Status,
     /// New attempt count.
     pub attempts: u32,
+    /// New failure count.
+    pub failures: u32,
+    /// Attempts up to this one are superseded.
+    pub superseded: u32,
     /// New progress.
     pub progress: f64,
     /// When the first attempt started.
@@ -135,21 +165,28 @@ pub struct Update {
     pub result: Option<Value>,
     /// The last error.
     pub error: Option<String>,
-    /// The attempt failed and the next one is due after a back-off: the store sets `run_at`
-    /// and puts the job back in the outbox.
-    pub retry: bool,
+    /// A checkpoint to store: its state, the attempt that saved it and when.
+    pub checkpoint: Option<(Value, u32, DateTime<Utc>)>,
+    /// The running attempt's span (a W3C `traceparent`), which the next attempt links to.
+    pub attempt_span: Option<String>,
+    /// The attempt's lease.
+    pub lease: Lease,
+    /// The job goes back in the outbox: the store sets `run_at` and adds the entry.
+    pub next: Option<Next>,
 }
 
 impl Update {
     /// This update followed by `next`, as one write: what applying both in turn would store
-    /// (the first timestamps stay, the latest result and error win, and a retry stays
-    /// scheduled only if `next` still is one).
+    /// (the first timestamps stay, the latest result, error, checkpoint and span win; counts,
+    /// the lease and the requeue are the later update's).
     pub fn then(self, next: Self) -> Self {
         Self {
             started_at: self.started_at.or(next.started_at),
             finished_at: self.finished_at.or(next.finished_at),
             result: next.result.or(self.result),
             error: next.error.or(self.error),
+            checkpoint: next.checkpoint.or(self.checkpoint),
+            attempt_span: next.attempt_span.or(self.attempt_span),
             ..next
         }
     }
@@ -158,27 +195,40 @@ impl Update {
 /// The change `event` makes to a job in state `cur`, or `None` when it changes nothing.
 pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
     let a = event.attempt;
-    if cur.status.is_final() || event.generation != cur.generation || a < cur.attempts {
+    if cur.status.is_final()
+        || event.generation != cur.generation
+        || a < cur.attempts
+        || a <= cur.superseded
+    {
         return None;
     }
     let newer = a > cur.attempts;
+    let running = newer || cur.status == Status::Running;
     let at = Some(event.at);
     let base = Update {
         status: cur.status,
         attempts: a,
+        failures: cur.failures,
+        superseded: cur.superseded,
         progress: cur.progress,
         started_at: event.started_at.or(at),
         finished_at: None,
         result: None,
         error: None,
-        retry: false,
+        checkpoint: None,
+        attempt_span: None,
+        lease: Lease::End,
+        next: None,
     };
     match &event.change {
         // An attempt starts once; a repeat (redelivery) or a late start of a finished attempt
-        // (waiting for its retry, with the same count) is ignored.
-        JobChange::Started => newer.then_some(Update {
+        // (waiting for its retry, with the same count) is ignored. From here the worker holds
+        // the attempt's lease.
+        JobChange::Started { traceparent } => newer.then(|| Update {
             status: Status::Running,
             progress: 0.0,
+            attempt_span: traceparent.clone(),
+            lease: Lease::Renew,
             ..base
         }),
         JobChange::Progress { progress } => {
@@ -186,9 +236,16 @@ pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
             (newer || rises).then_some(Update {
                 status: Status::Running,
                 progress: *progress,
+                lease: Lease::Renew,
                 ..base
             })
         }
+        JobChange::Checkpoint { state } => running.then(|| Update {
+            status: Status::Running,
+            checkpoint: Some((state.clone(), a, event.at)),
+            lease: Lease::Renew,
+            ..base
+        }),
         JobChange::Succeeded { result } => Some(Update {
             status: Status::Succeeded,
             progress: 1.0,
@@ -197,21 +254,22 @@ pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
             ..base
         }),
         // A job the client cancelled is not retried, whatever the worker planned.
-        JobChange::Failed { error, retrying } if *retrying && !cur.cancel_requested => {
-            (newer || cur.status == Status::Running).then_some(Update {
+        JobChange::Failed { error, retrying } if *retrying && !cur.cancel_requested => running
+            .then(|| Update {
                 status: Status::Scheduled,
+                failures: cur.failures + 1,
                 progress: 0.0,
                 error: Some(error.clone()),
-                retry: true,
+                next: Some(Next::Retry),
                 ..base
-            })
-        }
+            }),
         JobChange::Failed { error, retrying } => Some(Update {
             status: if *retrying {
                 Status::Cancelled
             } else {
                 Status::Failed
             },
+            failures: cur.failures + 1,
             finished_at: at,
             error: Some(error.clone()),
             ..base
@@ -222,7 +280,72 @@ pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
             finished_at: at,
             ..base
         }),
+        // Handed back unfinished (a shutdown): it runs again now, from its checkpoint, and this
+        // attempt costs nothing from the budget; its late events, if any, are stale.
+        JobChange::Released if cur.cancel_requested => Some(Update {
+            status: Status::Cancelled,
+            started_at: None,
+            finished_at: at,
+            ..base
+        }),
+        JobChange::Released => running.then_some(Update {
+            status: Status::Queued,
+            superseded: a,
+            next: Some(Next::Now),
+            ..base
+        }),
     }
+}
+
+/// What a lapsed lease does to a running job: the attempt is given up (superseded, so that
+/// anything it still reports changes nothing) and counts as a failure; the job is retried
+/// while its budget of `max_attempts` allows, and fails otherwise. `None` when the job is not
+/// running. `at` is now; `lease` the lease that lapsed, for the error.
+pub fn expire(
+    cur: Current,
+    max_attempts: u32,
+    lease: std::time::Duration,
+    at: DateTime<Utc>,
+) -> Option<Update> {
+    if cur.status != Status::Running {
+        return None;
+    }
+    let failures = cur.failures + 1;
+    let error = format!(
+        "attempt {} lost: no heartbeat from its worker for {}s (the worker died, or lost the broker)",
+        cur.attempts,
+        lease.as_secs()
+    );
+    let base = Update {
+        status: Status::Failed,
+        attempts: cur.attempts,
+        failures,
+        superseded: cur.attempts,
+        progress: cur.progress,
+        started_at: None,
+        finished_at: Some(at),
+        result: None,
+        error: Some(error),
+        checkpoint: None,
+        attempt_span: None,
+        lease: Lease::End,
+        next: None,
+    };
+    Some(if cur.cancel_requested {
+        Update {
+            status: Status::Cancelled,
+            ..base
+        }
+    } else if failures < max_attempts {
+        Update {
+            status: Status::Scheduled,
+            finished_at: None,
+            next: Some(Next::Retry),
+            ..base
+        }
+    } else {
+        base
+    })
 }
 
 /// What a run of events did to one job.
@@ -259,6 +382,7 @@ pub fn fold<'a>(mut cur: Current, events: impl IntoIterator<Item = &'a JobEvent>
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::time::Duration;
     use uuid::Uuid;
 
     fn ev(attempt: u32, change: JobChange) -> JobEvent {
@@ -270,6 +394,15 @@ mod tests {
             started_at: None,
             change,
         }
+    }
+
+    fn started(attempt: u32) -> JobEvent {
+        ev(
+            attempt,
+            JobChange::Started {
+                traceparent: Some(format!("span of {attempt}")),
+            },
+        )
     }
 
     fn failed(attempt: u32, retrying: bool) -> JobEvent {
@@ -286,6 +419,15 @@ mod tests {
         ev(attempt, JobChange::Progress { progress })
     }
 
+    fn checkpoint(attempt: u32, step: u32) -> JobEvent {
+        ev(
+            attempt,
+            JobChange::Checkpoint {
+                state: json!({ "step": step }),
+            },
+        )
+    }
+
     fn succeeded(attempt: u32) -> JobEvent {
         ev(attempt, JobChange::Succeeded { result: json!(1) })
     }
@@ -295,64 +437,90 @@ mod tests {
             status,
             attempts,
             progress,
-            cancel_requested: false,
-            generation: 0,
+            ..FRESH
         }
     }
 
     const FRESH: Current = Current {
         status: Status::Queued,
         attempts: 0,
+        failures: 0,
+        superseded: 0,
         progress: 0.0,
         cancel_requested: false,
         generation: 0,
     };
 
-    /// Runs events through the machine from a fresh job; the state they leave.
+    /// Runs events through the machine from `from`; the state they leave.
+    fn run_from(from: Current, events: &[JobEvent]) -> Current {
+        let folded = fold(from, events);
+        folded.update.map_or(from, |u| from.after(&u))
+    }
+
     fn run(events: &[JobEvent]) -> Current {
-        let folded = fold(FRESH, events);
-        folded.update.map_or(FRESH, |u| FRESH.after(&u))
+        run_from(FRESH, events)
     }
 
     #[test]
     fn happy_path() {
-        let end = run(&[ev(1, JobChange::Started), progress(1, 0.5), succeeded(1)]);
+        let end = run(&[started(1), progress(1, 0.5), succeeded(1)]);
         assert_eq!(end, cur(Status::Succeeded, 1, 1.0));
     }
 
     #[test]
-    fn a_start_is_running_at_zero_with_its_time() {
-        let start = ev(1, JobChange::Started);
+    fn a_start_is_running_at_zero_holding_a_lease_and_naming_its_span() {
+        let start = started(1);
         let u = apply(FRESH, &start).unwrap();
         assert_eq!(
             (u.status, u.attempts, u.progress),
             (Status::Running, 1, 0.0)
         );
-        assert_eq!(u.started_at, Some(start.at));
-        assert_eq!((u.finished_at, u.retry), (None, false));
-        assert_eq!((u.result, u.error), (None, None));
+        assert_eq!((u.started_at, u.lease), (Some(start.at), Lease::Renew));
+        assert_eq!(u.attempt_span.as_deref(), Some("span of 1"));
+        assert_eq!((u.finished_at, u.next, u.checkpoint), (None, None, None));
+        assert_eq!((u.result, u.error, u.failures), (None, None, 0));
     }
 
     #[test]
     fn duplicates_change_nothing() {
-        let once = [ev(1, JobChange::Started), progress(1, 0.5)];
+        let once = [started(1), progress(1, 0.5), checkpoint(1, 3)];
         let c = run(&once);
-        for e in &once {
+        for e in &once[..2] {
             assert_eq!(apply(c, e), None, "{e:?} repeated");
         }
     }
 
     #[test]
     fn progress_never_goes_back_and_only_rises_while_running() {
-        let c = run(&[ev(1, JobChange::Started), progress(1, 0.7)]);
+        let c = run(&[started(1), progress(1, 0.7)]);
         assert_eq!(apply(c, &progress(1, 0.3)), None);
         assert_eq!(apply(c, &progress(1, 0.7)), None, "equal is not a rise");
         let u = apply(c, &progress(1, 0.8)).unwrap();
-        assert_eq!((u.status, u.progress), (Status::Running, 0.8));
+        assert_eq!(
+            (u.status, u.progress, u.lease),
+            (Status::Running, 0.8, Lease::Renew)
+        );
         // Waiting for a retry with the same attempt count: a late progress report of the
         // failed attempt does not bring it back to running.
-        let waiting = run(&[ev(1, JobChange::Started), failed(1, true)]);
+        let waiting = run(&[started(1), failed(1, true)]);
         assert_eq!(apply(waiting, &progress(1, 0.9)), None);
+    }
+
+    #[test]
+    fn a_checkpoint_is_stored_with_its_attempt_and_time_and_renews_the_lease() {
+        let c = run(&[started(2)]);
+        let e = checkpoint(2, 7);
+        let u = apply(c, &e).unwrap();
+        assert_eq!(u.checkpoint, Some((json!({"step": 7}), 2, e.at)));
+        assert_eq!(
+            (u.status, u.lease, u.progress),
+            (Status::Running, Lease::Renew, 0.0)
+        );
+        // Of a newer attempt whose start was missed: it implies the start.
+        assert_eq!(apply(FRESH, &e).unwrap().status, Status::Running);
+        // Of an attempt that is over (waiting for its retry): ignored.
+        let waiting = run(&[started(1), failed(1, true)]);
+        assert_eq!(apply(waiting, &checkpoint(1, 9)), None);
     }
 
     #[test]
@@ -360,8 +528,9 @@ mod tests {
         for status in Status::FINAL {
             let c = cur(status, 1, 1.0);
             for change in [
-                JobChange::Started,
+                JobChange::Started { traceparent: None },
                 JobChange::Progress { progress: 0.9 },
+                JobChange::Checkpoint { state: json!(1) },
                 JobChange::Succeeded {
                     result: json!(null),
                 },
@@ -370,6 +539,7 @@ mod tests {
                     retrying: false,
                 },
                 JobChange::Cancelled,
+                JobChange::Released,
             ] {
                 assert_eq!(
                     apply(c, &ev(2, change.clone())),
@@ -383,17 +553,16 @@ mod tests {
 
     #[test]
     fn stale_attempt_is_ignored() {
-        let c = run(&[
-            ev(1, JobChange::Started),
-            failed(1, true),
-            ev(2, JobChange::Started),
-        ]);
-        assert_eq!(c, cur(Status::Running, 2, 0.0));
+        let c = run(&[started(1), failed(1, true), started(2)]);
+        assert_eq!(c.status, Status::Running);
+        assert_eq!((c.attempts, c.failures), (2, 1));
         for stale in [
             succeeded(1),
             progress(1, 0.9),
+            checkpoint(1, 1),
             failed(1, false),
             ev(1, JobChange::Cancelled),
+            ev(1, JobChange::Released),
         ] {
             assert_eq!(apply(c, &stale), None, "{stale:?}");
         }
@@ -401,46 +570,53 @@ mod tests {
 
     #[test]
     fn a_retry_waits_scheduled_and_a_late_start_of_the_failed_attempt_is_ignored() {
-        let c = run(&[ev(1, JobChange::Started), failed(1, true)]);
-        assert_eq!(c, cur(Status::Scheduled, 1, 0.0));
-        assert_eq!(apply(c, &ev(1, JobChange::Started)), None);
+        let c = run(&[started(1), failed(1, true)]);
+        assert_eq!(c.status, Status::Scheduled);
+        assert_eq!((c.attempts, c.failures), (1, 1));
+        assert_eq!(apply(c, &started(1)), None);
         assert_eq!(apply(c, &failed(1, true)), None, "a repeated failure");
-        let u = apply(c, &ev(2, JobChange::Started)).expect("the next attempt starts");
-        assert_eq!((u.status, u.attempts), (Status::Running, 2));
+        let u = apply(c, &started(2)).expect("the next attempt starts");
+        assert_eq!((u.status, u.attempts, u.failures), (Status::Running, 2, 1));
     }
 
     #[test]
-    fn a_retry_is_scheduled_with_its_error_and_no_end() {
-        let running = run(&[ev(1, JobChange::Started), progress(1, 0.4)]);
+    fn a_retry_is_scheduled_with_its_error_counted_and_no_end() {
+        let running = run(&[started(1), progress(1, 0.4)]);
         let e = failed(1, true);
         let u = apply(running, &e).unwrap();
         assert_eq!(
             (u.status, u.attempts, u.progress),
             (Status::Scheduled, 1, 0.0)
         );
-        assert!(u.retry);
+        assert_eq!(
+            (u.next, u.failures, u.lease),
+            (Some(Next::Retry), 1, Lease::End)
+        );
         assert_eq!(u.error.as_deref(), Some("attempt 1"));
         assert_eq!((u.finished_at, u.result), (None, None));
         // A failure reported without any other event of its attempt (it failed at once).
         let alone = apply(FRESH, &e).unwrap();
-        assert_eq!((alone.status, alone.retry), (Status::Scheduled, true));
+        assert_eq!(
+            (alone.status, alone.next),
+            (Status::Scheduled, Some(Next::Retry))
+        );
     }
 
     #[test]
     fn a_final_failure_ends_the_job_with_its_error() {
-        let running = run(&[ev(1, JobChange::Started)]);
+        let running = run(&[started(1)]);
         let e = failed(1, false);
         let u = apply(running, &e).unwrap();
         assert_eq!(u.status, Status::Failed);
         assert_eq!(u.finished_at, Some(e.at));
         assert_eq!(u.error.as_deref(), Some("attempt 1"));
-        assert!(!u.retry);
+        assert_eq!((u.next, u.failures, u.lease), (None, 1, Lease::End));
         assert_eq!(u.progress, 0.0, "progress stays where it was");
     }
 
     #[test]
-    fn a_cancel_requested_job_is_not_retried() {
-        let mut c = run(&[ev(1, JobChange::Started)]);
+    fn a_cancel_requested_job_is_not_retried_nor_released() {
+        let mut c = run(&[started(1)]);
         c.cancel_requested = true;
         let u = apply(c, &failed(1, true)).unwrap();
         assert_eq!(
@@ -448,25 +624,28 @@ mod tests {
             Status::Cancelled,
             "a cancelled job is not retried"
         );
-        assert!(!u.retry);
+        assert_eq!(u.next, None);
         assert!(u.finished_at.is_some());
         // And a final failure of a cancel-requested job is still a failure.
         assert_eq!(apply(c, &failed(1, false)).unwrap().status, Status::Failed);
+        let released = apply(c, &ev(1, JobChange::Released)).unwrap();
+        assert_eq!((released.status, released.next), (Status::Cancelled, None));
+        assert!(released.finished_at.is_some());
     }
 
     #[test]
-    fn success_is_complete_with_its_result() {
-        let running = run(&[ev(1, JobChange::Started), progress(1, 0.3)]);
+    fn success_is_complete_with_its_result_and_ends_the_lease() {
+        let running = run(&[started(1), progress(1, 0.3)]);
         let e = succeeded(1);
         let u = apply(running, &e).unwrap();
         assert_eq!((u.status, u.progress), (Status::Succeeded, 1.0));
         assert_eq!((u.result, u.finished_at), (Some(json!(1)), Some(e.at)));
-        assert!(!u.retry);
+        assert_eq!((u.next, u.lease), (None, Lease::End));
     }
 
     #[test]
     fn a_cancelled_attempt_ends_the_job_without_claiming_a_start() {
-        let running = run(&[ev(1, JobChange::Started)]);
+        let running = run(&[started(1)]);
         let e = ev(1, JobChange::Cancelled);
         let u = apply(running, &e).unwrap();
         assert_eq!(u.status, Status::Cancelled);
@@ -474,11 +653,82 @@ mod tests {
     }
 
     #[test]
+    fn a_released_attempt_goes_back_now_costs_nothing_and_is_superseded() {
+        let running = run(&[started(3), checkpoint(3, 4)]);
+        let u = apply(running, &ev(3, JobChange::Released)).unwrap();
+        assert_eq!(
+            (u.status, u.next, u.lease),
+            (Status::Queued, Some(Next::Now), Lease::End)
+        );
+        assert_eq!((u.superseded, u.failures, u.finished_at), (3, 0, None));
+        let c = running.after(&u);
+        // Anything the released attempt still says is stale; the next attempt starts.
+        assert_eq!(apply(c, &progress(3, 0.9)), None);
+        assert_eq!(apply(c, &succeeded(3)), None);
+        assert_eq!(apply(c, &ev(3, JobChange::Released)), None);
+        assert_eq!(apply(c, &started(4)).unwrap().status, Status::Running);
+        // A release that is not of the running attempt changes nothing.
+        assert_eq!(
+            apply(
+                run(&[started(1), failed(1, true)]),
+                &ev(1, JobChange::Released)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_lapsed_lease_supersedes_the_attempt_and_retries_within_the_budget() {
+        let lease = Duration::from_secs(30);
+        let now = Utc::now();
+        let running = run(&[started(1), progress(1, 0.5)]);
+        let u = expire(running, 3, lease, now).unwrap();
+        assert_eq!(
+            (u.status, u.next, u.lease),
+            (Status::Scheduled, Some(Next::Retry), Lease::End)
+        );
+        assert_eq!((u.superseded, u.failures, u.attempts), (1, 1, 1));
+        assert_eq!(u.finished_at, None);
+        assert!(
+            u.error
+                .as_deref()
+                .unwrap()
+                .contains("no heartbeat from its worker for 30s")
+        );
+        // The lost attempt's late events change nothing, its successor's do.
+        let c = running.after(&u);
+        assert_eq!(apply(c, &succeeded(1)), None, "fenced");
+        assert_eq!(apply(c, &started(2)).unwrap().status, Status::Running);
+        // The last attempt's budget: the job fails, when it lost its lease.
+        let last = Current {
+            failures: 2,
+            ..running
+        };
+        let u = expire(last, 3, lease, now).unwrap();
+        assert_eq!(
+            (u.status, u.next, u.finished_at),
+            (Status::Failed, None, Some(now))
+        );
+        assert_eq!((u.failures, u.superseded), (3, 1));
+        // A cancel was pending: cancelled, not run again.
+        let cancelling = Current {
+            cancel_requested: true,
+            ..running
+        };
+        let u = expire(cancelling, 3, lease, now).unwrap();
+        assert_eq!((u.status, u.next), (Status::Cancelled, None));
+        // Only a running job has a lease to lose.
+        for status in [Status::Scheduled, Status::Queued, Status::Succeeded] {
+            assert_eq!(expire(cur(status, 1, 0.0), 3, lease, now), None, "{status}");
+        }
+    }
+
+    #[test]
     fn events_of_an_earlier_generation_are_ignored() {
         // Re-driven: generation 1, attempts start again from 0.
         let c = Current {
             generation: 1,
-            ..cur(Status::Queued, 0, 0.0)
+            ..FRESH
         };
         let mut late = failed(3, false);
         assert_eq!(apply(c, &late), None, "a late event of generation 0");
@@ -490,11 +740,14 @@ mod tests {
 
     #[test]
     fn a_lone_final_event_records_when_the_attempt_started() {
-        let started = Utc::now() - chrono::Duration::milliseconds(40);
+        let started_at = Utc::now() - chrono::Duration::milliseconds(40);
         let mut done = succeeded(1);
-        done.started_at = Some(started);
+        done.started_at = Some(started_at);
         let u = apply(FRESH, &done).unwrap();
-        assert_eq!((u.status, u.started_at), (Status::Succeeded, Some(started)));
+        assert_eq!(
+            (u.status, u.started_at),
+            (Status::Succeeded, Some(started_at))
+        );
         assert_eq!(u.finished_at, Some(done.at));
     }
 
@@ -516,26 +769,35 @@ mod tests {
 
     #[test]
     fn a_fold_writes_what_its_events_would_one_by_one() {
-        let started = ev(1, JobChange::Started);
+        let first = started(1);
         let retrying = failed(1, true);
-        let again = ev(2, JobChange::Started);
-        let done = succeeded(2);
+        let again = started(2);
+        let saved = checkpoint(2, 5);
         let stale = progress(1, 0.9);
-        let events = [&started, &retrying, &again, &stale, &done];
+        let done = succeeded(2);
+        let events = [&first, &retrying, &again, &saved, &stale, &done];
         let folded = fold(FRESH, events);
-        assert_eq!(folded.changed, [true, true, true, false, true]);
+        assert_eq!(folded.changed, [true, true, true, true, false, true]);
         let m = folded.update.unwrap();
         assert_eq!(
-            (m.status, m.attempts, m.progress, m.retry),
-            (Status::Succeeded, 2, 1.0, false)
+            (
+                m.status, m.attempts, m.failures, m.progress, m.next, m.lease
+            ),
+            (Status::Succeeded, 2, 1, 1.0, None, Lease::End)
         );
-        assert_eq!(m.started_at, Some(started.at), "the first start stays");
+        assert_eq!(m.started_at, Some(first.at), "the first start stays");
         assert_eq!(m.finished_at, Some(done.at));
         assert_eq!(m.result, Some(json!(1)));
         assert_eq!(
             m.error.as_deref(),
             Some("attempt 1"),
             "an earlier error is kept"
+        );
+        assert_eq!(m.checkpoint, Some((json!({"step": 5}), 2, saved.at)));
+        assert_eq!(
+            m.attempt_span.as_deref(),
+            Some("span of 2"),
+            "the latest span"
         );
         // The same events one at a time, each written before the next is applied.
         let mut c = FRESH;
@@ -548,10 +810,13 @@ mod tests {
     }
 
     #[test]
-    fn a_fold_ending_in_a_retry_schedules_it() {
-        let folded = fold(FRESH, [&ev(1, JobChange::Started), &failed(1, true)]);
+    fn a_fold_ending_in_a_retry_or_a_release_requeues_it() {
+        let folded = fold(FRESH, [&started(1), &failed(1, true)]);
         let u = folded.update.unwrap();
-        assert!(u.retry && u.status == Status::Scheduled);
+        assert_eq!((u.status, u.next), (Status::Scheduled, Some(Next::Retry)));
+        let folded = fold(FRESH, [&started(1), &ev(1, JobChange::Released)]);
+        let u = folded.update.unwrap();
+        assert_eq!((u.status, u.next), (Status::Queued, Some(Next::Now)));
         assert_eq!(fold(FRESH, []).update, None);
         assert!(fold(FRESH, []).changed.is_empty());
     }

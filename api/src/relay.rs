@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use jobs_contract::Topology;
-use jobs_contract::messages::{ControlMessage, JobMessage};
+use jobs_contract::messages::{Checkpoint, ControlMessage, JobMessage};
 use shared::amqp::{Outgoing, Publisher, producer_span};
 use shared::telemetry::propagation;
 use sqlx::PgPool;
@@ -42,7 +42,7 @@ const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn run(
     db: PgPool,
     publisher: Publisher,
-    topology: Topology,
+    dispatch: Dispatch,
     wake: Arc<Notify>,
     interval: Duration,
     shutdown: CancellationToken,
@@ -51,7 +51,7 @@ pub async fn run(
     loop {
         for relay in [Relay::Jobs, Relay::Cancels] {
             loop {
-                match relay_batch(relay, &db, &publisher, &topology).await {
+                match relay_batch(relay, &db, &publisher, &dispatch).await {
                     Ok(n) if n < BATCH as usize => break,
                     Ok(_) => continue,
                     Err(Failure::Database(e)) => {
@@ -89,6 +89,17 @@ pub async fn run(
     }
 }
 
+/// Where jobs go, and what every attempt is told: its retry budget and its lease.
+#[derive(Debug, Clone)]
+pub struct Dispatch {
+    /// The exchanges.
+    pub topology: Topology,
+    /// `MAX_ATTEMPTS`: a transient failure of the last of these is final.
+    pub max_attempts: u32,
+    /// `JOB_LEASE_SECS`: how long an attempt may go without a heartbeat.
+    pub lease: Duration,
+}
+
 /// What one batch publishes.
 #[derive(Debug, Clone, Copy)]
 enum Relay {
@@ -113,7 +124,7 @@ async fn relay_batch(
     relay: Relay,
     db: &PgPool,
     publisher: &Publisher,
-    topology: &Topology,
+    dispatch: &Dispatch,
 ) -> Result<usize, Failure> {
     let mut tx = db.begin().await?;
     let Batch {
@@ -123,8 +134,11 @@ async fn relay_batch(
         messages,
         spans,
     } = match relay {
-        Relay::Jobs => jobs(outbox::lock_due(&mut tx, BATCH).await?, topology),
-        Relay::Cancels => cancels(outbox::lock_cancels(&mut tx, BATCH).await?, topology),
+        Relay::Jobs => jobs(outbox::lock_due(&mut tx, BATCH).await?, dispatch),
+        Relay::Cancels => cancels(
+            outbox::lock_cancels(&mut tx, BATCH).await?,
+            &dispatch.topology,
+        ),
     };
     if ids.is_empty() && stale.is_empty() {
         return Ok(0);
@@ -191,8 +205,8 @@ impl Batch {
     }
 }
 
-fn jobs(rows: Vec<outbox::Unpublished>, topology: &Topology) -> Batch {
-    let exchange = topology.jobs_exchange();
+fn jobs(rows: Vec<outbox::Unpublished>, dispatch: &Dispatch) -> Batch {
+    let exchange = dispatch.topology.jobs_exchange();
     let mut batch = Batch::default();
     for row in rows {
         if row.stale {
@@ -200,18 +214,40 @@ fn jobs(rows: Vec<outbox::Unpublished>, topology: &Topology) -> Batch {
             continue;
         }
         let id = row.id.to_string();
-        // The producer span continues the request's trace, however long after it we publish.
+        let attempt = row.attempt.max(1) as u32;
         let span = producer_span(&exchange, &row.kind, &id);
-        if let Some(tp) = &row.traceparent {
-            propagation::set_parent(&span, propagation::from_traceparent(tp));
+        match (attempt, &row.attempt_traceparent, &row.traceparent) {
+            // A later attempt starts a trace of its own, linked to the attempt before it: a
+            // job that runs for days makes a bounded trace per attempt, not one trace forever.
+            (2.., Some(previous), _) => propagation::link_to(&span, previous),
+            // The first attempt continues the request's trace, however long after it we
+            // publish.
+            (_, _, Some(request)) => {
+                propagation::set_parent(&span, propagation::from_traceparent(request));
+            }
+            _ => {}
         }
+        let checkpoint = match (row.checkpoint, row.checkpoint_attempt, row.checkpoint_at) {
+            (Some(state), Some(attempt), Some(at)) => Some(Checkpoint {
+                state,
+                attempt: attempt.max(0) as u32,
+                at,
+            }),
+            _ => None,
+        };
+        let failures = row.failures.max(0) as u32;
         let body = JobMessage {
             id: row.id,
             kind: row.kind.clone(),
             payload: row.payload,
-            attempt: row.attempt.max(1) as u32,
+            payload_version: row.payload_version.max(1) as u32,
+            attempt,
             generation: row.generation.max(0) as u32,
             available_at: row.run_at,
+            retries_left: dispatch.max_attempts.saturating_sub(failures + 1),
+            lease_ms: dispatch.lease.as_millis() as u64,
+            checkpoint,
+            previous_attempt: (attempt > 1).then_some(row.attempt_traceparent).flatten(),
         };
         let body = serde_json::to_vec(&body).expect("messages serialize");
         if row.scheduled {

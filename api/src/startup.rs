@@ -21,13 +21,23 @@ use tokio_util::sync::CancellationToken;
 use crate::accept::{self, Closer, Committer};
 use crate::{AppState, Config, broker, db, retention, routes};
 
-/// Serves on `listener` until `shutdown` is cancelled, then stops everything it started.
+/// Serves the contract's kinds on `listener` until `shutdown` is cancelled, then stops
+/// everything it started.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let kinds = jobs_contract::kinds::catalog();
+    run_with(listener, config, jobs_contract::kinds::catalog(), shutdown).await
+}
+
+/// [`run`] with the kinds of `kinds` (a service that embeds its own, or a test).
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    kinds: Catalog,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     init_metrics(&kinds);
     let grace = config.grace;
     let (state, background) = start(config, kinds, &shutdown).await?;
@@ -53,8 +63,10 @@ fn init_metrics(kinds: &Catalog) {
     for kind in kinds.names() {
         metrics::counter!("jobstack_jobs_created_total", "kind" => kind).absolute(0);
         metrics::counter!("jobstack_jobs_redriven_total", "kind" => kind).absolute(0);
+        metrics::counter!("jobstack_job_leases_lapsed_total", "kind" => kind).absolute(0);
     }
-    for event in ["started", "progress", "succeeded", "failed", "cancelled"] {
+    metrics::counter!("jobstack_heartbeats_total").absolute(0);
+    for event in jobs_contract::messages::JobChange::NAMES {
         for result in ["applied", "ignored"] {
             metrics::counter!("jobstack_job_events_total", "event" => event, "result" => result)
                 .absolute(0);

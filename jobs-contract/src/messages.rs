@@ -1,9 +1,24 @@
-//! What travels over RabbitMQ, as JSON bodies: a job to run, an event about a job, a control
-//! message to every worker. The W3C trace context travels beside them, in the AMQP headers.
+//! What travels over RabbitMQ, as JSON bodies: a job to run, an event about a job, a worker's
+//! heartbeat, a control message to every worker. The W3C trace context travels beside them, in
+//! the AMQP headers.
+//!
+//! Every field added after the first release has a default, so a message written by an older
+//! service still reads.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// The largest checkpoint a handler may save, serialized: it travels in every later attempt's
+/// message and is stored with the job.
+pub const MAX_CHECKPOINT_BYTES: usize = 64 * 1024;
+
+/// The largest result a handler may return, serialized: it is stored with the job and answered
+/// by `GET /jobs/{id}`. A larger one fails the job, with a clear error.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024;
+
+/// The lease of an attempt when a message does not say (one from before leases).
+pub const DEFAULT_LEASE_MS: u64 = 60_000;
 
 /// One attempt of a job, as the worker receives it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -14,15 +29,54 @@ pub struct JobMessage {
     pub kind: String,
     /// The handler's input, validated by the api before the job was stored.
     pub payload: serde_json::Value,
+    /// The payload's version: the kind's version when the job was accepted. A worker upgrades
+    /// an older one before its handler sees it (see `kinds::JobKind::upgrade`).
+    #[serde(default = "first_version")]
+    pub payload_version: u32,
     /// 1 for the first attempt; the attempt count travels with the message, not in the broker.
     pub attempt: u32,
-    /// Which series of attempts this is: 0 at first, one more at each re-drive. Events and
-    /// cancels name it, so nothing meant for an earlier series touches a later one.
+    /// Which generation this is: 0 at first, one more at each re-drive. Events and cancels name
+    /// it, so nothing meant for an earlier generation touches a later one.
     #[serde(default)]
     pub generation: u32,
     /// When this attempt became runnable: the job's creation, or the end of its retry delay.
     /// The worker measures queue wait from here.
     pub available_at: DateTime<Utc>,
+    /// Whether a transient failure of this attempt may be retried (the api keeps the budget):
+    /// when 0, such a failure is final.
+    #[serde(default)]
+    pub retries_left: u32,
+    /// How long the attempt may go without a heartbeat before the api gives it up and runs the
+    /// job again. The worker heartbeats well within it, and stops the attempt itself when it
+    /// cannot for half of it.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// The last checkpoint an earlier attempt saved: this attempt resumes from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+    /// The span of the attempt before this one (a W3C `traceparent`): this attempt's trace links
+    /// to it instead of growing the first attempt's trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_attempt: Option<String>,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+fn default_lease_ms() -> u64 {
+    DEFAULT_LEASE_MS
+}
+
+/// Where an attempt got to, saved by its handler so that the next attempt resumes there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Checkpoint {
+    /// What the handler saved (at most [`MAX_CHECKPOINT_BYTES`] serialized).
+    pub state: serde_json::Value,
+    /// The attempt that saved it.
+    pub attempt: u32,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 /// Something that happened to a job in a worker. The api applies events idempotently.
@@ -32,7 +86,7 @@ pub struct JobEvent {
     pub job_id: Uuid,
     /// The attempt the event belongs to; events of older attempts are stale.
     pub attempt: u32,
-    /// The series of attempts it belongs to (see [`JobMessage::generation`]).
+    /// The generation it belongs to (see [`JobMessage::generation`]).
     #[serde(default)]
     pub generation: u32,
     /// When it happened, by the worker's clock.
@@ -50,40 +104,91 @@ pub struct JobEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JobChange {
-    /// The attempt began.
-    Started,
+    /// The attempt began, and the worker holds its lease from now on (it acked the message).
+    Started {
+        /// The attempt's span (a W3C `traceparent`), for the next attempt's link.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
+    },
     /// The handler finished a step; `progress` is 0.0–1.0.
     Progress {
         /// Share of the work done.
         progress: f64,
+    },
+    /// The handler saved where it got to; a later attempt resumes from here.
+    Checkpoint {
+        /// What it saved.
+        state: serde_json::Value,
     },
     /// The handler returned a result.
     Succeeded {
         /// The handler's output.
         result: serde_json::Value,
     },
-    /// The attempt failed; `retrying` says whether another attempt is scheduled.
+    /// The attempt failed; `retrying` says whether another attempt is due.
     Failed {
         /// What went wrong, for people.
         error: String,
-        /// True when the job was sent to a retry queue, false when it is final.
+        /// True when the failure is transient and the message allowed a retry; false when it
+        /// is final.
         retrying: bool,
     },
     /// The attempt stopped because the job was cancelled.
     Cancelled,
+    /// The attempt stopped before its end, not because of the job (the worker is shutting
+    /// down), after saving what it could: the job runs again from its last checkpoint, and this
+    /// attempt does not count against its retries.
+    Released,
 }
 
 impl JobChange {
     /// The event's name, as used in routing keys and metric labels.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Started => "started",
+            Self::Started { .. } => "started",
             Self::Progress { .. } => "progress",
+            Self::Checkpoint { .. } => "checkpoint",
             Self::Succeeded { .. } => "succeeded",
             Self::Failed { .. } => "failed",
             Self::Cancelled => "cancelled",
+            Self::Released => "released",
         }
     }
+
+    /// Every event name, for metrics that start at zero.
+    pub const NAMES: [&'static str; 7] = [
+        "started",
+        "progress",
+        "checkpoint",
+        "succeeded",
+        "failed",
+        "cancelled",
+        "released",
+    ];
+}
+
+/// The routing key of [`Heartbeat`]s on the events exchange (the api's queue is bound `job.#`).
+pub const HEARTBEAT_ROUTING_KEY: &str = "job.heartbeat";
+
+/// A worker's heartbeat: the attempts it is running right now. One message for all of them,
+/// every few seconds, so that thousands of long jobs cost one publish per interval.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Heartbeat {
+    /// When the worker sent it, by its clock.
+    pub at: DateTime<Utc>,
+    /// The attempts it runs.
+    pub running: Vec<Lease>,
+}
+
+/// One running attempt, named so that only that attempt's lease is extended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The job.
+    pub job_id: Uuid,
+    /// Its attempt.
+    pub attempt: u32,
+    /// Its generation.
+    pub generation: u32,
 }
 
 /// On the control stream, which every worker reads from its start when it connects and then
@@ -95,7 +200,7 @@ pub enum ControlMessage {
     Cancel {
         /// The job to cancel.
         job_id: Uuid,
-        /// The series of attempts cancelled; a later re-drive is not.
+        /// The generation cancelled; a later re-drive is not.
         #[serde(default)]
         generation: u32,
     },
@@ -129,5 +234,55 @@ mod tests {
         assert_eq!(v["retrying"], true);
         assert_eq!(v["attempt"], 2);
         assert_eq!(serde_json::from_value::<JobEvent>(v).unwrap(), e);
+    }
+
+    #[test]
+    fn messages_of_an_older_service_still_read() {
+        // A job message and a `started` event as the first release wrote them.
+        let job: JobMessage = serde_json::from_value(serde_json::json!({
+            "id": Uuid::nil(), "kind": "sleep", "payload": {}, "attempt": 1,
+            "available_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        assert_eq!(
+            (
+                job.payload_version,
+                job.retries_left,
+                job.lease_ms,
+                job.checkpoint
+            ),
+            (1, 0, DEFAULT_LEASE_MS, None)
+        );
+        let started: JobEvent = serde_json::from_value(serde_json::json!({
+            "job_id": Uuid::nil(), "attempt": 1, "at": "2026-01-01T00:00:00Z", "event": "started"
+        }))
+        .unwrap();
+        assert_eq!(started.change, JobChange::Started { traceparent: None });
+    }
+
+    #[test]
+    fn every_event_has_its_name_in_the_list() {
+        let all = [
+            JobChange::Started { traceparent: None },
+            JobChange::Progress { progress: 0.5 },
+            JobChange::Checkpoint {
+                state: serde_json::json!(1),
+            },
+            JobChange::Succeeded {
+                result: serde_json::json!(1),
+            },
+            JobChange::Failed {
+                error: String::new(),
+                retrying: false,
+            },
+            JobChange::Cancelled,
+            JobChange::Released,
+        ];
+        let names: Vec<&str> = all.iter().map(JobChange::name).collect();
+        assert_eq!(names, JobChange::NAMES);
+        for change in all {
+            let wire = serde_json::to_value(&change).unwrap();
+            assert_eq!(wire["event"], change.name());
+        }
     }
 }

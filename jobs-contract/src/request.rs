@@ -25,6 +25,11 @@ pub struct JobRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = MAX_DELAY_MS))]
     pub delay_ms: Option<u64>,
+    /// The version of the kind's payload this request was written for (default: the kind's
+    /// current version). An older one is accepted while the kind can upgrade it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub payload_version: Option<u32>,
 }
 
 const MAX_DELAY_MS: u64 = MAX_DELAY.as_secs() * 1000;

@@ -12,16 +12,14 @@ use shared::config::{self, ConfigError};
 pub struct Config {
     /// `AMQP_URL`, `AMQP_PREFIX`, `PUBLISH_TIMEOUT_MS`.
     pub amqp: amqp::Settings,
-    /// `MAX_ATTEMPTS`: attempts a job gets; a transient failure of the last one is final (the
-    /// job is dead-lettered and fails). The api schedules each retry, after its back-off.
-    pub max_attempts: u32,
     /// `WORKER_LISTEN`: the admin server (`/healthz`, `/readyz`, `/metrics`).
     pub listen: SocketAddr,
-    /// `WORKER_CONCURRENCY`: jobs run at once, which is also the prefetch.
+    /// `WORKER_CONCURRENCY`: handlers run at once (thousands are fine for jobs that mostly wait).
     pub concurrency: u16,
-    /// `JOB_DEADLINE_SECS`: caps every kind's own deadline; keep RabbitMQ's consumer timeout
-    /// above it.
-    pub deadline: Duration,
+    /// `JOB_DEADLINE_SECS`: when set (not 0), caps every kind's own deadline; a kind without one
+    /// runs as long as it takes. The broker's consumer timeout does not bound it: an attempt's
+    /// message is acked once it has run for a moment.
+    pub deadline: Option<Duration>,
     /// `SHUTDOWN_GRACE_SECS`: how long in-flight jobs may finish after a signal.
     pub grace: Duration,
 }
@@ -31,10 +29,12 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
             amqp: amqp::Settings::from_env()?,
-            max_attempts: config::ranged("MAX_ATTEMPTS", 3, 1, 100)?,
             listen: Self::listen()?,
-            concurrency: config::ranged("WORKER_CONCURRENCY", 8, 1, 1000)?,
-            deadline: config::seconds("JOB_DEADLINE_SECS", 600)?,
+            concurrency: config::ranged("WORKER_CONCURRENCY", 8, 1, 50_000)?,
+            deadline: match config::ranged("JOB_DEADLINE_SECS", 0u64, 0, 30 * 86_400)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             grace: shared::shutdown::grace_from_env()?,
         })
     }

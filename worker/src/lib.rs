@@ -1,20 +1,25 @@
 //! The jobstack worker: consumes jobs from RabbitMQ, runs their handlers, reports what happens
-//! as job events, and retries or dead-letters failures. It speaks only AMQP (no database).
+//! as job events and heartbeats, and dead-letters what fails for good. It speaks only AMQP (no
+//! database).
 //!
 //! # Layout
 //! - [`config`]: settings from the environment.
 //! - [`kinds`]: the job handlers and their registry (one file per kind of the contract).
 //! - [`context`]: what a running handler sees (`JobContext`, `JobError`).
 //! - [`session`]: one broker connection's life: topology, consumers, shutdown.
-//! - [`runner`]: one delivery from decode to ack.
-//! - [`cancellations`]: which jobs the api asked to cancel.
+//! - [`runner`]: one delivery from decode to its outcome.
+//! - [`attempts`]: the attempts running here (their stops and leases) and the cancelled jobs.
+//! - [`heartbeat`]: renewing the leases of running attempts, and stopping those it cannot.
+//! - [`link`]: the current session's publisher, for jobs that outlive their session.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
-pub mod cancellations;
+pub mod attempts;
 pub mod config;
 pub mod context;
+pub mod heartbeat;
 pub mod kinds;
+pub mod link;
 pub mod runner;
 pub mod session;
 
@@ -22,14 +27,16 @@ use std::sync::Arc;
 
 use shared::amqp::{BrokerStatus, supervise};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
-use cancellations::Cancellations;
+use attempts::Attempts;
 use jobs_contract::Topology;
 use kinds::Registry;
+use link::Link;
 
 /// What every job task needs, for the life of the process.
 #[derive(Debug)]
@@ -40,27 +47,45 @@ pub struct WorkerState {
     pub topology: Topology,
     /// The job kinds.
     pub registry: Registry,
-    /// Cancel requests received.
-    pub cancellations: Cancellations,
+    /// The attempts running here, and the jobs the api cancelled.
+    pub attempts: Attempts,
+    /// The current session's publisher.
+    pub link: Link,
+    /// `WORKER_CONCURRENCY` slots: the handlers running at once, across sessions (a job whose
+    /// message is acked outlives the session it came on).
+    pub slots: Arc<Semaphore>,
 }
 
 impl WorkerState {
     /// Bundles the settings and kinds.
     pub fn new(config: Config, registry: Registry) -> Self {
         Self {
+            slots: Arc::new(Semaphore::new(usize::from(config.concurrency))),
             topology: config.topology(),
             config,
             registry,
-            cancellations: Cancellations::default(),
+            attempts: Attempts::default(),
+            link: Link::default(),
         }
     }
 }
 
-/// Runs the worker until `shutdown` is cancelled: the admin server on `listener`, and the
-/// broker session, reconnecting as needed. Returns once in-flight jobs are done or handed back.
+/// Runs the worker with the kinds of [`kinds::registry`] until `shutdown` is cancelled: the
+/// admin server on `listener`, the heartbeat, and the broker session, reconnecting as needed.
+/// Returns once in-flight jobs are done or handed back.
 pub async fn run(
     listener: TcpListener,
     config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with(listener, config, kinds::registry(), shutdown).await
+}
+
+/// [`run`] with the handlers of `registry` (a service that embeds its own kinds, or a test).
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     shared::metrics::install("worker", &[]);
@@ -68,9 +93,12 @@ pub async fn run(
     let status = BrokerStatus::default();
     let admin = tokio::spawn(admin::serve(listener, status.clone(), shutdown.clone()));
 
-    let registry = kinds::registry();
     describe_metrics(&registry);
     let state = Arc::new(WorkerState::new(config, registry));
+    // The heartbeat outlives the session's drain at shutdown: the attempts finishing (or saving
+    // their checkpoints) then still need their leases.
+    let beat_stop = CancellationToken::new();
+    let beat = tokio::spawn(heartbeat::run(state.clone(), beat_stop.clone()));
     let tracker = TaskTracker::new();
     let url = state.config.amqp.url.clone();
     supervise(&url, "worker", status.clone(), shutdown.clone(), |conn| {
@@ -83,6 +111,8 @@ pub async fn run(
         )
     })
     .await;
+    beat_stop.cancel();
+    let _ = beat.await;
     admin.await??;
     Ok(())
 }
@@ -94,11 +124,11 @@ fn describe_metrics(registry: &kinds::Registry) {
         metrics::counter!("jobstack_jobs_started_total", "kind" => kind).absolute(0);
         metrics::counter!("jobstack_job_retries_total", "kind" => kind).absolute(0);
         metrics::gauge!("jobstack_jobs_in_flight", "kind" => kind).set(0.0);
-        for outcome in ["succeeded", "failed", "cancelled"] {
+        for outcome in ["succeeded", "failed", "cancelled", "released"] {
             metrics::counter!("jobstack_jobs_finished_total", "kind" => kind, "outcome" => outcome)
                 .absolute(0);
         }
-        for reason in ["exhausted", "permanent"] {
+        for reason in ["exhausted", "permanent", "version"] {
             metrics::counter!("jobstack_jobs_dead_lettered_total", "kind" => kind, "reason" => reason)
                 .absolute(0);
         }
@@ -106,4 +136,7 @@ fn describe_metrics(registry: &kinds::Registry) {
     metrics::counter!("jobstack_jobs_dead_lettered_total", "kind" => "unknown", "reason" => "undecodable")
         .absolute(0);
     metrics::counter!("jobstack_amqp_reconnects_total").absolute(0);
+    for result in ["confirmed", "failed"] {
+        metrics::counter!("jobstack_worker_heartbeats_total", "result" => result).absolute(0);
+    }
 }

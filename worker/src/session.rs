@@ -19,18 +19,20 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{AMQPValue, FieldTable};
 use shared::amqp::{BrokerStatus, Outgoing, Publisher, producer_span};
 use std::time::Duration;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::WorkerState;
+use crate::attempts::StopReason;
 use crate::runner;
 
 /// Unacked control messages in flight to us: a stream consumer needs a prefetch, and a larger
 /// one reads a long stream faster at start-up.
 const CONTROL_PREFETCH: u16 = 1000;
+/// The most job messages held at once (see the prefetch in [`open`]).
+const PREFETCH_MAX: u16 = 256;
 /// How long reading the control stream up to our marker may take before the session fails
 /// (and reconnects): the stream holds at most 64 MB.
 const CATCH_UP: Duration = Duration::from_secs(60);
@@ -56,10 +58,7 @@ pub async fn run(
         prefetch,
     } = ready?;
     let jobs_tag = jobs.tag();
-    // `concurrency` slots bound the handlers running; the prefetch, twice that, bounds what this
-    // worker holds: jobs settling (outcome publish, confirm, ack) after their handler returned,
-    // and the next ones, ready for a free slot.
-    let slots = Arc::new(Semaphore::new(usize::from(state.config.concurrency)));
+    let _link = state.link.up(publisher);
     // Jobs still waiting for a slot when this session ends (a broker failure) must not start:
     // the broker hands their deliveries out again.
     let session_over = shutdown.child_token();
@@ -72,13 +71,7 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             delivery = jobs.next() => {
                 let delivery = delivery.context("job consumer closed")??;
-                tracker.spawn(runner::handle(
-                    delivery,
-                    publisher.clone(),
-                    state.clone(),
-                    slots.clone(),
-                    session_over.clone(),
-                ));
+                tracker.spawn(runner::handle(delivery, state.clone(), session_over.clone()));
             }
             delivery = control.next() => {
                 let delivery = delivery.context("control consumer closed")??;
@@ -93,7 +86,9 @@ pub async fn run(
     // Bounded like every broker call at shutdown: a broker that stopped answering must not hold it.
     let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
     tracker.close();
-    let in_flight = tracker.len();
+    // Every running attempt is asked to stop: a handler that checks between steps saves its
+    // checkpoint and hands its job back, to resume on the next worker.
+    let in_flight = state.attempts.stop_all(StopReason::Shutdown);
     tracing::info!(
         in_flight,
         grace_s = state.config.grace.as_secs(),
@@ -105,7 +100,7 @@ pub async fn run(
     {
         tracing::warn!(
             unfinished = tracker.len(),
-            "grace period over; unfinished jobs go back to the queue"
+            "grace period over; unfinished jobs run again once their message or lease lapses"
         );
     }
     // Closing the connection hands every unacked delivery back to the broker.
@@ -157,7 +152,11 @@ async fn open(conn: &lapin::Connection, state: &WorkerState) -> anyhow::Result<C
         "control stream read; cancels known"
     );
 
-    let prefetch = state.config.concurrency.saturating_mul(2);
+    // The prefetch bounds the messages held here, not the jobs running: a job's message is
+    // acked once it has run for a moment, and its attempt lives on its lease from then on.
+    // Twice the concurrency, so the next job is here when a slot frees, up to a cap that keeps a
+    // worker with thousands of slots from hoarding the queue.
+    let prefetch = state.config.concurrency.saturating_mul(2).min(PREFETCH_MAX);
     let jobs_channel = conn.create_channel().await?;
     jobs_channel
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -210,7 +209,7 @@ async fn on_control(delivery: &Delivery, state: &WorkerState) -> Option<Uuid> {
     }
     match serde_json::from_slice::<ControlMessage>(&delivery.data) {
         Ok(ControlMessage::Cancel { job_id, generation }) => {
-            if state.cancellations.cancel(job_id, generation) {
+            if state.attempts.cancel(job_id, generation) {
                 tracing::info!(job.id = %job_id, "cancel requested; stopping the running job");
             }
             None

@@ -18,6 +18,7 @@ use utoipa::OpenApi;
         super::jobs::view::Job,
         super::jobs::view::JobPage,
         super::jobs::view::Redriven,
+        super::jobs::view::CheckpointInfo,
         crate::lifecycle::Status,
         crate::lifecycle::PastGeneration,
         crate::error::Problem

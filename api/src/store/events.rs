@@ -1,4 +1,5 @@
-//! Applying workers' events to their jobs, through the state machine, a batch at a time.
+//! Applying workers' events to their jobs, through the state machine, a batch at a time; and
+//! the one statement that writes what the state machine decided (also for lapsed leases).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -6,11 +7,20 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use jobs_contract::messages::{JobChange, JobEvent};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{StateRow, state_columns};
-use crate::lifecycle::{self, Status};
+use crate::lifecycle::{self, Lease, Next, Status, Update};
+
+/// What writing an update needs beyond the update: how long a retry waits, and how long a
+/// renewed lease lasts.
+pub struct Timing<'a> {
+    /// The back-off before the retry of a job's `n`-th failure (it carries jitter).
+    pub backoff: &'a (dyn Fn(u32) -> Duration + Sync),
+    /// How long an attempt's lease lasts from its last sign of life.
+    pub lease: Duration,
+}
 
 /// What [`apply_events`] did.
 #[derive(Debug, Default, PartialEq)]
@@ -21,18 +31,16 @@ pub struct Applied {
     /// Jobs whose cancel went back into the cancel outbox: a worker started them after the
     /// cancel was accepted (it raced the broadcast), so it is told again.
     pub recancelled: usize,
-    /// Jobs put back in the outbox for their next attempt.
-    pub retried: usize,
+    /// Jobs put back in the outbox (a retry, or an attempt handed back).
+    pub requeued: usize,
 }
 
 /// Applies workers' events, in order, to their jobs through the state machine, in one
-/// transaction: one lock query, one update and one commit for the whole batch. A failed
-/// attempt that is to be retried goes back in the outbox, due after `backoff(attempt)` (which
-/// carries jitter: jobs failing together come back spread out); a job that ends leaves it.
+/// transaction: one lock query, one update and one commit for the whole batch.
 pub async fn apply_events(
     db: &PgPool,
     events: &[JobEvent],
-    backoff: impl Fn(u32) -> Duration,
+    timing: &Timing<'_>,
 ) -> sqlx::Result<Applied> {
     let mut tx = db.begin().await?;
     let ids: Vec<Uuid> = events.iter().map(|e| e.job_id).collect();
@@ -50,7 +58,7 @@ pub async fn apply_events(
 
     let mut recancel: Vec<Uuid> = events
         .iter()
-        .filter(|e| e.change == JobChange::Started)
+        .filter(|e| matches!(e.change, JobChange::Started { .. }))
         .filter(|e| {
             current
                 .get(&e.job_id)
@@ -85,67 +93,125 @@ pub async fn apply_events(
     let done = Applied {
         changed,
         recancelled: recancel.len(),
-        retried: updates.iter().filter(|(_, u)| u.retry).count(),
+        requeued: updates.iter().filter(|(_, u)| u.next.is_some()).count(),
     };
-    if updates.is_empty() {
-        tx.commit().await?;
-        return Ok(done);
-    }
-    if events
-        .iter()
-        .all(|e| matches!(e.change, JobChange::Started | JobChange::Progress { .. }))
+    if !updates.is_empty()
+        && events.iter().all(|e| {
+            matches!(
+                e.change,
+                JobChange::Started { .. } | JobChange::Progress { .. }
+            )
+        })
     {
         // Losing these to a PostgreSQL crash is harmless (a later event implies them), so
-        // they need not wait for the WAL flush; final states and retries always do.
+        // they need not wait for the WAL flush; final states, checkpoints and requeues always
+        // do.
         sqlx::query("SET LOCAL synchronous_commit TO off")
             .execute(&mut *tx)
             .await?;
     }
+    write(&mut tx, &updates, timing).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Writes what the state machine decided for each job (rows locked by the caller): one
+/// statement for all of them. A job that goes back in the outbox gets its entry, due after its
+/// back-off (a retry) or now (an attempt handed back); a running attempt's lease is renewed
+/// from now, or ended. Nothing else here touches the outbox: an entry left behind by a relay
+/// that crashed between the broker's confirm and its commit is the relay's to drop (it skips
+/// entries of jobs that have started or ended), and taking the outbox's row locks here, after
+/// the jobs' ones, would deadlock with the relay, which locks in the other order.
+pub(super) async fn write(
+    tx: &mut Transaction<'_, Postgres>,
+    updates: &[(Uuid, Update)],
+    timing: &Timing<'_>,
+) -> sqlx::Result<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
     let ids: Vec<Uuid> = updates.iter().map(|(id, _)| *id).collect();
     let statuses: Vec<Status> = updates.iter().map(|(_, u)| u.status).collect();
     let attempts: Vec<i32> = updates.iter().map(|(_, u)| u.attempts as i32).collect();
+    let failures: Vec<i32> = updates.iter().map(|(_, u)| u.failures as i32).collect();
+    let superseded: Vec<i32> = updates.iter().map(|(_, u)| u.superseded as i32).collect();
     let progress: Vec<f64> = updates.iter().map(|(_, u)| u.progress).collect();
     let started: Vec<Option<DateTime<Utc>>> = updates.iter().map(|(_, u)| u.started_at).collect();
     let finished: Vec<Option<DateTime<Utc>>> = updates.iter().map(|(_, u)| u.finished_at).collect();
     let results: Vec<Option<Value>> = updates.iter().map(|(_, u)| u.result.clone()).collect();
     let errors: Vec<Option<String>> = updates.iter().map(|(_, u)| u.error.clone()).collect();
-    let retry_in: Vec<Option<f64>> = updates
+    let checkpoints: Vec<Option<Value>> = updates
         .iter()
-        .map(|(_, u)| u.retry.then(|| backoff(u.attempts).as_secs_f64()))
+        .map(|(_, u)| u.checkpoint.as_ref().map(|c| c.0.clone()))
         .collect();
-    // A job to retry goes back in the outbox, due when its back-off is over. Nothing else here
-    // touches the outbox: an entry left behind by a relay that crashed between the broker's
-    // confirm and its commit is the relay's to drop (it skips entries of jobs that have started
-    // or ended), and taking the outbox's row locks here, after the jobs' ones, would deadlock
-    // with the relay, which locks in the other order.
+    let checkpoint_attempts: Vec<Option<i32>> = updates
+        .iter()
+        .map(|(_, u)| u.checkpoint.as_ref().map(|c| c.1 as i32))
+        .collect();
+    let checkpoint_ats: Vec<Option<DateTime<Utc>>> = updates
+        .iter()
+        .map(|(_, u)| u.checkpoint.as_ref().map(|c| c.2))
+        .collect();
+    let spans: Vec<Option<String>> = updates
+        .iter()
+        .map(|(_, u)| u.attempt_span.clone())
+        .collect();
+    // The lease, in seconds from now: renewed for the lease period, or ended (NULL).
+    let leases: Vec<Option<f64>> = updates
+        .iter()
+        .map(|(_, u)| (u.lease == Lease::Renew).then_some(timing.lease.as_secs_f64()))
+        .collect();
+    let due_in: Vec<Option<f64>> = updates
+        .iter()
+        .map(|(_, u)| match u.next {
+            Some(Next::Retry) => Some((timing.backoff)(u.failures).as_secs_f64()),
+            Some(Next::Now) => Some(0.0),
+            None => None,
+        })
+        .collect();
     sqlx::query(
         "WITH u AS ( \
-             UPDATE jobs AS j SET status = u.status, attempts = u.attempts, progress = u.progress, \
+             UPDATE jobs AS j SET status = u.status, attempts = u.attempts, \
+             failures = u.failures, superseded = u.superseded, progress = u.progress, \
              started_at = COALESCE(j.started_at, u.started_at), \
              finished_at = COALESCE(j.finished_at, u.finished_at), \
              result = COALESCE(u.result, j.result), error = COALESCE(u.error, j.error), \
-             run_at = COALESCE(now() + make_interval(secs => u.retry_in), j.run_at) \
-             FROM unnest($1::uuid[], $2::job_status[], $3::int4[], $4::float8[], \
-                         $5::timestamptz[], $6::timestamptz[], $7::jsonb[], $8::text[], \
-                         $9::float8[]) \
-                  AS u(id, status, attempts, progress, started_at, finished_at, result, error, \
-                       retry_in) \
-             WHERE j.id = u.id RETURNING j.id, j.run_at, u.retry_in) \
+             checkpoint = COALESCE(u.checkpoint, j.checkpoint), \
+             checkpoint_attempt = COALESCE(u.checkpoint_attempt, j.checkpoint_attempt), \
+             checkpoint_at = COALESCE(u.checkpoint_at, j.checkpoint_at), \
+             attempt_traceparent = COALESCE(u.span, j.attempt_traceparent), \
+             heartbeat_at = CASE WHEN u.lease IS NULL THEN NULL ELSE now() END, \
+             lease_expires_at = now() + make_interval(secs => u.lease), \
+             run_at = COALESCE(now() + make_interval(secs => u.due_in), j.run_at) \
+             FROM unnest($1::uuid[], $2::job_status[], $3::int4[], $4::int4[], $5::int4[], \
+                         $6::float8[], $7::timestamptz[], $8::timestamptz[], $9::jsonb[], \
+                         $10::text[], $11::jsonb[], $12::int4[], $13::timestamptz[], \
+                         $14::text[], $15::float8[], $16::float8[]) \
+                  AS u(id, status, attempts, failures, superseded, progress, started_at, \
+                       finished_at, result, error, checkpoint, checkpoint_attempt, \
+                       checkpoint_at, span, lease, due_in) \
+             WHERE j.id = u.id RETURNING j.id, j.run_at, u.due_in) \
          INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM u \
-         WHERE retry_in IS NOT NULL \
+         WHERE due_in IS NOT NULL \
          ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at",
     )
     .bind(&ids)
     .bind(&statuses)
     .bind(&attempts)
+    .bind(&failures)
+    .bind(&superseded)
     .bind(&progress)
     .bind(&started)
     .bind(&finished)
     .bind(&results)
     .bind(&errors)
-    .bind(&retry_in)
-    .execute(&mut *tx)
+    .bind(&checkpoints)
+    .bind(&checkpoint_attempts)
+    .bind(&checkpoint_ats)
+    .bind(&spans)
+    .bind(&leases)
+    .bind(&due_in)
+    .execute(&mut **tx)
     .await?;
-    tx.commit().await?;
-    Ok(done)
+    Ok(())
 }

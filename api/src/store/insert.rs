@@ -20,6 +20,8 @@ pub struct NewJob {
     pub kind: String,
     /// Its payload, validated.
     pub payload: Value,
+    /// The version of the kind's payload it is written in.
+    pub payload_version: u32,
     /// When it may run.
     pub schedule: Schedule,
     /// The accepting request's trace id.
@@ -116,6 +118,7 @@ async fn insert_rows(
 ) -> sqlx::Result<Vec<JobRow>> {
     let mut kinds = Vec::with_capacity(jobs.len());
     let mut payloads = Vec::with_capacity(jobs.len());
+    let mut versions: Vec<i32> = Vec::with_capacity(jobs.len());
     let mut trace_ids = Vec::with_capacity(jobs.len());
     let mut traceparents = Vec::with_capacity(jobs.len());
     let mut run_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(jobs.len());
@@ -123,6 +126,7 @@ async fn insert_rows(
     for job in jobs {
         kinds.push(job.kind.as_str());
         payloads.push(&job.payload);
+        versions.push(job.payload_version as i32);
         trace_ids.push(job.trace_id.as_str());
         traceparents.push(job.traceparent.as_deref());
         let (run_at, delay) = match job.schedule {
@@ -135,13 +139,13 @@ async fn insert_rows(
     }
     sqlx::query_as(concat!(
         "WITH ins AS ( \
-             INSERT INTO jobs (id, kind, payload, trace_id, traceparent, run_at, status) \
-             SELECT id, kind, payload, trace_id, traceparent, due, \
+             INSERT INTO jobs (id, kind, payload, payload_version, trace_id, traceparent, run_at, status) \
+             SELECT id, kind, payload, payload_version, trace_id, traceparent, due, \
                     CASE WHEN due > now() THEN $8 ELSE $9 END \
              FROM (SELECT *, GREATEST(now(), COALESCE(run_at, now() + make_interval(secs => delay))) AS due \
                    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], \
-                               $6::timestamptz[], $7::float8[]) \
-                        AS i(id, kind, payload, trace_id, traceparent, run_at, delay)) AS i \
+                               $6::timestamptz[], $7::float8[], $10::int4[]) \
+                        AS i(id, kind, payload, trace_id, traceparent, run_at, delay, payload_version)) AS i \
              RETURNING *), \
          queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM ins) \
          SELECT ",
@@ -157,6 +161,7 @@ async fn insert_rows(
     .bind(&delays)
     .bind(Status::Scheduled)
     .bind(Status::Queued)
+    .bind(&versions)
     .fetch_all(&mut **tx)
     .await
 }

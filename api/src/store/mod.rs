@@ -9,11 +9,13 @@
 //! - [`events`]: applying workers' events through the state machine.
 //! - [`outbox`]: what the relay publishes and takes out.
 //! - [`redrive`]: running failed or cancelled jobs again.
+//! - [`leases`]: workers' heartbeats, and giving up attempts whose lease lapsed.
 //! - [`retention`]: deleting old finished jobs and expired keys.
 
 pub mod cancel;
 pub mod events;
 pub mod insert;
+pub mod leases;
 pub mod outbox;
 pub mod read;
 pub mod redrive;
@@ -46,6 +48,8 @@ pub struct JobRow {
     pub status: Status,
     /// 0.0–1.0.
     pub progress: f64,
+    /// The version of its kind's payload it was accepted under.
+    pub payload_version: i32,
     /// Attempts started in this generation.
     pub attempts: i32,
     /// The handler's output, once succeeded.
@@ -66,13 +70,20 @@ pub struct JobRow {
     pub generation: i32,
     /// How each earlier generation ended, oldest first.
     pub history: Json<Vec<PastGeneration>>,
+    /// The running attempt's last sign of life.
+    pub heartbeat_at: Option<DateTime<Utc>>,
+    /// When the last checkpoint was saved.
+    pub checkpoint_at: Option<DateTime<Utc>>,
+    /// The attempt that saved it.
+    pub checkpoint_attempt: Option<i32>,
 }
 
 /// The columns of [`JobRow`], for `concat!` (sqlx only takes static SQL).
 macro_rules! job_columns {
     () => {
-        "id, kind, payload, status, progress, attempts, result, error, \
-         created_at, run_at, started_at, finished_at, trace_id, generation, history"
+        "id, kind, payload, payload_version, status, progress, attempts, result, error, \
+         created_at, run_at, started_at, finished_at, trace_id, generation, history, \
+         heartbeat_at, checkpoint_at, checkpoint_attempt"
     };
 }
 use job_columns;
@@ -83,6 +94,8 @@ struct StateRow {
     id: Uuid,
     status: Status,
     attempts: i32,
+    failures: i32,
+    superseded: i32,
     progress: f64,
     cancel_requested: bool,
     generation: i32,
@@ -91,7 +104,7 @@ struct StateRow {
 /// The columns of [`StateRow`].
 macro_rules! state_columns {
     () => {
-        "id, status, attempts, progress, cancel_requested, generation"
+        "id, status, attempts, failures, superseded, progress, cancel_requested, generation"
     };
 }
 use state_columns;
@@ -101,6 +114,8 @@ impl StateRow {
         Current {
             status: self.status,
             attempts: self.attempts.max(0) as u32,
+            failures: self.failures.max(0) as u32,
+            superseded: self.superseded.max(0) as u32,
             progress: self.progress,
             cancel_requested: self.cancel_requested,
             generation: self.generation.max(0) as u32,

@@ -20,10 +20,22 @@ pub struct Unpublished {
     pub payload: Value,
     /// When this attempt may run.
     pub run_at: DateTime<Utc>,
+    /// The version of its kind's payload it was accepted under.
+    pub payload_version: i32,
     /// The attempt to publish: one more than the attempts started so far.
     pub attempt: i32,
+    /// Attempts of this generation that failed so far (the retry budget counts these).
+    pub failures: i32,
     /// Its generation.
     pub generation: i32,
+    /// The last checkpoint, if an earlier attempt saved one: its state, attempt and time.
+    pub checkpoint: Option<Value>,
+    /// The attempt that saved it.
+    pub checkpoint_attempt: Option<i32>,
+    /// When.
+    pub checkpoint_at: Option<DateTime<Utc>>,
+    /// The previous attempt's span, which this one links to.
+    pub attempt_traceparent: Option<String>,
     /// The accepting request's trace context.
     pub traceparent: Option<String>,
     /// Whether it is waiting for its `run_at` (status `scheduled`: a delayed job or a retry),
@@ -41,8 +53,10 @@ pub async fn lock_due(
     limit: i64,
 ) -> sqlx::Result<Vec<Unpublished>> {
     sqlx::query_as(
-        "SELECT j.id, j.kind, j.payload, j.run_at, j.attempts + 1 AS attempt, j.generation, \
-                j.traceparent, j.status = $2 AS scheduled, j.status <> ALL($3) AS stale \
+        "SELECT j.id, j.kind, j.payload, j.payload_version, j.run_at, j.attempts + 1 AS attempt, \
+                j.failures, j.generation, j.checkpoint, j.checkpoint_attempt, j.checkpoint_at, \
+                j.attempt_traceparent, j.traceparent, \
+                j.status = $2 AS scheduled, j.status <> ALL($3) AS stale \
          FROM outbox AS o JOIN jobs AS j ON j.id = o.job_id \
          WHERE o.run_at <= now() \
          ORDER BY o.run_at LIMIT $1 FOR UPDATE OF o SKIP LOCKED",

@@ -2,6 +2,12 @@
 //!
 //! A kind is a file here (its payload type, with serde and JSON Schema derives, its validation
 //! and an example) and one `.with::<…>()` line in [`catalog`]. The worker adds the handler.
+//!
+//! A kind's payload can evolve: each kind has a `VERSION` (1 at first), every job carries the
+//! version it was accepted under, and a kind whose new payload is not a superset of the old one
+//! bumps `VERSION` and implements [`JobKind::upgrade`] from the versions jobs may still carry.
+//! The worker upgrades before its handler sees the payload; a version it cannot read is
+//! dead-lettered with the reason, never run with the wrong shape.
 
 pub mod fail;
 pub mod hash;
@@ -30,6 +36,9 @@ pub fn catalog() -> Catalog {
 pub trait JobKind: 'static {
     /// The `kind` clients send.
     const NAME: &'static str;
+    /// The payload's version: 1 for a new kind, one more at each change that payloads of jobs
+    /// accepted before it do not satisfy (they are then read through [`JobKind::upgrade`]).
+    const VERSION: u32 = 1;
     /// What the kind takes; unknown fields are refused by `#[serde(deny_unknown_fields)]`.
     type Payload: DeserializeOwned + Serialize + JsonSchema + Send;
 
@@ -38,11 +47,56 @@ pub trait JobKind: 'static {
 
     /// A valid payload, for documentation and generated clients.
     fn example() -> Self::Payload;
+
+    /// A payload of version `from` (older than [`JobKind::VERSION`]) in the current version's
+    /// shape. The default knows no older version; `Err` says why it cannot be read.
+    fn upgrade(from: u32, payload: Value) -> Result<Value, String> {
+        let _ = payload;
+        Err(format!("no upgrade from version {from}"))
+    }
 }
+
+/// Why a payload cannot be taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadError {
+    /// No such kind.
+    UnknownKind(String),
+    /// A version this contract cannot read: newer than the kind's, or older with no upgrade.
+    Version {
+        /// The version the payload carries.
+        version: u32,
+        /// The kind's version.
+        current: u32,
+        /// Why it cannot be read.
+        reason: String,
+    },
+    /// Readable, but not a valid payload of the kind.
+    Invalid(String),
+}
+
+impl std::fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::UnknownKind(kind) => write!(f, "unknown kind {kind:?}"),
+            Self::Version {
+                version,
+                current,
+                reason,
+            } => write!(
+                f,
+                "payload version {version} cannot be read (the kind is at version {current}): {reason}"
+            ),
+            Self::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for PayloadError {}
 
 #[derive(Clone, Copy)]
 struct Entry {
-    validate: fn(&Value) -> Result<(), String>,
+    version: u32,
+    read: fn(u32, Value) -> Result<Value, PayloadError>,
     schema: fn() -> Value,
     example: fn() -> Value,
 }
@@ -65,7 +119,8 @@ impl Catalog {
         self.kinds.insert(
             K::NAME,
             Entry {
-                validate: validate::<K>,
+                version: K::VERSION,
+                read: read::<K>,
                 schema: schema::<K>,
                 example: || serde_json::to_value(K::example()).expect("payloads serialize"),
             },
@@ -83,11 +138,27 @@ impl Catalog {
         self.kinds.contains_key(kind)
     }
 
-    /// Checks `payload` for `kind`; `Err` says what is wrong.
+    /// Checks a current-version `payload` for `kind`; `Err` says what is wrong.
     pub fn validate(&self, kind: &str, payload: &Value) -> Result<(), String> {
+        let version = self
+            .version(kind)
+            .ok_or_else(|| format!("unknown kind {kind:?}"))?;
+        self.read(kind, version, payload.clone())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// `kind`'s payload version.
+    pub fn version(&self, kind: &str) -> Option<u32> {
+        self.kinds.get(kind).map(|e| e.version)
+    }
+
+    /// A payload of `version`, upgraded to the kind's version if older, and validated: what the
+    /// worker runs, and what the api checks before it stores a job.
+    pub fn read(&self, kind: &str, version: u32, payload: Value) -> Result<Value, PayloadError> {
         match self.kinds.get(kind) {
-            Some(e) => (e.validate)(payload),
-            None => Err(format!("unknown kind {kind:?}")),
+            Some(e) => (e.read)(version, payload),
+            None => Err(PayloadError::UnknownKind(kind.to_owned())),
         }
     }
 
@@ -123,8 +194,22 @@ fn schema<K: JobKind>() -> Value {
     schema
 }
 
-fn validate<K: JobKind>(payload: &Value) -> Result<(), String> {
-    parse::<K>(payload).map(drop)
+/// A payload of `version` in `K`'s current shape, validated: upgraded first when older.
+pub fn read<K: JobKind>(version: u32, payload: Value) -> Result<Value, PayloadError> {
+    let refuse = |reason: String| PayloadError::Version {
+        version,
+        current: K::VERSION,
+        reason,
+    };
+    let current = match version {
+        v if v == K::VERSION => payload,
+        v if v > K::VERSION || v == 0 => {
+            return Err(refuse("this contract does not know it".into()));
+        }
+        v => K::upgrade(v, payload).map_err(refuse)?,
+    };
+    parse::<K>(&current).map_err(PayloadError::Invalid)?;
+    Ok(current)
 }
 
 #[cfg(test)]
@@ -151,7 +236,7 @@ mod tests {
             ("sleep", json!({"duration_ms": 10, "steps": 0})),
             ("sleep", json!({"duration_ms": 10})),
             ("sleep", json!({"duration_ms": 10, "steps": 1, "extra": 1})),
-            ("sleep", json!({"duration_ms": 300_001, "steps": 1})),
+            ("sleep", json!({"duration_ms": 604_800_001u64, "steps": 1})),
             ("hash", json!({"rounds": 0})),
             ("hash", json!({"rounds": "many"})),
             ("fail", json!({})),
@@ -163,6 +248,86 @@ mod tests {
                 "{kind} {bad} should be refused"
             );
         }
+    }
+
+    /// A kind at version 2, whose version 1 named the whole name in one field.
+    struct Greet;
+
+    #[derive(Debug, serde::Deserialize, Serialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Names {
+        first: String,
+        last: String,
+    }
+
+    impl JobKind for Greet {
+        const NAME: &'static str = "greet";
+        const VERSION: u32 = 2;
+        type Payload = Names;
+        fn validate(p: &Names) -> Result<(), String> {
+            if p.first.is_empty() {
+                return Err("first must not be empty".into());
+            }
+            Ok(())
+        }
+        fn example() -> Names {
+            Names {
+                first: "Ada".into(),
+                last: "Lovelace".into(),
+            }
+        }
+        fn upgrade(from: u32, payload: Value) -> Result<Value, String> {
+            match from {
+                1 => {
+                    let name = payload["name"].as_str().ok_or("name: missing")?;
+                    let (first, last) = name.split_once(' ').unwrap_or((name, ""));
+                    Ok(json!({"first": first, "last": last}))
+                }
+                other => Err(format!("no upgrade from version {other}")),
+            }
+        }
+    }
+
+    #[test]
+    fn an_older_payload_is_upgraded_and_an_unknown_version_is_refused() {
+        let c = Catalog::default().with::<Greet>();
+        assert_eq!(c.version("greet"), Some(2));
+        assert_eq!(
+            c.read("greet", 1, json!({"name": "Ada Lovelace"})).unwrap(),
+            json!({"first": "Ada", "last": "Lovelace"})
+        );
+        let current = json!({"first": "Ada", "last": "L"});
+        assert_eq!(c.read("greet", 2, current.clone()).unwrap(), current);
+        for (version, payload, says) in [
+            (
+                3,
+                current.clone(),
+                "version 3 cannot be read (the kind is at version 2): this contract does not know it",
+            ),
+            (0, current, "version 0 cannot be read"),
+            (
+                1,
+                json!({}),
+                "version 1 cannot be read (the kind is at version 2): name: missing",
+            ),
+        ] {
+            let e = c.read("greet", version, payload).unwrap_err();
+            assert!(matches!(e, PayloadError::Version { .. }), "{e:?}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        // Upgraded, then validated like any payload.
+        let e = c.read("greet", 1, json!({"name": ""})).unwrap_err();
+        assert_eq!(e, PayloadError::Invalid("first must not be empty".into()));
+        assert!(matches!(
+            c.read("nope", 1, json!({})),
+            Err(PayloadError::UnknownKind(_))
+        ));
+        // A kind that never changed reads only its one version.
+        assert!(
+            catalog()
+                .read("sleep", 2, json!({"duration_ms": 1, "steps": 1}))
+                .is_err()
+        );
     }
 
     #[test]

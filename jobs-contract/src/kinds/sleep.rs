@@ -1,15 +1,17 @@
-//! `sleep`: wait `duration_ms` in `steps` equal steps, reporting progress after each: the
-//! stand-in for any long, I/O-bound job.
+//! `sleep`: wait `duration_ms` in `steps` equal steps, reporting progress after each and saving
+//! a checkpoint as it goes: the stand-in for any long, I/O-bound job, minutes to days, which
+//! resumes where it left off after a crash, a deploy or a re-drive.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::JobKind;
 
-/// Longest sleep accepted (5 minutes), so a job cannot outlive the worker's default deadline.
-pub const MAX_DURATION_MS: u64 = 300_000;
+/// Longest sleep accepted: a week. An attempt lives on its lease, not on a broker delivery, so
+/// nothing but this bound limits it.
+pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Most steps accepted (one progress report each).
-pub const MAX_STEPS: u32 = 100;
+pub const MAX_STEPS: u32 = 10_000;
 
 /// The `sleep` kind.
 #[derive(Debug)]
@@ -20,10 +22,10 @@ pub struct Sleep;
 #[serde(deny_unknown_fields)]
 pub struct Payload {
     /// How long the whole job sleeps, in milliseconds.
-    #[schemars(range(max = 300_000))]
+    #[schemars(range(max = 604_800_000))]
     pub duration_ms: u64,
     /// In how many equal steps, each reporting progress.
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = 1, max = 10_000))]
     pub steps: u32,
 }
 

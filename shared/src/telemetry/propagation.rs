@@ -83,6 +83,16 @@ pub fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
     }
 }
 
+/// Links `span` to the span named by a W3C `traceparent` (an earlier attempt's, say): a new
+/// trace that points back at the one it follows, instead of growing it. Must run before the
+/// span is first entered. A malformed value adds no link.
+pub fn link_to(span: &tracing::Span, traceparent: &str) {
+    let linked = from_traceparent(traceparent).span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
+    }
+}
+
 /// `span`'s context as a W3C `traceparent` value, e.g. to answer in a response header or to
 /// keep with an outbox row.
 pub fn traceparent(span: &tracing::Span) -> Option<String> {

@@ -118,7 +118,7 @@ async fn every_bad_request_is_a_problem_and_stores_nothing() {
         case(
             "sleep too long",
             "/jobs",
-            r#"{"kind":"sleep","payload":{"duration_ms":300001,"steps":1}}"#,
+            r#"{"kind":"sleep","payload":{"duration_ms":604800001,"steps":1}}"#,
             422,
             "duration_ms must be at most",
         ),

@@ -33,6 +33,62 @@ static TELEMETRY: LazyLock<()> = LazyLock::new(|| {
     drop(std::panic::take_hook());
 });
 
+/// A worker on a runtime of its own, so that killing it drops every task it started (its job
+/// handlers too), as a killed process would.
+pub(crate) struct Worker {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Worker {
+    fn start(
+        listener: TcpListener,
+        config: worker::Config,
+        registry: worker::kinds::Registry,
+    ) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime for the worker");
+        let listener = listener.into_std().expect("a std listener");
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener)?;
+            worker::run_with(listener, config, registry, token).await
+        });
+        Self {
+            stop,
+            task,
+            runtime: Some(runtime),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        (&mut self.task)
+            .await
+            .unwrap()
+            .expect("worker exits cleanly");
+    }
+
+    fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// How to build a test app.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -40,6 +96,10 @@ pub(crate) struct Options {
     pub(crate) max_attempts: u32,
     /// `RETRY_BASE_MS`: the back-off before the first retry.
     pub(crate) retry_base: Duration,
+    /// `JOB_LEASE_SECS`: how long a running attempt may go without a heartbeat.
+    pub(crate) lease: Duration,
+    /// The kinds the api takes, when not the contract's.
+    pub(crate) catalog: Option<jobs_contract::Catalog>,
     pub(crate) deadline: Duration,
     pub(crate) grace: Duration,
     pub(crate) body_limit: usize,
@@ -59,6 +119,8 @@ impl Default for Options {
             worker: true,
             max_attempts: 3,
             retry_base: Duration::from_millis(50),
+            lease: Duration::from_secs(10),
+            catalog: None,
             deadline: Duration::from_secs(30),
             grace: Duration::from_secs(10),
             body_limit: 1 << 20,
@@ -80,7 +142,11 @@ pub(crate) struct TestApp {
     pub(crate) worker_config: worker::Config,
     api_stop: CancellationToken,
     api_task: JoinHandle<anyhow::Result<()>>,
-    worker: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    worker: Option<Worker>,
+    /// The kinds the api takes (the contract's, unless a test gave its own).
+    pub(crate) catalog: jobs_contract::Catalog,
+    /// The handlers the next worker started runs (the worker's own, unless a test sets others).
+    pub(crate) registry: worker::kinds::Registry,
     /// Set by [`TestApp::stop`]; otherwise `Drop` cleans up (a failed assertion unwound).
     cleaned: bool,
 }
@@ -106,8 +172,19 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let api_stop = CancellationToken::new();
-        let api_task = tokio::spawn(api::run(listener, api_config.clone(), api_stop.clone()));
+        let catalog = opts
+            .catalog
+            .clone()
+            .unwrap_or_else(jobs_contract::kinds::catalog);
+        let api_task = tokio::spawn(api::run_with(
+            listener,
+            api_config.clone(),
+            catalog.clone(),
+            api_stop.clone(),
+        ));
         let mut app = Self {
+            catalog,
+            registry: worker::kinds::registry(),
             url,
             http: reqwest::Client::new(),
             api_config,
@@ -135,17 +212,25 @@ impl TestApp {
     /// Stops the api as SIGTERM does and starts it again on a new port, with the same database
     /// and queues.
     pub(crate) async fn restart_api(&mut self) {
+        self.pause_api(Duration::ZERO).await;
+    }
+
+    /// Stops the api as SIGTERM does, leaves it down for `down`, and starts it again on a new
+    /// port, with the same database and queues: meanwhile nothing applies the workers' events.
+    pub(crate) async fn pause_api(&mut self, down: Duration) {
         self.api_stop.cancel();
         (&mut self.api_task)
             .await
             .unwrap()
             .expect("api exits cleanly");
+        tokio::time::sleep(down).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.url = format!("http://{}", listener.local_addr().unwrap());
         self.api_stop = CancellationToken::new();
-        self.api_task = tokio::spawn(api::run(
+        self.api_task = tokio::spawn(api::run_with(
             listener,
             self.api_config.clone(),
+            self.catalog.clone(),
             self.api_stop.clone(),
         ));
         let (http, url) = (self.http.clone(), self.url.clone());
@@ -159,13 +244,11 @@ impl TestApp {
     pub(crate) async fn start_worker(&mut self) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = format!("http://{}/readyz", listener.local_addr().unwrap());
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(worker::run(
+        self.worker = Some(Worker::start(
             listener,
             self.worker_config.clone(),
-            stop.clone(),
+            self.registry.clone(),
         ));
-        self.worker = Some((stop, task));
         let http = self.http.clone();
         self.wait_until(Duration::from_secs(30), "worker consuming", || async {
             http.get(&admin)
@@ -176,13 +259,19 @@ impl TestApp {
         .await;
     }
 
-    /// Stops the worker as SIGTERM does and waits for it to exit (in-flight jobs drain first).
+    /// Stops the worker as SIGTERM does and waits for it to exit (in-flight jobs are asked to
+    /// stop, save their checkpoints and hand their jobs back first).
     pub(crate) async fn stop_worker(&mut self) -> Duration {
-        let (stop, task) = self.worker.take().expect("a worker runs");
+        let worker = self.worker.take().expect("a worker runs");
         let start = Instant::now();
-        stop.cancel();
-        task.await.unwrap().expect("worker exits cleanly");
+        worker.stop().await;
         start.elapsed()
+    }
+
+    /// Kills the worker as SIGKILL does: every one of its tasks is dropped where it stands, its
+    /// connections close, nothing is reported.
+    pub(crate) fn kill_worker(&mut self) {
+        self.worker.take().expect("a worker runs").kill();
     }
 
     pub(crate) async fn post(
@@ -373,9 +462,8 @@ impl Drop for TestApp {
         }
         self.api_stop.cancel();
         self.api_task.abort();
-        if let Some((stop, task)) = &self.worker {
-            stop.cancel();
-            task.abort();
+        if let Some(worker) = self.worker.take() {
+            worker.kill();
         }
         let config = self.api_config.clone();
         test_support::cleanup::on_drop(async move { cleanup(&config).await });
@@ -395,6 +483,8 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
     api_config.amqp.url = opts.amqp_url.clone();
     api_config.amqp.prefix = name.clone();
     api_config.retry_base = opts.retry_base;
+    api_config.max_attempts = opts.max_attempts;
+    api_config.lease = opts.lease;
     api_config.body_limit = opts.body_limit;
     api_config.grace = opts.grace;
     api_config.relay_interval = Duration::from_millis(200);
@@ -405,8 +495,7 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
     let mut worker_config = worker::Config::from_env().expect("default config");
     worker_config.amqp.url = opts.worker_amqp_url.clone();
     worker_config.amqp.prefix = name.clone();
-    worker_config.max_attempts = opts.max_attempts;
-    worker_config.deadline = opts.deadline;
+    worker_config.deadline = Some(opts.deadline);
     worker_config.grace = opts.grace;
     worker_config.concurrency = opts.concurrency;
     (name, api_config, worker_config)

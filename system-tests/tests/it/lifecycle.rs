@@ -41,7 +41,10 @@ async fn sleep_job_goes_queued_running_succeeded_with_rising_progress() {
     let done = seen.last().unwrap();
     assert_eq!(done["progress"], 1.0);
     assert_eq!(done["attempts"], 1);
-    assert_eq!(done["result"], json!({"slept_ms": 600, "steps": 3}));
+    assert_eq!(
+        done["result"],
+        json!({"slept_ms": 600, "steps": 3, "resumed_at_step": 0})
+    );
     for field in ["created_at", "started_at", "finished_at"] {
         assert!(done[field].is_string(), "{field} set: {done}");
     }

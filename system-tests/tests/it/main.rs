@@ -9,6 +9,7 @@ mod control;
 mod helpers;
 mod lifecycle;
 mod listing;
+mod long_jobs;
 mod metrics;
 mod resilience;
 mod telemetry;

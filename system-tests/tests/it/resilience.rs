@@ -51,21 +51,38 @@ async fn a_job_accepted_while_rabbitmq_is_unreachable_runs_once_it_is_back() {
 }
 
 #[tokio::test]
-async fn stopping_a_worker_lets_its_in_flight_job_finish() {
+async fn stopping_a_worker_hands_its_job_back_and_the_next_worker_resumes_it() {
     let mut app = TestApp::spawn().await;
+    // 6 steps of a second: a checkpoint after each (at most one a second).
     let id = app
-        .create("sleep", json!({"duration_ms": 1500, "steps": 3}))
+        .create("sleep", json!({"duration_ms": 6000, "steps": 6}))
         .await;
-    app.wait_for(&id, Duration::from_secs(30), |j| j["status"] == "running")
-        .await;
+    app.wait_for(&id, Duration::from_secs(30), |j| {
+        j["checkpoint"]["attempt"] == 1 && j["progress"].as_f64() >= Some(0.3)
+    })
+    .await;
     let took = app.stop_worker().await;
     assert!(
-        took >= Duration::from_millis(500),
-        "it waited for the job ({took:?})"
+        took < Duration::from_secs(5),
+        "the job stopped at once instead of finishing ({took:?})"
     );
-    let job = app.wait_final(&id, Duration::from_secs(10)).await;
-    assert_eq!(job["status"], "succeeded");
-    assert_eq!(job["attempts"], 1, "finished in place, not re-run");
+    // Handed back (its `released` event on its way to the api), to run as the next attempt.
+    let job = app
+        .wait_for(&id, Duration::from_secs(10), |j| j["status"] != "running")
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(job["status"], "queued", "handed back: {job}");
+    let saved = job["checkpoint"].clone();
+    app.start_worker().await;
+    let done = app.wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "resumed as the next attempt: {done}");
+    let resumed = done["result"]["resumed_at_step"].as_u64().unwrap();
+    assert!(
+        resumed >= 2,
+        "resumed after the steps saved, not from zero: {done} (saved {saved})"
+    );
     app.stop().await;
 }
 

@@ -15,7 +15,7 @@ pub struct Fail;
 impl Handler for Fail {
     type Kind = jobs_contract::kinds::Fail;
     // It fails at once.
-    const DEADLINE: Duration = Duration::from_secs(10);
+    const DEADLINE: Option<Duration> = Some(Duration::from_secs(10));
 
     async fn run(_ctx: JobContext, p: Payload) -> Result<Value, JobError> {
         if p.panic {

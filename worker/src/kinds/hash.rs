@@ -20,7 +20,7 @@ pub struct Hash;
 impl Handler for Hash {
     type Kind = jobs_contract::kinds::Hash;
     // 10 M rounds take a few seconds; anything near this is a stuck pool.
-    const DEADLINE: Duration = Duration::from_secs(120);
+    const DEADLINE: Option<Duration> = Some(Duration::from_secs(120));
 
     async fn run(ctx: JobContext, p: Payload) -> Result<Value, JobError> {
         let mut digest = [0u8; 32];

@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use jobs_contract::JobKind;
+use jobs_contract::kinds::PayloadError;
 use serde_json::Value;
 
 use crate::context::{JobContext, JobError};
@@ -28,10 +29,12 @@ pub fn registry() -> Registry {
 
 /// Runs one contract kind.
 pub trait Handler: 'static {
-    /// The kind it runs (name, payload type and validation come from the contract).
+    /// The kind it runs (name, payload type, version and validation come from the contract).
     type Kind: JobKind;
-    /// How long one attempt may run before it fails as timed out (`JOB_DEADLINE_SECS` caps it).
-    const DEADLINE: Duration;
+    /// How long one attempt may run before it fails as timed out, or `None` for no limit (hours,
+    /// days: an attempt lives on its lease, not on a broker delivery). `JOB_DEADLINE_SECS`, when
+    /// set, caps it.
+    const DEADLINE: Option<Duration>;
 
     /// Runs one attempt. Report progress and check cancellation between steps through `ctx`.
     fn run(
@@ -45,7 +48,8 @@ pub type JobFuture = Pin<Box<dyn Future<Output = Result<Value, JobError>> + Send
 
 #[derive(Clone, Copy)]
 struct Entry {
-    deadline: Duration,
+    deadline: Option<Duration>,
+    read: fn(u32, Value) -> Result<Value, PayloadError>,
     run: fn(JobContext, Value) -> JobFuture,
 }
 
@@ -66,6 +70,7 @@ impl Registry {
     pub fn register<H: Handler>(mut self) -> Self {
         let entry = Entry {
             deadline: H::DEADLINE,
+            read: jobs_contract::kinds::read::<H::Kind>,
             run: run::<H>,
         };
         self.kinds.insert(H::Kind::NAME, entry);
@@ -82,13 +87,23 @@ impl Registry {
         self.kinds.contains_key(kind)
     }
 
-    /// Starts `kind`'s handler with its deadline, or `None` when the kind is unknown.
+    /// A payload of `version` as `kind`'s handler takes it: upgraded when older, validated.
+    /// `Err` when the kind is unknown here or the version cannot be read: the job must not run.
+    pub fn read(&self, kind: &str, version: u32, payload: Value) -> Result<Value, PayloadError> {
+        match self.kinds.get(kind) {
+            Some(e) => (e.read)(version, payload),
+            None => Err(PayloadError::UnknownKind(kind.to_owned())),
+        }
+    }
+
+    /// Starts `kind`'s handler on a payload [`Registry::read`] returned, with its deadline;
+    /// `None` when the kind is unknown.
     pub fn run(
         &self,
         kind: &str,
         ctx: JobContext,
         payload: Value,
-    ) -> Option<(JobFuture, Duration)> {
+    ) -> Option<(JobFuture, Option<Duration>)> {
         self.kinds
             .get(kind)
             .map(|e| ((e.run)(ctx, payload), e.deadline))
@@ -97,8 +112,7 @@ impl Registry {
 
 fn run<H: Handler>(ctx: JobContext, payload: Value) -> JobFuture {
     Box::pin(async move {
-        // The api validated this payload against the same contract; a failure here means a
-        // producer that did not (an older api, another service).
+        // Read (upgraded and validated) by `Registry::read` already: this only types it.
         let parsed = jobs_contract::kinds::parse::<H::Kind>(&payload)
             .map_err(|e| JobError::Permanent(format!("invalid payload: {e}")))?;
         H::run(ctx, parsed).await

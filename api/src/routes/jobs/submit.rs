@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::Utc;
 use jobs_contract::JobRequest;
+use jobs_contract::kinds::PayloadError;
 use shared::telemetry::propagation;
 
 use super::view::Job;
@@ -28,7 +29,7 @@ use crate::store::{self, Inserted, NewJob};
     (status = 400, description = "malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
     (status = 413, description = "body over the limit", body = Problem, content_type = "application/problem+json"),
     (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
-    (status = 422, description = "unknown kind, invalid payload or schedule, or an Idempotency-Key already used with another body", body = Problem, content_type = "application/problem+json"),
+    (status = 422, description = "unknown kind, invalid payload, a payload_version the kind cannot read, an invalid schedule, or an Idempotency-Key already used with another body", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable, or the api is shutting down: send the same request again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
 pub(super) async fn submit(
@@ -90,10 +91,17 @@ fn validate(state: &AppState, req: &JobRequest) -> Result<NewJob, ApiError> {
             known.join(", ")
         )));
     }
+    let current = state.kinds.version(&req.kind).unwrap_or(1);
+    let version = req.payload_version.unwrap_or(current);
     state
         .kinds
-        .validate(&req.kind, &req.payload)
-        .map_err(|e| ApiError::Unprocessable(format!("invalid payload for {}: {e}", req.kind)))?;
+        .read(&req.kind, version, req.payload.clone())
+        .map_err(|e| match e {
+            PayloadError::Version { .. } => {
+                ApiError::Unprocessable(format!("payload_version: {e}"))
+            }
+            other => ApiError::Unprocessable(format!("invalid payload for {}: {other}", req.kind)),
+        })?;
     let schedule = req
         .schedule(Utc::now())
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
@@ -101,6 +109,7 @@ fn validate(state: &AppState, req: &JobRequest) -> Result<NewJob, ApiError> {
     Ok(NewJob {
         kind: req.kind.clone(),
         payload: req.payload.clone(),
+        payload_version: version,
         schedule,
         trace_id: propagation::trace_id(&span).unwrap_or_default(),
         traceparent: propagation::traceparent(&span),

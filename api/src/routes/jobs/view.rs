@@ -19,6 +19,8 @@ pub(crate) struct Job {
     /// The handler's input, as submitted.
     #[schema(value_type = Object)]
     pub(crate) payload: Value,
+    /// The version of the kind's payload it was submitted in.
+    pub(crate) payload_version: u32,
     /// Where it is in its lifecycle.
     pub(crate) status: Status,
     /// Share of the work done, 0.0–1.0.
@@ -47,6 +49,20 @@ pub(crate) struct Job {
     pub(crate) trace_id: String,
     /// How each earlier generation ended, oldest first: one entry per re-drive.
     pub(crate) history: Vec<PastGeneration>,
+    /// The running attempt's last sign of life (a heartbeat or an event); its lease lapses a
+    /// lease period (`JOB_LEASE_SECS`) after it.
+    pub(crate) heartbeat_at: Option<DateTime<Utc>>,
+    /// The last checkpoint, if an attempt saved one: the next attempt resumes from it.
+    pub(crate) checkpoint: Option<CheckpointInfo>,
+}
+
+/// Where a job's last checkpoint came from (its state goes to the next attempt, not here).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct CheckpointInfo {
+    /// The attempt that saved it.
+    pub(crate) attempt: u32,
+    /// When.
+    pub(crate) at: DateTime<Utc>,
 }
 
 impl From<JobRow> for Job {
@@ -55,6 +71,7 @@ impl From<JobRow> for Job {
             id: row.id,
             kind: row.kind,
             payload: row.payload,
+            payload_version: row.payload_version.max(1) as u32,
             status: row.status,
             progress: row.progress,
             attempts: row.attempts.max(0) as u32,
@@ -67,6 +84,14 @@ impl From<JobRow> for Job {
             finished_at: row.finished_at,
             trace_id: row.trace_id,
             history: row.history.0,
+            heartbeat_at: row.heartbeat_at,
+            checkpoint: row
+                .checkpoint_at
+                .zip(row.checkpoint_attempt)
+                .map(|(at, attempt)| CheckpointInfo {
+                    attempt: attempt.max(0) as u32,
+                    at,
+                }),
         }
     }
 }

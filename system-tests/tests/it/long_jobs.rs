@@ -1,0 +1,273 @@
+//! Long jobs: attempts that outlive the broker's consumer timeout, leases that hand a dead
+//! worker's job to another one (and never a live one's), checkpoints that survive crashes and
+//! deploys, and payloads that evolve between an api and its workers.
+
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{Options, TestApp};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn at(job: &Value, field: &str) -> DateTime<Utc> {
+    job[field]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{field} of {job}"))
+}
+
+/// The broker's consumer timeout set to `ms` until dropped, then restored: `consumer_timeout`,
+/// and `channel_tick_interval`, how often each channel checks it (a minute by default, so a
+/// short timeout would only fire after a minute; RabbitMQ's own consumer-timeout tests shorten it
+/// the same way). Node-wide settings on RabbitMQ 3.10 (the timeout read by each channel when it
+/// opens, the interval each time a channel re-arms its tick), set through `rabbitmqctl eval` (`TEST_RABBITMQCTL` names another command, e.g. `docker compose
+/// exec -T rabbitmq rabbitmqctl`). The test that uses it runs alone (`.config/nextest.toml`):
+/// every channel opened meanwhile gets it.
+struct ConsumerTimeout(Vec<(&'static str, String)>);
+
+impl ConsumerTimeout {
+    fn set(ms: u64) -> Self {
+        let mut before = Vec::new();
+        for (key, value) in [("consumer_timeout", ms), ("channel_tick_interval", 200)] {
+            let now = rabbitmqctl(&format!("application:get_env(rabbit, {key})."));
+            let now = now
+                .trim()
+                .strip_prefix("{ok,")
+                .and_then(|v| v.strip_suffix('}'))
+                .map(str::to_owned);
+            rabbitmqctl(&format!("application:set_env(rabbit, {key}, {value})."));
+            before.push((key, now.unwrap_or_else(|| "undefined".into())));
+        }
+        Self(before)
+    }
+}
+
+impl Drop for ConsumerTimeout {
+    fn drop(&mut self) {
+        for (key, value) in &self.0 {
+            let expr = match value.as_str() {
+                "undefined" => format!("application:unset_env(rabbit, {key})."),
+                v => format!("application:set_env(rabbit, {key}, {v})."),
+            };
+            rabbitmqctl(&expr);
+        }
+    }
+}
+
+fn rabbitmqctl(expr: &str) -> String {
+    let command = std::env::var("TEST_RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
+    let mut words = command.split_whitespace();
+    let program = words.next().expect("a command");
+    let out = Command::new(program)
+        .args(words)
+        .args(["eval", expr])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running {command} (set TEST_RABBITMQCTL to reach the test broker): {e}")
+        });
+    assert!(out.status.success(), "{command} eval {expr}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_job_several_times_longer_than_the_brokers_consumer_timeout_succeeds_once() {
+    // Every channel the worker opens gets a 2 s consumer timeout: a worker that held a job's
+    // message for the whole run would lose its channel after 2 s, and the job would be
+    // delivered (and run) again.
+    let _timeout = ConsumerTimeout::set(2_000);
+    let app = TestApp::spawn().await;
+    let id = app
+        .create("sleep", json!({"duration_ms": 8000, "steps": 8}))
+        .await;
+    let job = app.wait_final(&id, LONG).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1, "one attempt: {job}");
+    assert_eq!(
+        app.metric_sum("jobstack_jobs_started_total", r#"kind="sleep""#)
+            .await,
+        1.0,
+        "the handler ran once"
+    );
+    assert_eq!(
+        app.metric_sum("jobstack_amqp_reconnects_total", "").await,
+        0.0,
+        "no channel was closed under the worker"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_workers_job_runs_again_after_its_lease_from_its_last_checkpoint() {
+    let lease = Duration::from_secs(3);
+    let mut app = TestApp::with(Options {
+        lease,
+        ..Default::default()
+    })
+    .await;
+    // 20 steps of 500 ms: a checkpoint about every second.
+    let id = app
+        .create("sleep", json!({"duration_ms": 10_000, "steps": 20}))
+        .await;
+    let before = app
+        .wait_for(&id, LONG, |j| {
+            j["checkpoint"]["attempt"] == 1 && j["progress"].as_f64() >= Some(0.2)
+        })
+        .await
+        .pop()
+        .unwrap();
+    app.kill_worker();
+    app.start_worker().await;
+    // Not before the lease had lapsed: the api waited for it.
+    app.wait_for(&id, LONG, |j| j["attempts"] == 2).await;
+    let lapsed = at(&before, "heartbeat_at") + chrono::Duration::from_std(lease).unwrap();
+    assert!(
+        Utc::now() >= lapsed,
+        "attempt 2 started before the lease of attempt 1 lapsed ({lapsed})"
+    );
+    let job = app.wait_final(&id, LONG).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "retried once: {job}");
+    assert!(
+        job["error"].as_str().unwrap().contains("attempt 1 lost"),
+        "the lost attempt is on record: {job}"
+    );
+    // Resumed from the checkpoint, not from zero (the one seen before the kill, or a later one).
+    let resumed = job["result"]["resumed_at_step"].as_u64().unwrap();
+    let progress_then = before["progress"].as_f64().unwrap();
+    assert!(
+        resumed as f64 >= (progress_then * 20.0).floor() - 1.0 && resumed > 0,
+        "resumed at step {resumed}, the job was at {progress_then} before the kill: {job}"
+    );
+    assert_eq!(
+        app.metric_sum("jobstack_job_leases_lapsed_total", r#"kind="sleep""#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric_sum(
+            "jobstack_jobs_finished_total",
+            r#"kind="sleep",outcome="succeeded""#
+        )
+        .await,
+        1.0,
+        "succeeded once"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_live_attempt_is_not_run_again_while_the_api_cannot_hear_its_heartbeats() {
+    let lease = Duration::from_secs(3);
+    let mut app = TestApp::with(Options {
+        lease,
+        ..Default::default()
+    })
+    .await;
+    let id = app
+        .create("sleep", json!({"duration_ms": 14_000, "steps": 14}))
+        .await;
+    app.wait_for(&id, LONG, |j| {
+        j["status"] == "running" && !j["heartbeat_at"].is_null()
+    })
+    .await;
+    // Longer than a heartbeat interval (500 ms), shorter than the lease; then twice the lease:
+    // the worker's heartbeats wait in the queue, and the api applies them before it judges any
+    // lease.
+    app.pause_api(Duration::from_secs(2)).await;
+    app.pause_api(lease * 2).await;
+    let job = app.wait_final(&id, LONG).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1, "never run again: {job}");
+    assert_eq!(
+        app.metric_sum("jobstack_jobs_started_total", r#"kind="sleep""#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric_sum("jobstack_job_leases_lapsed_total", r#"kind="sleep""#)
+            .await,
+        0.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_with_a_hundred_long_jobs_running_resumes_them_all_on_the_next_worker_once() {
+    let mut app = TestApp::with(Options {
+        concurrency: 100,
+        ..Default::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(
+            app.create("sleep", json!({"duration_ms": 6000, "steps": 6}))
+                .await,
+        );
+    }
+    for id in &ids {
+        app.wait_for(id, LONG, |j| j["checkpoint"]["attempt"] == 1)
+            .await;
+    }
+    let took = app.stop_worker().await;
+    assert!(
+        took < app.worker_config.grace,
+        "within the grace period: {took:?}"
+    );
+    app.start_worker().await;
+    for id in &ids {
+        let job = app.wait_final(id, LONG).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["attempts"], 2, "resumed as its next attempt: {job}");
+        assert!(
+            job["result"]["resumed_at_step"].as_u64() >= Some(1),
+            "from its checkpoint, not from zero: {job}"
+        );
+    }
+    assert_eq!(
+        app.metric_sum(
+            "jobstack_jobs_finished_total",
+            r#"kind="sleep",outcome="succeeded""#
+        )
+        .await,
+        100.0,
+        "none twice to success"
+    );
+    assert_eq!(
+        app.metric_sum(
+            "jobstack_jobs_finished_total",
+            r#"kind="sleep",outcome="released""#
+        )
+        .await,
+        100.0,
+        "every one handed back at the SIGTERM"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancel_holds_across_a_resume_and_stops_the_job_mid_step() {
+    let mut app = TestApp::spawn().await;
+    let id = app
+        .create("sleep", json!({"duration_ms": 30_000, "steps": 30}))
+        .await;
+    app.wait_for(&id, LONG, |j| j["checkpoint"]["attempt"] == 1)
+        .await;
+    app.stop_worker().await;
+    app.start_worker().await;
+    app.wait_for(&id, LONG, |j| {
+        j["attempts"] == 2 && j["status"] == "running"
+    })
+    .await;
+    let (status, _) = app.cancel(&id).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Long before its end (its steps are a second each, 28 to go): it stopped where it was.
+    let job = app.wait_final(&id, Duration::from_secs(5)).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    assert!(job["progress"].as_f64() < Some(0.5), "{job}");
+    app.stop().await;
+}
