@@ -271,3 +271,194 @@ async fn a_cancel_holds_across_a_resume_and_stops_the_job_mid_step() {
     assert!(job["progress"].as_f64() < Some(0.5), "{job}");
     app.stop().await;
 }
+
+/// A kind whose payload changed: version 1 named a person in one field, version 2 in two.
+mod greet {
+    use std::time::Duration;
+
+    use jobs_contract::JobKind;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+    use serde_json::{Value, json};
+    use worker::context::{JobContext, JobError};
+    use worker::kinds::Handler;
+
+    /// Version 1: `{"name": "Ada Lovelace"}`.
+    pub(crate) struct V1;
+    /// Version 2: `{"first": "Ada", "last": "Lovelace"}`, upgraded from version 1.
+    pub(crate) struct V2;
+
+    #[derive(Debug, Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct Name {
+        name: String,
+    }
+
+    #[derive(Debug, Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct Names {
+        first: String,
+        last: String,
+    }
+
+    impl JobKind for V1 {
+        const NAME: &'static str = "greet";
+        type Payload = Name;
+        fn validate(_: &Name) -> Result<(), String> {
+            Ok(())
+        }
+        fn example() -> Name {
+            Name {
+                name: "Ada Lovelace".into(),
+            }
+        }
+    }
+
+    impl JobKind for V2 {
+        const NAME: &'static str = "greet";
+        const VERSION: u32 = 2;
+        type Payload = Names;
+        fn validate(p: &Names) -> Result<(), String> {
+            if p.first.is_empty() {
+                return Err("first: must not be empty".into());
+            }
+            Ok(())
+        }
+        fn example() -> Names {
+            Names {
+                first: "Ada".into(),
+                last: "Lovelace".into(),
+            }
+        }
+        fn upgrade(from: u32, payload: Value) -> Result<Value, String> {
+            match from {
+                1 => {
+                    let name = payload["name"].as_str().ok_or("name: missing")?;
+                    let (first, last) = name.split_once(' ').unwrap_or((name, ""));
+                    Ok(json!({ "first": first, "last": last }))
+                }
+                other => Err(format!("no upgrade from version {other}")),
+            }
+        }
+    }
+
+    impl Handler for V1 {
+        type Kind = V1;
+        const DEADLINE: Option<Duration> = None;
+        async fn run(_: JobContext, p: Name) -> Result<Value, JobError> {
+            Ok(json!({ "hello": p.name }))
+        }
+    }
+
+    impl Handler for V2 {
+        type Kind = V2;
+        const DEADLINE: Option<Duration> = None;
+        async fn run(_: JobContext, p: Names) -> Result<Value, JobError> {
+            Ok(json!({ "hello": format!("{} {}", p.first, p.last) }))
+        }
+    }
+}
+
+fn greet_at<K: jobs_contract::JobKind, H: worker::kinds::Handler>()
+-> (jobs_contract::Catalog, worker::kinds::Registry) {
+    (
+        jobs_contract::Catalog::default().with::<K>(),
+        worker::kinds::Registry::default().register::<H>(),
+    )
+}
+
+#[tokio::test]
+async fn jobs_accepted_under_version_1_finish_on_a_worker_at_version_2() {
+    let (v1, _) = greet_at::<greet::V1, greet::V1>();
+    let (_, worker_v2) = greet_at::<greet::V2, greet::V2>();
+    let mut app = TestApp::with(Options {
+        worker: false,
+        catalog: Some(v1),
+        ..Default::default()
+    })
+    .await;
+    let mut ids = Vec::new();
+    for name in ["Ada Lovelace", "Grace Hopper", "Barbara Liskov"] {
+        ids.push((name, app.create("greet", json!({ "name": name })).await));
+    }
+    assert_eq!(app.job(&ids[0].1).await["payload_version"], 1);
+    // The deploy: workers at version 2, with the upgrade.
+    app.registry = worker_v2;
+    app.start_worker().await;
+    for (name, id) in &ids {
+        let job = app.wait_final(id, LONG).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        assert_eq!(job["result"]["hello"], *name, "{job}");
+        assert_eq!(job["payload_version"], 1, "stored as accepted");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_payload_version_the_worker_cannot_read_is_dead_lettered_with_its_reason() {
+    let (v2, _) = greet_at::<greet::V2, greet::V2>();
+    let (_, worker_v1) = greet_at::<greet::V1, greet::V1>();
+    let mut app = TestApp::with(Options {
+        worker: false,
+        catalog: Some(v2),
+        ..Default::default()
+    })
+    .await;
+    // The api at version 2 refuses a version it does not know, and takes a version-1 payload
+    // it can upgrade.
+    let stored = app.count_jobs().await;
+    for (body, status, says) in [
+        (
+            json!({"kind": "greet", "payload": {"first": "Ada", "last": "L"}, "payload_version": 3}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "payload_version: payload version 3 cannot be read",
+        ),
+        (
+            json!({"kind": "greet", "payload": {"nom": "Ada"}, "payload_version": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name: missing",
+        ),
+        (
+            json!({"kind": "greet", "payload": {"first": "", "last": "L"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "first: must not be empty",
+        ),
+    ] {
+        let (got, _, problem) = app.post(body.clone()).await;
+        assert_eq!(got, status, "{body}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(says),
+            "{problem}"
+        );
+    }
+    assert_eq!(app.count_jobs().await, stored, "refusals store nothing");
+    let (got, _, old) = app
+        .post(json!({"kind": "greet", "payload": {"name": "Ada Lovelace"}, "payload_version": 1}))
+        .await;
+    assert_eq!(got, StatusCode::ACCEPTED, "{old}");
+    // An old worker, still at version 1, meets a version-2 job: never run with the wrong shape.
+    let id = app
+        .create("greet", json!({"first": "Grace", "last": "Hopper"}))
+        .await;
+    app.registry = worker_v1;
+    app.start_worker().await;
+    let job = app.wait_final(&id, LONG).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("payload version 2 cannot be read (the kind is at version 1)"),
+        "{job}"
+    );
+    let dead = app.drain_dead().await;
+    assert!(
+        dead.iter()
+            .any(|(reason, body)| reason == "version" && body["id"] == id.as_str()),
+        "{dead:?}"
+    );
+    // And the version-1 one runs on it.
+    let old = app.wait_final(old["id"].as_str().unwrap(), LONG).await;
+    assert_eq!(old["result"]["hello"], "Ada Lovelace", "{old}");
+    app.stop().await;
+}
