@@ -2,13 +2,13 @@
 //! and running failed or cancelled ones again.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::body::Body;
 use super::parse_id;
 use super::view::{Job, Redriven};
 use crate::AppState;
@@ -142,9 +142,8 @@ pub(crate) struct RedriveMany {
 ))]
 pub(super) async fn redrive_many(
     State(state): State<AppState>,
-    body: Result<Json<RedriveMany>, JsonRejection>,
+    Body(req): Body<RedriveMany>,
 ) -> Result<Json<Redriven>, ApiError> {
-    let Json(req) = body?;
     if let Some(k) = &req.kind
         && !state.kinds.contains(k)
     {

@@ -2,13 +2,13 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::Utc;
 use jobs_contract::JobRequest;
 use shared::telemetry::propagation;
 
+use super::body::Body;
 use super::view::Job;
 use crate::AppState;
 use crate::error::{ApiError, Problem};
@@ -34,10 +34,10 @@ use crate::store::{self, Inserted, NewJob};
 pub(super) async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<JobRequest>, JsonRejection>,
+    body: Result<Body<JobRequest>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
     let key = idempotency::key(&headers).map_err(ApiError::BadRequest)?;
-    let Json(req) = body?;
+    let Body(req) = body?;
     let job = validate(&state, &req)?;
     let (job, replayed) = match key {
         None => (state.committer.accept(job).await?, false),
