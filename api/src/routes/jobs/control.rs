@@ -27,6 +27,7 @@ const MAX_REDRIVE: u32 = 1000;
     (status = 202, description = "it will be (or is) cancelled", body = Job),
     (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
     (status = 404, description = "no such job", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`; it may have taken effect all the same: read the job", body = Problem, content_type = "application/problem+json"),
     (status = 409, description = "already finished", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
@@ -61,6 +62,7 @@ pub(super) async fn cancel(
     (status = 202, description = "queued again, as its next generation", body = Job),
     (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
     (status = 404, description = "no such job", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`; it may have taken effect all the same: read the job", body = Problem, content_type = "application/problem+json"),
     (status = 409, description = "not failed or cancelled; its cancel not yet delivered to the workers; or another request is re-driving or cancelling it right now (ask again)", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
@@ -135,6 +137,7 @@ pub(crate) struct RedriveMany {
     responses(
     (status = 200, description = "how many were queued again", body = Redriven),
     (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`; some jobs may have been queued again all the same", body = Problem, content_type = "application/problem+json"),
     (status = 413, description = "body over the limit", body = Problem, content_type = "application/problem+json"),
     (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
     (status = 422, description = "bad status, kind or limit", body = Problem, content_type = "application/problem+json"),

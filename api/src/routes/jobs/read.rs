@@ -23,6 +23,7 @@ const MAX_LIMIT: u32 = 100;
     (status = 200, description = "the job", body = Job),
     (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
     (status = 404, description = "no such job", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
 pub(super) async fn read(
@@ -66,6 +67,7 @@ fn cursor(raw: &str) -> Option<Cursor> {
     responses(
     (status = 200, description = "a page of jobs", body = JobPage),
     (status = 400, description = "bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
 pub(super) async fn list(
