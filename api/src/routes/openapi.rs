@@ -12,7 +12,10 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "jobstack api",
-        description = "Accepts long-running jobs, keeps their state, reports their progress."
+        description = "Accepts long-running jobs, keeps their state, reports their progress. \
+                       Every error is `application/problem+json` (RFC 9457). Besides the \
+                       answers listed with each operation, a path the api does not serve is a \
+                       404 and a method a path does not take is a 405 with `Allow`."
     ),
     paths(metrics, openapi_json),
     components(schemas(
@@ -148,7 +151,8 @@ fn headers(doc: &mut Value) {
     doc["components"]["headers"] = json!({
         "traceparent": {
             "description": "The W3C trace context of the api's span for this request: quote it \
-                            when reporting a problem. Absent when tracing is off.",
+                            when reporting a problem.",
+            "required": true,
             "schema": { "type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$" },
         },
         "Retry-After": {
