@@ -5,13 +5,22 @@ CARGO ?= cargo
 
 .PHONY: help
 help: ## list the verbs
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: services ## run every test: workspace tests against RabbitMQ + PostgreSQL, then the stack and Kubernetes checks
+test: services ## run every test: workspace tests against RabbitMQ + PostgreSQL, then the OpenAPI, stack and Kubernetes checks
 	$(CARGO) nextest run --workspace --no-fail-fast
+	$(MAKE) openapi-check
 	$(MAKE) stack-check
 	$(MAKE) k8s-check
+
+.PHONY: openapi-check
+openapi-check: services ## api/openapi.json valid OpenAPI 3.1; a generated client drives every operation; a short schemathesis run
+	bash tests/openapi/run.sh
+
+.PHONY: fuzz
+fuzz: services ## schemathesis with every check against a local api + worker (FUZZ_CASES per operation, FUZZ_SEED to replay)
+	bash tests/openapi/run.sh fuzz
 
 .PHONY: services
 services: ## make sure the tests' PostgreSQL and RabbitMQ answer (starts the compose ones if Docker is there)

@@ -1,6 +1,7 @@
-//! The OpenAPI document: paths from the routes as they are registered (utoipa-axum), and the job
-//! contract's kinds in `POST /jobs` as a `oneOf` discriminated by `kind`, each with its payload's
-//! JSON Schema and an example (from `jobs_contract`).
+//! The OpenAPI document: paths from the routes as they are registered (utoipa-axum), completed
+//! with what only the running api knows: the job contract's kinds (`POST /jobs` as a `oneOf`
+//! discriminated by `kind`, each with its payload's JSON Schema and an example; `kind` filters
+//! as an enum of them) and the headers its layers add to answers.
 
 use jobs_contract::{Catalog, JobRequest};
 use serde_json::{Map, Value, json};
@@ -11,7 +12,10 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "jobstack api",
-        description = "Accepts long-running jobs, keeps their state, reports their progress."
+        description = "Accepts long-running jobs, keeps their state, reports their progress. \
+                       Every error is `application/problem+json` (RFC 9457). Besides the \
+                       answers listed with each operation, a path the api does not serve is a \
+                       404 and a method a path does not take is a 405 with `Allow`."
     ),
     paths(metrics, openapi_json),
     components(schemas(
@@ -35,7 +39,7 @@ fn metrics() {}
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "health", operation_id = "openapi", responses(
-    (status = 200, description = "the OpenAPI 3.1 document of this api", content_type = "application/json"),
+    (status = 200, description = "the OpenAPI 3.1 document of this api", body = Object, content_type = "application/json"),
 ))]
 #[allow(dead_code)] // documents the route `routes::app` serves with this module's `document`
 fn openapi_json() {}
@@ -71,6 +75,11 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
                 "required": ["kind", "payload"],
                 "additionalProperties": false,
                 "properties": properties,
+                // `run_at` and `delay_ms` exclude each other; either may be null.
+                "not": {
+                    "required": ["run_at", "delay_ms"],
+                    "properties": { "run_at": { "type": "string" }, "delay_ms": { "type": "integer" } },
+                },
                 "examples": [example],
             }),
         );
@@ -101,5 +110,69 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
         "RedriveJob": { "operationId": "redriveJob", "parameters": by_id,
                         "description": "Run it again once it has failed or been cancelled." },
     });
+    kind_enum(&mut doc, kinds);
+    headers(&mut doc);
+    // The lifecycle's own doc comment speaks of storage; the public schema says what it means.
+    doc["components"]["schemas"]["Status"]["description"] = json!(
+        "Where a job is in its lifecycle: `scheduled` (waiting for its `run_at`), `queued`, \
+         `running`, then one of the final `succeeded`, `failed` or `cancelled`."
+    );
     doc
+}
+
+/// `Kind`, the contract's kinds, as the schema of the parameters that filter by kind (which
+/// refuse any other). A job's own `kind` stays a string: a stored job may be of a kind that a
+/// later build dropped, and a client must still read it.
+fn kind_enum(doc: &mut Value, kinds: &Catalog) {
+    let names: Vec<&str> = kinds.names().collect();
+    doc["components"]["schemas"]["Kind"] = json!({
+        "type": "string",
+        "description": "A kind of job this api accepts: which handler runs it.",
+        "enum": names,
+    });
+    let kind = json!({ "$ref": "#/components/schemas/Kind" });
+    for param in doc["paths"]["/jobs"]["get"]["parameters"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == "kind")
+    {
+        param["schema"] = kind.clone();
+    }
+    doc["components"]["schemas"]["RedriveMany"]["properties"]["kind"] = json!({
+        "description": "Only jobs of this kind.",
+        "oneOf": [kind, { "type": "null" }],
+    });
+}
+
+/// The headers the layers add: `traceparent` on every answer that went through
+/// `observe::observe` (all but `/metrics`), and `Retry-After` on every 503 of `ApiError`
+/// (the `/jobs` operations; `/readyz` answers a probe, which has its own period).
+fn headers(doc: &mut Value) {
+    doc["components"]["headers"] = json!({
+        "traceparent": {
+            "description": "The W3C trace context of the api's span for this request: quote it \
+                            when reporting a problem.",
+            "required": true,
+            "schema": { "type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$" },
+        },
+        "Retry-After": {
+            "description": "Seconds to wait before sending the same request again.",
+            "required": true,
+            "schema": { "type": "integer", "minimum": 0 },
+        },
+    });
+    let traceparent = json!({ "$ref": "#/components/headers/traceparent" });
+    let retry_after = json!({ "$ref": "#/components/headers/Retry-After" });
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    for (path, item) in paths.iter_mut().filter(|(path, _)| *path != "/metrics") {
+        for op in item.as_object_mut().into_iter().flatten().map(|(_, op)| op) {
+            for (status, response) in op["responses"].as_object_mut().into_iter().flatten() {
+                response["headers"]["traceparent"] = traceparent.clone();
+                if status == "503" && path.starts_with("/jobs") {
+                    response["headers"]["Retry-After"] = retry_after.clone();
+                }
+            }
+        }
+    }
 }

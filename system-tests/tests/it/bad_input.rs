@@ -242,6 +242,20 @@ async fn every_bad_request_is_a_problem_and_stores_nothing() {
             400,
             "malformed cursor",
         ),
+        // Off the documented pattern, though a UUID parser would take it.
+        get(
+            "cursor with a hyphenated id",
+            "/jobs?cursor=1_00000000-0000-0000-0000-000000000000",
+            400,
+            "malformed cursor",
+        ),
+        get(
+            "cursor in upper case",
+            "/jobs?cursor=1_0000000000000000000000000000000A",
+            400,
+            "malformed cursor",
+        ),
+        get("empty cursor", "/jobs?cursor=", 400, "malformed cursor"),
         get("unknown route", "/nope", 404, "no such route"),
         Case {
             method: "DELETE",

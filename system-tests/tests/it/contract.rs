@@ -123,6 +123,42 @@ async fn every_kind_accepts_what_its_schema_allows_and_refuses_what_it_does_not(
     app.stop().await;
 }
 
+/// JSON Schema's `integer` is any number with a zero fraction: `7.0` and `7e0` are integers too,
+/// and are stored as `7`, so the worker reads the payload it would have read.
+#[tokio::test]
+async fn integers_written_with_a_fraction_or_exponent_are_integers() {
+    let app = TestApp::api_only().await;
+    let res = app
+        .http
+        .post(format!("{}/jobs", app.url))
+        .header("content-type", "application/json")
+        .body(
+            r#"{"kind": "sleep", "payload": {"duration_ms": 1e1, "steps": 2.0}, "delay_ms": 5.0}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let job: Value = res.json().await.unwrap();
+    assert_eq!(job["payload"], json!({"duration_ms": 10, "steps": 2}));
+    assert!(job["payload"]["steps"].is_u64(), "{job}");
+    let (status, body) = app
+        .post_path(
+            "/jobs/redrive",
+            Some(json!({"status": "failed", "limit": 3.0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app
+        .post_path(
+            "/jobs/redrive",
+            Some(json!({"status": "failed", "limit": 3.5})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn the_committed_openapi_document_is_the_served_one() {
     let app = TestApp::api_only().await;

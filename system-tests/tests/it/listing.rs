@@ -78,6 +78,10 @@ async fn openapi_document_lists_every_route() {
         "Redriven",
         "Status",
         "PastGeneration",
+        "Kind",
+        "Alive",
+        "Ready",
+        "NotReady",
     ] {
         assert!(
             doc["components"]["schemas"][schema].is_object(),

@@ -2,13 +2,13 @@
 //! and running failed or cancelled ones again.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::body::Body;
 use super::parse_id;
 use super::view::{Job, Redriven};
 use crate::AppState;
@@ -27,6 +27,7 @@ const MAX_REDRIVE: u32 = 1000;
     (status = 202, description = "it will be (or is) cancelled", body = Job),
     (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
     (status = 404, description = "no such job", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`; it may have taken effect all the same: read the job", body = Problem, content_type = "application/problem+json"),
     (status = 409, description = "already finished", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
@@ -61,6 +62,7 @@ pub(super) async fn cancel(
     (status = 202, description = "queued again, as its next generation", body = Job),
     (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
     (status = 404, description = "no such job", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`; it may have taken effect all the same: read the job", body = Problem, content_type = "application/problem+json"),
     (status = 409, description = "not failed or cancelled; its cancel not yet delivered to the workers; or another request is re-driving or cancelling it right now (ask again)", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
@@ -135,6 +137,7 @@ pub(crate) struct RedriveMany {
     responses(
     (status = 200, description = "how many were queued again", body = Redriven),
     (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`; some jobs may have been queued again all the same", body = Problem, content_type = "application/problem+json"),
     (status = 413, description = "body over the limit", body = Problem, content_type = "application/problem+json"),
     (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
     (status = 422, description = "bad status, kind or limit", body = Problem, content_type = "application/problem+json"),
@@ -142,9 +145,8 @@ pub(crate) struct RedriveMany {
 ))]
 pub(super) async fn redrive_many(
     State(state): State<AppState>,
-    body: Result<Json<RedriveMany>, JsonRejection>,
+    Body(req): Body<RedriveMany>,
 ) -> Result<Json<Redriven>, ApiError> {
-    let Json(req) = body?;
     if let Some(k) = &req.kind
         && !state.kinds.contains(k)
     {

@@ -1,6 +1,7 @@
 //! `/jobs`: submit, read, list, cancel and re-drive jobs. Each file holds its handlers and their
 //! documentation; [`view`] holds what they answer.
 
+mod body;
 mod control;
 mod read;
 mod submit;

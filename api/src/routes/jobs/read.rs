@@ -23,6 +23,7 @@ const MAX_LIMIT: u32 = 100;
     (status = 200, description = "the job", body = Job),
     (status = 400, description = "malformed id", body = Problem, content_type = "application/problem+json"),
     (status = 404, description = "no such job", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
 pub(super) async fn read(
@@ -48,7 +49,17 @@ pub(super) struct ListQuery {
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,18}_[0-9a-f]{32}$")]
     cursor: Option<String>,
+}
+
+/// A cursor as `next_cursor` writes it (the pattern above): whatever else `Cursor::decode` would
+/// take, such as a hyphenated id, is refused like any string off the pattern.
+fn cursor(raw: &str) -> Option<Cursor> {
+    let (micros, id) = raw.split_once('_')?;
+    let digits = (1..=18).contains(&micros.len()) && micros.bytes().all(|b| b.is_ascii_digit());
+    let hex = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    (digits && hex).then(|| Cursor::decode(raw)).flatten()
 }
 
 /// Lists jobs, newest first, with cursor pagination.
@@ -56,6 +67,7 @@ pub(super) struct ListQuery {
     responses(
     (status = 200, description = "a page of jobs", body = JobPage),
     (status = 400, description = "bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
 pub(super) async fn list(
@@ -76,7 +88,7 @@ pub(super) async fn list(
     }
     let cursor = q
         .cursor
-        .map(|c| Cursor::decode(&c).ok_or_else(|| ApiError::BadRequest("malformed cursor".into())))
+        .map(|c| cursor(&c).ok_or_else(|| ApiError::BadRequest("malformed cursor".into())))
         .transpose()?;
     let (rows, next) = store::list(&state.db, q.status, q.kind.as_deref(), cursor, limit).await?;
     Ok(Json(JobPage {

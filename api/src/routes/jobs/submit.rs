@@ -2,7 +2,6 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::Utc;
@@ -10,6 +9,7 @@ use jobs_contract::JobRequest;
 use jobs_contract::kinds::PayloadError;
 use shared::telemetry::propagation;
 
+use super::body::Body;
 use super::view::Job;
 use crate::AppState;
 use crate::error::{ApiError, Problem};
@@ -17,16 +17,22 @@ use crate::idempotency;
 use crate::store::{self, Inserted, NewJob};
 
 /// Accepts a job. The 202 means the job is committed to PostgreSQL and will run, even if
-/// RabbitMQ is down right now. The request body is a `CreateJob`: in the OpenAPI document a
-/// `oneOf` by `kind`, each with its payload's schema from the contract (see `openapi.rs`).
+/// RabbitMQ is down right now. The request body is a `CreateJob`: one of the kinds, each with
+/// its payload's schema.
+// The body's schema is filled in from the job contract by `openapi::document`.
 #[utoipa::path(post, path = "/jobs", tag = "jobs", operation_id = "createJob",
     request_body(content = Object, description = "a `CreateJob`"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Repeat a request safely: the same key with the same body answers with the job the first one created (for `IDEMPOTENCY_KEY_TTL`, 24 h by default), with `Idempotent-Replayed: true`. A Structured Field String (`\"...\"`) or bare printable ASCII, 1–255 characters.")),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Repeat a request safely: the same key with the same body answers with the job the first one created (for `IDEMPOTENCY_KEY_TTL`, 24 h by default), with `Idempotent-Replayed: true`. A Structured Field String (`\"...\"`) or bare printable ASCII, 1–255 characters.",
+        // What `idempotency::key` takes: a bare token of printable ASCII without `"` or `\`,
+        // or an RFC 8941 String (`\"` and `\\` escaped); 1–255 characters either way.
+        pattern = r#"^(?:[!#-\[\]-~]{1,255}|"(?:[ !#-\[\]-~]|\\["\\]){1,255}")$"#)),
     responses(
     (status = 202, description = "accepted (or replayed); `Location` names the job", body = Job,
         headers(("Location" = String, description = "the job's URL, `/jobs/{id}`"),
                 ("Idempotent-Replayed" = String, description = "`true` when an earlier request with the same Idempotency-Key created the job"))),
     (status = 400, description = "malformed JSON or Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+    (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`; the job may have been accepted all the same: send the request again with the same Idempotency-Key to learn which", body = Problem, content_type = "application/problem+json"),
     (status = 413, description = "body over the limit", body = Problem, content_type = "application/problem+json"),
     (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
     (status = 422, description = "unknown kind, invalid payload, a payload_version the kind cannot read, an invalid schedule, or an Idempotency-Key already used with another body", body = Problem, content_type = "application/problem+json"),
@@ -35,10 +41,10 @@ use crate::store::{self, Inserted, NewJob};
 pub(super) async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<JobRequest>, JsonRejection>,
+    body: Result<Body<JobRequest>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
     let key = idempotency::key(&headers).map_err(ApiError::BadRequest)?;
-    let Json(req) = body?;
+    let Body(req) = body?;
     let job = validate(&state, &req)?;
     let (job, replayed) = match key {
         None => (state.committer.accept(job).await?, false),

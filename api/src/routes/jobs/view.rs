@@ -102,6 +102,7 @@ pub(crate) struct JobPage {
     /// The jobs.
     pub(crate) items: Vec<Job>,
     /// Pass as `cursor` for the next page; null on the last page.
+    #[schema(pattern = "^[0-9]{1,18}_[0-9a-f]{32}$")]
     pub(crate) next_cursor: Option<String>,
 }
 

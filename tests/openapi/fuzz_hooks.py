@@ -1,0 +1,79 @@
+"""Schemathesis hooks for `make fuzz`: one check of our own, for what the document cannot state as
+a schema.
+
+`POST /jobs` refuses a schema-valid request with 422 in two cases that depend on the server's
+state or clock, not on the request alone: its Idempotency-Key was used before with another body
+(422 is the IETF idempotency-key draft's status for it), or its `run_at` is more than 30 days
+ahead. schemathesis.toml lets `positive_data_acceptance` take a 422 from `POST /jobs`; this check
+takes back everything else: a schema-valid request refused with 422 must be one of those two,
+and the refusal must be true. It also holds a replay (`Idempotent-Replayed: true`) to the job the
+key created."""
+import datetime
+import json
+import re
+import threading
+
+import schemathesis
+
+MAX_DELAY = datetime.timedelta(days=30)  # jobs_contract::MAX_DELAY
+CLOCK_SLACK = datetime.timedelta(minutes=1)
+
+_lock = threading.Lock()
+# Idempotency-Key as the api reads it -> (the body that created a job with it, that job's id).
+_created = {}
+
+
+def _key(raw):
+    """The key `idempotency::key` reads from a header value (bare, or an RFC 8941 String)."""
+    raw = raw.strip(" ")
+    if raw.startswith('"') and raw.endswith('"') and len(raw) >= 2:
+        return re.sub(r'\\(["\\])', r"\1", raw[1:-1])
+    return raw
+
+
+def _canonical(body):
+    return json.dumps(body, sort_keys=True)
+
+
+def _run_at(text):
+    """An RFC 3339 date-time (any case, leap second, any offset) as an aware datetime."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)", text)
+    if not m:
+        return None
+    date, hm, sec, frac, offset = m.groups()
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    # A leap second is the second before the next minute, as chrono reads it.
+    sec = min(int(sec), 59)
+    return datetime.datetime.fromisoformat(f"{date}T{hm}:{sec:02d}{(frac or '')[:7]}{offset}")
+
+
+@schemathesis.check
+def create_job_refusals_are_true(ctx, response, case):
+    if case.operation.method.upper() != "POST" or case.operation.path != "/jobs":
+        return None
+    headers = {k.lower(): v for k, v in (case.headers or {}).items()}
+    key = _key(headers["idempotency-key"]) if isinstance(headers.get("idempotency-key"), str) else None
+    body = case.body if isinstance(case.body, dict) else None
+    if response.status_code == 202 and key is not None and body is not None:
+        job = response.json()["id"]
+        with _lock:
+            first = _created.setdefault(key, (_canonical(body), job))
+        if response.headers.get("idempotent-replayed") == ["true"]:
+            assert first[1] == job, f"replayed key {key!r} answered job {job}, not {first[1]}, the one it created"
+        return None
+    positive = case.meta is not None and case.meta.generation.mode.is_positive
+    if response.status_code != 422 or not positive:
+        return None
+    detail = response.json().get("detail", "")
+    if "Idempotency-Key was already used" in detail:
+        with _lock:
+            first = _created.get(key)
+        assert first is not None, f"422 says key {key!r} was used before, but no request of this run created a job with it"
+        assert first[0] != _canonical(body), f"422 says key {key!r} was used with another body, but it is the same body"
+        return None
+    if "run_at is more than" in detail:
+        at = _run_at(body.get("run_at") or "")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        assert at is not None and at > now + MAX_DELAY - CLOCK_SLACK, f"run_at {body.get('run_at')!r} is not more than 30 days ahead"
+        return None
+    raise AssertionError(f"a schema-valid job was refused: {detail}")
