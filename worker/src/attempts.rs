@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use jobs_contract::messages::Lease;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -75,6 +76,8 @@ struct Running {
 #[derive(Debug, Default)]
 pub struct Attempts {
     inner: Mutex<Inner>,
+    /// Notified when an attempt starts or stops holding a lease (the intake re-sizes).
+    leases_changed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -130,13 +133,31 @@ impl Attempts {
         let mut inner = self.inner.lock().expect("not poisoned");
         if let Some(r) = inner.running.get_mut(&(id, generation)) {
             r.lease = Some((lease, Instant::now()));
+            self.leases_changed.notify_one();
         }
     }
 
     /// The attempt is over.
     pub fn finish(&self, id: Uuid, generation: u32) {
         let mut inner = self.inner.lock().expect("not poisoned");
-        inner.running.remove(&(id, generation));
+        if inner
+            .running
+            .remove(&(id, generation))
+            .is_some_and(|r| r.lease.is_some())
+        {
+            self.leases_changed.notify_one();
+        }
+    }
+
+    /// How many attempts hold a lease (their messages acked): the slots long jobs take.
+    pub fn holding(&self) -> usize {
+        let inner = self.inner.lock().expect("not poisoned");
+        inner.running.values().filter(|r| r.lease.is_some()).count()
+    }
+
+    /// Resolves when an attempt starts or stops holding a lease.
+    pub async fn leases_changed(&self) {
+        self.leases_changed.notified().await;
     }
 
     /// The attempts that hold a lease, for a heartbeat; and the shortest lease among them.

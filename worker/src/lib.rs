@@ -11,6 +11,7 @@
 //! - [`attempts`]: the attempts running here (their stops and leases) and the cancelled jobs.
 //! - [`heartbeat`]: renewing the leases of running attempts, and stopping those it cannot.
 //! - [`link`]: the current session's publisher, for jobs that outlive their session.
+//! - [`intake`]: how many job messages to take: as many as the slots long jobs leave free.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod attempts;
 pub mod config;
 pub mod context;
 pub mod heartbeat;
+pub mod intake;
 pub mod kinds;
 pub mod link;
 pub mod runner;

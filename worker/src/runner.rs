@@ -51,13 +51,15 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 const PROGRESS_MARKS: f64 = 10.0;
 
 /// Handles one delivery from the work queue; never panics, always settles it (ack, or nack so
-/// the broker hands it out again). It runs the handler once it holds one of the worker's slots; if
-/// `session_over` comes first (shutdown, or the connection failed), it leaves the delivery
-/// unacked: the broker hands it out again.
+/// the broker hands it out again). It runs the handler once it holds one of the worker's slots;
+/// if `session_over` comes first (shutdown, or the connection failed), it leaves the delivery
+/// unacked: the broker hands it out again; if the worker stops consuming first
+/// (`intake_stopped`: long jobs hold every slot), it hands the delivery back at once.
 pub(crate) async fn handle(
     delivery: Delivery,
     state: Arc<WorkerState>,
     session_over: CancellationToken,
+    intake_stopped: CancellationToken,
 ) {
     let span = shared::amqp::consumer_span(&state.topology.jobs_queue(), &delivery);
     async move {
@@ -77,6 +79,11 @@ pub(crate) async fn handle(
         let slot = tokio::select! {
             biased;
             () = session_over.cancelled() => return,
+            // Every slot is held by a long job: another worker may run this one now.
+            () = intake_stopped.cancelled() => {
+                Held::new(delivery).settle(Err(PublishError::Timeout(Duration::ZERO))).await;
+                return;
+            }
             slot = state.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
         let attempt = Attempt::new(&state, &msg, Held::new(delivery));

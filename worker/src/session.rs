@@ -15,7 +15,7 @@ use futures_util::StreamExt as _;
 use jobs_contract::messages::ControlMessage;
 use lapin::Consumer;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use shared::amqp::{BrokerStatus, Outgoing, Publisher, producer_span};
 use std::time::Duration;
@@ -26,13 +26,12 @@ use uuid::Uuid;
 
 use crate::WorkerState;
 use crate::attempts::StopReason;
+use crate::intake::{self, Intake};
 use crate::runner;
 
 /// Unacked control messages in flight to us: a stream consumer needs a prefetch, and a larger
 /// one reads a long stream faster at start-up.
 const CONTROL_PREFETCH: u16 = 1000;
-/// The most job messages held at once (see the prefetch in [`open`]).
-const PREFETCH_MAX: u16 = 256;
 /// How long reading the control stream up to our marker may take before the session fails
 /// (and reconnects): the stream holds at most 64 MB.
 const CATCH_UP: Duration = Duration::from_secs(60);
@@ -53,11 +52,8 @@ pub async fn run(
     let Channels {
         publisher,
         mut control,
-        jobs_channel,
-        mut jobs,
-        prefetch,
+        mut intake,
     } = ready?;
-    let jobs_tag = jobs.tag();
     let _link = state.link.up(publisher);
     // Jobs still waiting for a slot when this session ends (a broker failure) must not start:
     // the broker hands their deliveries out again.
@@ -65,13 +61,24 @@ pub async fn run(
     let _session_over = session_over.clone().drop_guard();
 
     status.set_up(true);
-    tracing::info!(queue = %topology.jobs_queue(), concurrency = state.config.concurrency, prefetch, "consuming jobs");
+    tracing::info!(queue = %topology.jobs_queue(), concurrency = state.config.concurrency, "consuming jobs");
     loop {
+        let prefetch = intake::prefetch(state.config.concurrency, state.attempts.holding());
+        if prefetch != intake.prefetch() {
+            tracing::debug!(prefetch, "jobs intake re-sized");
+            intake.follow(prefetch).await?;
+        }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            delivery = jobs.next() => {
+            () = state.attempts.leases_changed() => {},
+            delivery = intake.next() => {
                 let delivery = delivery.context("job consumer closed")??;
-                tracker.spawn(runner::handle(delivery, state.clone(), session_over.clone()));
+                tracker.spawn(runner::handle(
+                    delivery,
+                    state.clone(),
+                    session_over.clone(),
+                    intake.waiting(),
+                ));
             }
             delivery = control.next() => {
                 let delivery = delivery.context("control consumer closed")??;
@@ -80,11 +87,10 @@ pub async fn run(
         }
     }
 
-    // Stop intake first, so no new job starts while we drain.
+    // Stop intake first, so no new job starts while we drain (bounded like every broker call at
+    // shutdown: a broker that stopped answering must not hold it).
     status.set_up(false);
-    let cancel = jobs_channel.basic_cancel(jobs_tag, BasicCancelOptions::default());
-    // Bounded like every broker call at shutdown: a broker that stopped answering must not hold it.
-    let _ = tokio::time::timeout(Duration::from_secs(2), cancel).await;
+    intake.stop().await;
     tracker.close();
     // Every running attempt is asked to stop: a handler that checks between steps saves its
     // checkpoint and hands its job back, to resume on the next worker.
@@ -112,9 +118,7 @@ pub async fn run(
 struct Channels {
     publisher: Publisher,
     control: Consumer,
-    jobs_channel: lapin::Channel,
-    jobs: Consumer,
-    prefetch: u16,
+    intake: Intake,
 }
 
 /// Declares the topology, reads the control stream up to a marker of our own (every cancel so
@@ -152,29 +156,12 @@ async fn open(conn: &lapin::Connection, state: &WorkerState) -> anyhow::Result<C
         "control stream read; cancels known"
     );
 
-    // The prefetch bounds the messages held here, not the jobs running: a job's message is
-    // acked once it has run for a moment, and its attempt lives on its lease from then on.
-    // Twice the concurrency, so the next job is here when a slot frees, up to a cap that keeps a
-    // worker with thousands of slots from hoarding the queue.
-    let prefetch = state.config.concurrency.saturating_mul(2).min(PREFETCH_MAX);
-    let jobs_channel = conn.create_channel().await?;
-    jobs_channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let jobs = jobs_channel
-        .basic_consume(
-            topology.jobs_queue().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // Jobs on a channel of their own, whose prefetch follows the free slots (see `intake`).
+    let intake = Intake::new(conn.create_channel().await?, topology.jobs_queue());
     Ok(Channels {
         publisher,
         control,
-        jobs_channel,
-        jobs,
-        prefetch,
+        intake,
     })
 }
 

@@ -462,3 +462,47 @@ async fn a_payload_version_the_worker_cannot_read_is_dead_lettered_with_its_reas
     assert_eq!(old["result"]["hello"], "Ada Lovelace", "{old}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_whose_slots_long_jobs_hold_leaves_the_next_job_in_the_queue() {
+    let app = TestApp::with(Options {
+        concurrency: 2,
+        ..Default::default()
+    })
+    .await;
+    let long: Vec<String> = futures_util::future::join_all(
+        (0..2).map(|_| app.create("sleep", json!({"duration_ms": 4000, "steps": 4}))),
+    )
+    .await;
+    for id in &long {
+        app.wait_for(id, LONG, |j| !j["heartbeat_at"].is_null())
+            .await;
+    }
+    // Both slots are held by jobs whose messages are acked: this one is not taken (and so not
+    // held from other workers, nor past the broker's consumer timeout); it waits, ready.
+    let next = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    let ch = app.channel().await;
+    let queue = app.api_config.topology().jobs_queue();
+    app.wait_until(LONG, "the next job ready in the queue", || async {
+        let q = ch
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        q.message_count() == 1
+    })
+    .await;
+    assert_eq!(app.job(&next).await["status"], "queued");
+    // A slot frees: the worker takes it.
+    let job = app.wait_final(&next, LONG).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    app.stop().await;
+}
