@@ -44,6 +44,9 @@ pub struct Payload {
 
 impl JobKind for $type {
     const NAME: &'static str = "$name";
+    // Version 1. When Payload changes in a way that jobs accepted before the change do not
+    // satisfy, bump it and implement \`upgrade\` from the versions still in flight (README,
+    // "Evolve a kind").
     type Payload = Payload;
 
     fn validate(p: &Payload) -> Result<(), String> {
@@ -90,37 +93,66 @@ pub struct $type;
 
 impl Handler for $type {
     type Kind = jobs_contract::kinds::$type;
-    // How long one attempt may take before it fails as timed out (and is retried).
-    const DEADLINE: Duration = Duration::from_secs(60);
+    // How long one attempt may take before it fails as timed out (and is retried); \`None\` for
+    // as long as it takes (an attempt lives on its lease, not on a broker delivery).
+    const DEADLINE: Option<Duration> = Some(Duration::from_secs(60));
 
     async fn run(ctx: JobContext, p: Payload) -> Result<Value, JobError> {
-        for i in 1..=p.items {
+        // Where an earlier attempt got to (a crash, a deploy, a re-drive): resume after it.
+        let done: u32 = ctx.resume()?.unwrap_or(0);
+        for i in done + 1..=p.items {
             ctx.check_cancelled()?;
             // The work for item i goes here; return JobError::Transient for what a retry may fix.
             ctx.progress(f64::from(i) / f64::from(p.items));
+            // Save where it got to now and then: each checkpoint is a confirmed publish.
+            if i % 100 == 0 {
+                ctx.checkpoint(&i).await?;
+            }
         }
-        Ok(json!({ "items": p.items }))
+        Ok(json!({ "items": p.items, "resumed_after": done }))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
-    use tokio_util::sync::CancellationToken;
+    use crate::attempts::{Stop, StopReason};
+    use crate::context::Saver;
+
+    /// A context resuming from \`resume\`, whose checkpoints land in the returned list.
+    fn context(stop: Stop, resume: Option<Value>) -> (JobContext, Arc<Mutex<Vec<Value>>>) {
+        let saved = Arc::new(Mutex::new(Vec::new()));
+        let into = saved.clone();
+        let saver: Saver = Arc::new(move |state| {
+            into.lock().unwrap().push(state);
+            Box::pin(async { Ok(()) })
+        });
+        let (ctx, _) = JobContext::new(uuid::Uuid::nil(), 1, stop, resume, saver);
+        (ctx, saved)
+    }
 
     #[tokio::test]
-    async fn processes_every_item_and_reports_full_progress() {
-        let (ctx, reports) = JobContext::new(uuid::Uuid::nil(), 1, CancellationToken::new());
-        let out = $type::run(ctx, Payload { items: 3 }).await.unwrap();
-        assert_eq!(out, json!({ "items": 3 }));
-        assert_eq!(*reports.borrow(), 1.0);
+    async fn processes_every_item_saving_checkpoints_as_it_goes() {
+        let (ctx, saved) = context(Stop::default(), None);
+        let out = $type::run(ctx, Payload { items: 250 }).await.unwrap();
+        assert_eq!(out, json!({ "items": 250, "resumed_after": 0 }));
+        assert_eq!(*saved.lock().unwrap(), [json!(100), json!(200)]);
+    }
+
+    #[tokio::test]
+    async fn resumes_after_the_last_checkpoint() {
+        let (ctx, _) = context(Stop::default(), Some(json!(200)));
+        let out = $type::run(ctx, Payload { items: 250 }).await.unwrap();
+        assert_eq!(out["resumed_after"], 200);
     }
 
     #[tokio::test]
     async fn stops_when_cancelled() {
-        let cancel = CancellationToken::new();
-        cancel.cancel();
-        let (ctx, _) = JobContext::new(uuid::Uuid::nil(), 1, cancel);
+        let stop = Stop::default();
+        stop.trip(StopReason::Cancelled);
+        let (ctx, _) = context(stop, None);
         let out = $type::run(ctx, Payload { items: 3 }).await;
         assert!(matches!(out, Err(JobError::Cancelled)));
     }

@@ -226,9 +226,11 @@ def _conf(text: str) -> dict[str, str]:
 
 
 def broker(r: Render) -> list[str]:
-    """consumer_timeout above JOB_DEADLINE_SECS and equal to compose's; the two plugins on."""
+    """consumer_timeout at least a minute and ten times a job message's longest hold (the
+    attempt's first 100 ms and its `started` confirm, PUBLISH_TIMEOUT_MS), and equal to compose's;
+    the two plugins on."""
     problems = []
-    deadline_ms = int(r.config().get("JOB_DEADLINE_SECS", "600")) * 1000
+    floor_ms = max(60_000, 10 * (int(r.config().get("PUBLISH_TIMEOUT_MS", "5000")) + 100))
     confs = [(f"RabbitmqCluster/{o['metadata']['name']}", o["spec"].get("rabbitmq", {}).get("additionalConfig", "")) for o in r.rabbitmq_clusters()]
     for cm in r.of("ConfigMap"):
         if "rabbitmq.conf" in cm.get("data", {}):
@@ -239,8 +241,8 @@ def broker(r: Render) -> list[str]:
     compose = _conf(r.compose_rabbitmq_conf).get("consumer_timeout")
     for who, text in confs:
         timeout = _conf(text).get("consumer_timeout")
-        if timeout is None or int(timeout) <= deadline_ms:
-            problems.append(f"{who}: consumer_timeout {timeout} ms is not above JOB_DEADLINE_SECS ({deadline_ms} ms)")
+        if timeout is None or int(timeout) < floor_ms:
+            problems.append(f"{who}: consumer_timeout {timeout} ms is below {floor_ms} ms (a job message's hold, ten times)")
         elif timeout != compose:
             problems.append(f"{who}: consumer_timeout {timeout} differs from compose's {compose}")
     if not confs:

@@ -182,9 +182,12 @@ def compose_checks():
           and os.path.isfile(local_home), f"home={home}")
     rc = open(os.path.join(OBS, "rabbitmq", "rabbitmq.conf")).read()
     m = re.search(r"^consumer_timeout\s*=\s*(\d+)", rc, re.M)
-    deadline = int(env.get("JOB_DEADLINE_SECS", "600"))  # the worker default
-    check("rabbitmq.conf: consumer_timeout above the longest job deadline", bool(m) and int(m.group(1)) > deadline * 1000,
-          f"consumer_timeout={m and m.group(1)} JOB_DEADLINE_SECS={deadline}")
+    # A worker holds a job's message for the attempt's first 100 ms and its `started` confirm
+    # (PUBLISH_TIMEOUT_MS at most); a timeout near that would close channels under live jobs.
+    hold = int(env.get("PUBLISH_TIMEOUT_MS", "5000")) + 100  # the services' default
+    floor = max(60_000, 10 * hold)
+    check("rabbitmq.conf: consumer_timeout at least a minute and ten times a message's longest hold",
+          bool(m) and int(m.group(1)) >= floor, f"consumer_timeout={m and m.group(1)} floor={floor}")
     plugins = open(os.path.join(OBS, "rabbitmq", "enabled_plugins")).read()
     check("rabbitmq: management and prometheus plugins enabled", "rabbitmq_management" in plugins and "rabbitmq_prometheus" in plugins)
     return full

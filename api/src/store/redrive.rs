@@ -40,8 +40,9 @@ pub enum RedriveOne {
 /// The statuses a re-drive takes.
 pub const REDRIVABLE: [Status; 2] = [Status::Failed, Status::Cancelled];
 
-/// Puts failed or cancelled jobs back in the outbox as their next generation (attempts from 1),
-/// recording how the previous generation ended in `history`. A job whose cancel is not
+/// Puts failed or cancelled jobs back in the outbox as their next generation (attempts from 1,
+/// the whole budget of failures, nothing superseded), recording how the previous generation
+/// ended in `history`. The checkpoint stays: the new generation resumes from it. A job whose cancel is not
 /// broadcast yet (the broker is down) is left alone: the cancel names the generation it stops,
 /// and must reach the workers before the next one starts. Rows another transaction holds are
 /// skipped, so a bulk re-drive never waits on one.
@@ -65,7 +66,8 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow
              history = j.history || jsonb_build_array(jsonb_build_object( \
                  'generation', j.generation, 'status', j.status, 'attempts', j.attempts, \
                  'error', j.error, 'started_at', j.started_at, 'finished_at', j.finished_at)), \
-             generation = j.generation + 1, status = $6, attempts = 0, progress = 0, \
+             generation = j.generation + 1, status = $6, attempts = 0, failures = 0, superseded = 0, \
+             progress = 0, \
              result = NULL, error = NULL, started_at = NULL, finished_at = NULL, \
              cancel_requested = false, cancel_outbox = false, run_at = now() \
          FROM picked WHERE j.id = picked.picked_id RETURNING j.*), \

@@ -506,3 +506,102 @@ async fn a_worker_whose_slots_long_jobs_hold_leaves_the_next_job_in_the_queue() 
     assert_eq!(job["status"], "succeeded", "{job}");
     app.stop().await;
 }
+
+/// A kind that counts to `items` with a checkpoint after each, and fails on purpose once, at
+/// `fail_at`, in the first generation only (this test process's first run past it).
+mod tally {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use jobs_contract::JobKind;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+    use serde_json::{Value, json};
+    use worker::context::{JobContext, JobError};
+    use worker::kinds::Handler;
+
+    pub(crate) struct Tally;
+
+    static FAILED: AtomicBool = AtomicBool::new(false);
+
+    #[derive(Debug, Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct Count {
+        items: u32,
+        fail_at: u32,
+    }
+
+    impl JobKind for Tally {
+        const NAME: &'static str = "tally";
+        type Payload = Count;
+        fn validate(_: &Count) -> Result<(), String> {
+            Ok(())
+        }
+        fn example() -> Count {
+            Count {
+                items: 3,
+                fail_at: 2,
+            }
+        }
+    }
+
+    impl Handler for Tally {
+        type Kind = Tally;
+        const DEADLINE: Option<Duration> = None;
+        async fn run(ctx: JobContext, p: Count) -> Result<Value, JobError> {
+            let done: u32 = ctx.resume()?.unwrap_or(0);
+            for i in done + 1..=p.items {
+                if let Err(stop) = ctx.check_cancelled() {
+                    return Err(stop);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if i == p.fail_at && !FAILED.swap(true, Ordering::SeqCst) {
+                    return Err(JobError::Permanent(format!("item {i} failed")));
+                }
+                ctx.checkpoint(&i).await?;
+                ctx.progress(f64::from(i) / f64::from(p.items));
+            }
+            Ok(json!({ "resumed_after": done }))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_redriven_job_resumes_from_its_checkpoint_with_a_fresh_budget() {
+    let (catalog, registry) = greet_at::<tally::Tally, tally::Tally>();
+    let mut app = TestApp::with(Options {
+        worker: false,
+        catalog: Some(catalog),
+        ..Default::default()
+    })
+    .await;
+    app.registry = registry;
+    app.start_worker().await;
+    let id = app.create("tally", json!({"items": 8, "fail_at": 5})).await;
+    // A deploy first: the worker stops with the job running and hands it back (its attempt is
+    // superseded, not counted), and the next worker resumes it.
+    app.wait_for(&id, LONG, |j| j["checkpoint"]["attempt"] == 1)
+        .await;
+    app.stop_worker().await;
+    app.start_worker().await;
+    let failed = app.wait_final(&id, LONG).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("item 5 failed"),
+        "{failed}"
+    );
+    assert_eq!(failed["attempts"], 2, "released, then failed: {failed}");
+
+    let (status, body) = app.post_path(&format!("/jobs/{id}/redrive"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let job = app.wait_final(&id, LONG).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["generation"], 1, "{job}");
+    assert_eq!(
+        job["attempts"], 1,
+        "the new generation counts from 1: {job}"
+    );
+    // It resumed after item 4, the last one the failed attempt saved.
+    assert_eq!(job["result"]["resumed_after"], 4, "{job}");
+    app.stop().await;
+}

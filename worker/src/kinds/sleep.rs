@@ -15,6 +15,10 @@ use super::{Handler, JobContext, JobError};
 /// Checkpoints are saved at most this often: each is a confirmed publish and a row update.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
+/// Steps get a span each up to this many: a trace shows a short job's steps, and a job of ten
+/// thousand steps stays a trace of a few spans.
+const TRACED_STEPS: u32 = 100;
+
 /// Runs `sleep` jobs.
 #[derive(Debug)]
 pub struct Sleep;
@@ -42,7 +46,11 @@ impl Handler for Sleep {
             if let Err(stop) = ctx.check_cancelled() {
                 return Err(save_before_stopping(&ctx, saved.0, i - 1, stop).await);
             }
-            let span = tracing::info_span!("job.step", otel.name = format!("step {i}"), step = i);
+            let span = if p.steps <= TRACED_STEPS {
+                tracing::info_span!("job.step", otel.name = format!("step {i}"), step = i)
+            } else {
+                tracing::Span::none()
+            };
             // A zero sleep would still wait for the timer's next 1 ms tick.
             if !step.is_zero() {
                 tokio::select! {
