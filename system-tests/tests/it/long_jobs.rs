@@ -551,9 +551,7 @@ mod tally {
         async fn run(ctx: JobContext, p: Count) -> Result<Value, JobError> {
             let done: u32 = ctx.resume()?.unwrap_or(0);
             for i in done + 1..=p.items {
-                if let Err(stop) = ctx.check_cancelled() {
-                    return Err(stop);
-                }
+                ctx.check_cancelled()?;
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 if i == p.fail_at && !FAILED.swap(true, Ordering::SeqCst) {
                     return Err(JobError::Permanent(format!("item {i} failed")));
