@@ -63,7 +63,14 @@ source "$ROOT/tests/stack/tools.sh"
   || { grep '^not ok' "$TMP/static.log" >&2; fail "the lean fork's static stack checks"; }
 echo "ok - the lean acme-jobs passes its static stack checks ($(grep -c '^ok' "$TMP/static.log") checks: compose, images, dashboards, pipeline)"
 
+# fresh DIR: the trees share target/fork-check, where cargo names a workspace crate's build by its
+# path inside the workspace (the same in every tree) and judges it up to date by mtime. Touched
+# right before its first build, a tree never reuses another tree's crates (the new-kind copy once
+# ran the renamed fork's test-support against its own worker).
+fresh() { find "$1" -type f -exec touch {} +; }
+
 for form in full lean; do
+  fresh "$TMP/$form/acme-jobs"
   (cd "$TMP/$form/acme-jobs" && cargo nextest run --workspace --locked --no-fail-fast)
   echo "ok - the $form acme-jobs builds with its lock file as generated and passes its tests"
 done
@@ -71,6 +78,7 @@ done
 echo "# make new-kind NAME=resize in a scratch copy"
 copy=$TMP/new-kind
 cp -a "$src" "$copy"
+fresh "$copy"
 (cd "$copy" && make -s new-kind NAME=resize)
 grep -q '"resize"' "$copy/api/openapi.json"
 (cd "$copy" && cargo nextest run --workspace --no-fail-fast)
