@@ -80,6 +80,7 @@ LEAN = [
      "  -d '{\"kind\":\"sleep\",\"payload\":{\"duration_ms\":4000,\"steps\":4}}'; done\n"),
     ("edit", "README.md", "document and loadgen's `--mix resize=…` (posting the kind's example) include it",
      "document includes it"),
+    ("edit", "README.md", " `make bench` measures a storm of 500 jobs failing together\n   next to a steady stream (BENCHMARKS.md).", ""),
     ("cut", "README.md", "| `loadgen/` |", None),
     ("cut", "README.md", "| `bench/` |", None),
 ]
