@@ -39,7 +39,7 @@ new-kind: ## add a job kind: make new-kind NAME=resize (contract + handler + reg
 	bash tools/new-kind.sh "$(NAME)"
 
 .PHONY: fork-check
-fork-check: ## prove the fork path: cargo generate a project named acme-jobs and test it; make new-kind and test
+fork-check: ## prove the fork path: cargo generate acme-jobs full and lean (no bench, no loadgen), test both; make new-kind and test
 	bash tests/fork.sh
 
 .PHONY: contract

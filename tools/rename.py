@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Renames the project: every `jobstack` in file contents and paths under DIR becomes NAME.
 
-`python3 tools/rename.py acme_jobs [DIR]` (what `cargo generate` runs through tools/fork.rhai).
+`python3 tools/rename.py acme_jobs [DIR]` (what tools/fork.py runs once its edits are done).
 NAME is used as given in snake case (`acme_jobs`: valid in metric names, SQL identifiers, AMQP
 names and compose project names alike), `Jobstack` becomes its PascalCase (`AcmeJobs`, alert
 names) and `JOBSTACK` its upper case (`ACME_JOBS`, variables). Binary files, `.git` and

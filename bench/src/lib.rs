@@ -99,7 +99,7 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
         let path = bins.join(bin);
         anyhow::ensure!(
             path.is_file(),
-            "{} not found: build the release binaries first (cargo build --release -p api -p worker -p loadgen) or set BENCH_BIN_DIR",
+            "{} not found: build the release binaries first (cargo build --release -p api -p worker -p loadgen -p bench) or set BENCH_BIN_DIR",
             path.display()
         );
     }

@@ -1,7 +1,7 @@
 //! This machine's limits for the same durable work with nothing of ours in the way:
 //! PostgreSQL single-row insert transactions into the jobs table (pgbench, a C client with
 //! prepared statements: the cheapest client there is), and RabbitMQ confirmed persistent
-//! publishes and consume + ack on a quorum queue (loadgen's amqp-bench).
+//! publishes and consume + ack on a quorum queue (this crate's `amqp-bench`).
 
 use std::time::Duration;
 
