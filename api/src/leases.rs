@@ -11,7 +11,7 @@
 //! itself: one whose PostgreSQL writes stall for longer than a lease while another reaps is the
 //! case this cannot see. It runs inside the broker session, so a broker outage pauses it too: attempts
 //! whose workers could not reach the broker are given up once it is back and their lease has
-//! still lapsed.
+//! still lapsed. Why leases: docs/adr/0001-leases.md.
 
 use std::time::Duration;
 

@@ -16,6 +16,8 @@
 //! from its last checkpoint. A failed attempt with retries left is reported as such: the api
 //! schedules the retry, after a jittered back-off.
 //!
+//! Why leases, and the options weighed: docs/adr/0001-leases.md.
+//!
 //! Traces stay bounded however long the job runs: one span per attempt (the consumer span
 //! below), a span per event that changes the job's state (`started`, checkpoints, the outcome),
 //! and progress as at most ten span events on the attempt's span, never a span per report.
