@@ -18,6 +18,10 @@ test: services ## run every test: workspace tests against RabbitMQ + PostgreSQL,
 openapi-check: services ## api/openapi.json valid OpenAPI 3.1; a generated client drives every operation; a short schemathesis run
 	bash tests/openapi/run.sh
 
+.PHONY: mutants
+mutants: services ## mutation testing of the core modules, score per module (MODULES="lifecycle relay" for some; slow, not in CI)
+	bash tools/mutants.sh
+
 .PHONY: fuzz
 fuzz: services ## schemathesis with every check against a local api + worker (FUZZ_CASES per operation, FUZZ_SEED to replay)
 	bash tests/openapi/run.sh fuzz

@@ -63,10 +63,7 @@ pub async fn run(
             }
         }
         if gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
-            if let Ok(outbox) = outbox::backlog(&db).await {
-                metrics::gauge!("jobstack_outbox_backlog").set(outbox.due as f64);
-                metrics::gauge!("jobstack_jobs_scheduled").set(outbox.scheduled as f64);
-            }
+            record_backlog(&db).await;
             gauges_at = Some(Instant::now());
         }
         if shutdown.is_cancelled() {
@@ -98,6 +95,15 @@ pub struct Dispatch {
     pub max_attempts: u32,
     /// `JOB_LEASE_SECS`: how long an attempt may go without a heartbeat.
     pub lease: Duration,
+}
+
+/// Sets the outbox gauges from PostgreSQL (what is due, what waits for its `run_at`); the api
+/// also calls it at start-up, so the series exist before the broker is reached.
+pub async fn record_backlog(db: &PgPool) {
+    if let Ok(outbox) = outbox::backlog(db).await {
+        metrics::gauge!("jobstack_outbox_backlog").set(outbox.due as f64);
+        metrics::gauge!("jobstack_jobs_scheduled").set(outbox.scheduled as f64);
+    }
 }
 
 /// What one batch publishes.

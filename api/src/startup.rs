@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, Closer, Committer};
-use crate::{AppState, Config, broker, db, retention, routes};
+use crate::{AppState, Config, broker, db, relay, retention, routes};
 
 /// Serves the contract's kinds on `listener` until `shutdown` is cancelled, then stops
 /// everything it started.
@@ -100,6 +100,7 @@ async fn start(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(AppState, Background)> {
     let db = db::connect(&config, shutdown).await?;
+    relay::record_backlog(&db).await;
     let broker = broker::Broker::default();
     let (committer, closer) = Committer::start(db.clone(), broker.wake_relay.clone());
     let state = AppState {

@@ -42,7 +42,13 @@ pub const REDRIVABLE: [Status; 2] = [Status::Failed, Status::Cancelled];
 
 /// Puts failed or cancelled jobs back in the outbox as their next generation (attempts from 1,
 /// the whole budget of failures, nothing superseded), recording how the previous generation
-/// ended in `history`. The checkpoint stays: the new generation resumes from it. A job whose cancel is not
+/// ended in `history`. The checkpoint stays: the new generation resumes from it.
+///
+/// The outbox entry is an upsert, not `DO NOTHING`: the relay that published the previous
+/// generation deletes its entry only when its batch commits, and a fast job can fail and be
+/// re-driven before that. `DO NOTHING` saw that entry, inserted nothing, and the relay's delete
+/// then left the new generation queued forever; `DO UPDATE` waits for the relay's lock, and
+/// inserts anew once its delete commits. A job whose cancel is not
 /// broadcast yet (the broker is down) is left alone: the cancel names the generation it stops,
 /// and must reach the workers before the next one starts. Rows another transaction holds are
 /// skipped, so a bulk re-drive never waits on one.
@@ -72,7 +78,7 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow
              cancel_requested = false, cancel_outbox = false, run_at = now() \
          FROM picked WHERE j.id = picked.picked_id RETURNING j.*), \
          queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM up \
-                    ON CONFLICT (job_id) DO NOTHING) \
+                    ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at) \
          SELECT ",
         job_columns!(),
         " FROM up"

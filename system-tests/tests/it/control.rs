@@ -614,3 +614,60 @@ async fn twenty_concurrent_re_drives_of_one_job_make_one_generation() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_redrive_racing_the_relay_that_published_the_last_generation_is_not_lost() {
+    // The relay deletes a job's outbox entry only once the broker confirmed its publish, in the
+    // transaction that locked it; a fast job can fail, and be re-driven, before that commits.
+    let app = TestApp::spawn().await;
+    let id = app.create("fail", json!({"transient": false})).await;
+    assert_eq!(app.wait_final(&id, LONG).await["status"], "failed");
+    let db = app.db().await;
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    // A relay in the middle of that batch: the entry is still there, locked. (Its `run_at`
+    // keeps the test's real relay away from it.)
+    sqlx::query("INSERT INTO outbox (job_id, run_at) VALUES ($1, now() + interval '1 hour')")
+        .bind(uuid)
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut relay = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM outbox WHERE job_id = $1 FOR UPDATE")
+        .bind(uuid)
+        .execute(&mut *relay)
+        .await
+        .unwrap();
+    let redrive = tokio::spawn({
+        let (http, url) = (app.http.clone(), format!("{}/jobs/{id}/redrive", app.url));
+        async move { http.post(url).send().await.unwrap().status() }
+    });
+    // Until the re-drive is either answered or waiting for the relay's lock.
+    app.wait_until(
+        LONG,
+        "the re-drive answered or waiting for the entry",
+        || async {
+            redrive.is_finished()
+                || sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%INSERT INTO outbox%'",
+                )
+                .fetch_one(&db)
+                .await
+                .unwrap()
+                    > 0
+        },
+    )
+    .await;
+    // The relay's batch commits: the old generation's entry is taken out.
+    sqlx::query("DELETE FROM outbox WHERE job_id = $1")
+        .bind(uuid)
+        .execute(&mut *relay)
+        .await
+        .unwrap();
+    relay.commit().await.unwrap();
+    assert_eq!(redrive.await.unwrap(), StatusCode::ACCEPTED);
+    let again = app.wait_final(&id, LONG).await;
+    assert_eq!(again["generation"], 1, "{again}");
+    assert_eq!(again["attempts"], 1, "the new generation ran: {again}");
+    app.stop().await;
+}
