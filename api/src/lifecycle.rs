@@ -258,6 +258,8 @@ pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
             .then(|| Update {
                 status: Status::Scheduled,
                 failures: cur.failures + 1,
+                // The attempt is over: anything it (or a copy of it) reports later is stale.
+                superseded: a,
                 progress: 0.0,
                 error: Some(error.clone()),
                 next: Some(Next::Retry),
@@ -575,6 +577,18 @@ mod tests {
         assert_eq!((c.attempts, c.failures), (1, 1));
         assert_eq!(apply(c, &started(1)), None);
         assert_eq!(apply(c, &failed(1, true)), None, "a repeated failure");
+        for late in [
+            ev(1, JobChange::Succeeded { result: json!(1) }),
+            failed(1, false),
+            ev(1, JobChange::Cancelled),
+            ev(1, JobChange::Released),
+        ] {
+            assert_eq!(
+                apply(c, &late),
+                None,
+                "a copy of the failed attempt: {late:?}"
+            );
+        }
         let u = apply(c, &started(2)).expect("the next attempt starts");
         assert_eq!((u.status, u.attempts, u.failures), (Status::Running, 2, 1));
     }

@@ -37,11 +37,14 @@ pub enum StopReason {
     HandedBack,
 }
 
-/// An attempt's stop: a token to wait on, and why it tripped (the first reason wins).
+/// An attempt's stop: a token to wait on, and why it tripped (the first reason wins); and,
+/// apart from it, whether its lease is lost (whatever stopped it first, nothing it reports after
+/// that may count: the api is about to give it up).
 #[derive(Debug, Clone, Default)]
 pub struct Stop {
     token: CancellationToken,
     reason: Arc<OnceLock<StopReason>>,
+    lease_lost: CancellationToken,
 }
 
 impl Stop {
@@ -49,6 +52,22 @@ impl Stop {
     pub fn trip(&self, reason: StopReason) {
         let _ = self.reason.set(reason);
         self.token.cancel();
+    }
+
+    /// The lease could not be renewed for half of it: stop, and say nothing more.
+    pub fn lose_lease(&self) {
+        self.trip(StopReason::LeaseLost);
+        self.lease_lost.cancel();
+    }
+
+    /// Resolves once the lease is lost.
+    pub async fn lease_lost(&self) {
+        self.lease_lost.cancelled().await;
+    }
+
+    /// Whether `other` is this very stop (the same attempt on this worker, not another copy).
+    fn same(&self, other: &Stop) -> bool {
+        Arc::ptr_eq(&self.reason, &other.reason)
     }
 
     /// Why it was asked to stop, if it was.
@@ -109,10 +128,22 @@ impl Attempts {
         running
     }
 
-    /// An attempt starts here: its stop, already tripped if the job is cancelled.
-    pub fn start(&self, id: Uuid, generation: u32, attempt: u32) -> Stop {
+    /// An attempt starts here: its stop, already tripped if the job is cancelled. `None` when
+    /// the delivery is a copy of an attempt that runs here already (the relay published it
+    /// twice) or of an older one: it must not run. A copy of an attempt whose message went back
+    /// (its ack failed) replaces it; an older attempt still running here is one the api gave up
+    /// (it published this one after), and stops.
+    pub fn start(&self, id: Uuid, generation: u32, attempt: u32) -> Option<Stop> {
         let mut inner = self.inner.lock().expect("not poisoned");
         let series = (id, generation);
+        if let Some(other) = inner.running.get(&series)
+            && other.stop.reason() != Some(StopReason::HandedBack)
+        {
+            if other.attempt >= attempt {
+                return None;
+            }
+            other.stop.lose_lease();
+        }
         let stop = Stop::default();
         if inner.cancelled.contains(&series) {
             stop.trip(StopReason::Cancelled);
@@ -125,25 +156,33 @@ impl Attempts {
                 lease: None,
             },
         );
-        stop
+        Some(stop)
     }
 
     /// The attempt's message is acked: it lives on `lease` from now, renewed by heartbeats.
-    pub fn hold(&self, id: Uuid, generation: u32, lease: Duration) {
+    pub fn hold(&self, id: Uuid, generation: u32, stop: &Stop, lease: Duration) {
         let mut inner = self.inner.lock().expect("not poisoned");
-        if let Some(r) = inner.running.get_mut(&(id, generation)) {
+        if let Some(r) = inner.running.get_mut(&(id, generation))
+            && r.stop.same(stop)
+        {
             r.lease = Some((lease, Instant::now()));
             self.leases_changed.notify_one();
         }
     }
 
-    /// The attempt is over.
-    pub fn finish(&self, id: Uuid, generation: u32) {
+    /// The attempt is over (its outcome published: until then its lease is renewed). Leaves
+    /// alone another copy that replaced it.
+    pub fn finish(&self, id: Uuid, generation: u32, stop: &Stop) {
         let mut inner = self.inner.lock().expect("not poisoned");
+        let series = (id, generation);
         if inner
             .running
-            .remove(&(id, generation))
-            .is_some_and(|r| r.lease.is_some())
+            .get(&series)
+            .is_some_and(|r| r.stop.same(stop))
+            && inner
+                .running
+                .remove(&series)
+                .is_some_and(|r| r.lease.is_some())
         {
             self.leases_changed.notify_one();
         }
@@ -190,8 +229,8 @@ impl Attempts {
                 continue;
             };
             let alive = renewed.map_or(since, |at| at.max(since));
-            if alive.elapsed() > lease / 2 && r.stop.reason().is_none() {
-                r.stop.trip(StopReason::LeaseLost);
+            if alive.elapsed() > lease / 2 && !r.stop.lease_lost.is_cancelled() {
+                r.stop.lose_lease();
                 stopped += 1;
             }
         }
@@ -216,16 +255,18 @@ mod tests {
         let id = Uuid::new_v4();
         a.cancel(id, 0);
         a.cancel(id, 0);
-        assert_eq!(a.start(id, 0, 1).reason(), Some(StopReason::Cancelled));
-        a.finish(id, 0);
+        let first = a.start(id, 0, 1).unwrap();
+        assert_eq!(first.reason(), Some(StopReason::Cancelled));
+        a.finish(id, 0, &first);
+        let again = a.start(id, 0, 2).unwrap();
         assert_eq!(
-            a.start(id, 0, 2).reason(),
+            again.reason(),
             Some(StopReason::Cancelled),
             "a redelivery is skipped too"
         );
-        a.finish(id, 0);
+        a.finish(id, 0, &again);
         assert_eq!(
-            a.start(id, 1, 1).reason(),
+            a.start(id, 1, 1).unwrap().reason(),
             None,
             "the re-driven generation runs"
         );
@@ -235,7 +276,7 @@ mod tests {
     fn cancel_while_running_trips_the_stop_and_the_first_reason_wins() {
         let a = Attempts::default();
         let id = Uuid::new_v4();
-        let stop = a.start(id, 2, 1);
+        let stop = a.start(id, 2, 1).unwrap();
         assert!(!a.cancel(id, 1));
         assert_eq!(stop.reason(), None, "another generation");
         assert!(a.cancel(id, 2));
@@ -247,10 +288,10 @@ mod tests {
     fn only_acked_attempts_heartbeat_and_a_silent_lease_is_fenced_at_half() {
         let a = Attempts::default();
         let (held, fresh) = (Uuid::new_v4(), Uuid::new_v4());
-        let held_stop = a.start(held, 0, 3);
-        let fresh_stop = a.start(fresh, 0, 1);
+        let held_stop = a.start(held, 0, 3).unwrap();
+        let fresh_stop = a.start(fresh, 0, 1).unwrap();
         assert_eq!(a.leases(), (vec![], None), "nothing acked yet");
-        a.hold(held, 0, Duration::from_millis(40));
+        a.hold(held, 0, &held_stop, Duration::from_millis(40));
         let (leases, shortest) = a.leases();
         assert_eq!(
             leases,
@@ -270,8 +311,38 @@ mod tests {
         );
         assert_eq!(held_stop.reason(), Some(StopReason::LeaseLost));
         assert_eq!(fresh_stop.reason(), None, "not acked: no lease to lose");
-        a.finish(held, 0);
+        a.finish(held, 0, &held_stop);
         assert_eq!(a.leases().0, []);
+    }
+
+    #[test]
+    fn a_second_copy_of_a_running_attempt_does_not_run_and_a_handed_back_one_is_replaced() {
+        let a = Attempts::default();
+        let id = Uuid::new_v4();
+        let first = a.start(id, 0, 2).unwrap();
+        a.hold(id, 0, &first, Duration::from_secs(60));
+        assert!(a.start(id, 0, 2).is_none(), "the relay published it twice");
+        assert!(a.start(id, 0, 1).is_none(), "an older attempt");
+        // Its ack failed: the broker hands the message out again, here.
+        first.trip(StopReason::HandedBack);
+        let second = a.start(id, 0, 2).unwrap();
+        a.hold(id, 0, &first, Duration::from_secs(1));
+        a.finish(id, 0, &first);
+        assert_eq!(
+            a.leases().0.len(),
+            0,
+            "the old copy neither holds nor finishes the new one"
+        );
+        a.hold(id, 0, &second, Duration::from_secs(60));
+        assert_eq!(a.leases().0.len(), 1);
+        // The api gave attempt 2 up and published attempt 3: attempt 2 stops, 3 runs.
+        let third = a.start(id, 0, 3).unwrap();
+        assert_eq!(second.reason(), Some(StopReason::LeaseLost));
+        assert_eq!(third.reason(), None);
+        a.finish(id, 0, &second);
+        assert_eq!(a.holding(), 0, "attempt 3 is not acked yet");
+        a.finish(id, 0, &third);
+        assert!(a.inner.lock().unwrap().running.is_empty());
     }
 
     #[test]
@@ -283,7 +354,7 @@ mod tests {
             a.cancel(Uuid::new_v4(), 0);
         }
         assert_eq!(
-            a.start(first, 0, 1).reason(),
+            a.start(first, 0, 1).unwrap().reason(),
             None,
             "the oldest was forgotten"
         );

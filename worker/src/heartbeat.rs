@@ -37,9 +37,14 @@ pub async fn run(state: Arc<WorkerState>, stop: CancellationToken) {
         if running.is_empty() {
             continue;
         }
-        match beat(&state, running).await {
+        // The api renews from when it reads the heartbeat, never earlier than it was sent: the
+        // fence counts from the send. A beat waits for its confirm at most one interval, so the
+        // fence below runs at least every two: it trips within 5/6 of a lease, before the api.
+        let sent = Instant::now();
+        let beat = tokio::time::timeout(every, beat(&state, running)).await;
+        match beat.unwrap_or(Err(PublishError::Timeout(every))) {
             Ok(()) => {
-                renewed = Some(Instant::now());
+                renewed = Some(sent);
                 metrics::counter!("jobstack_worker_heartbeats_total", "result" => "confirmed")
                     .increment(1);
             }

@@ -88,12 +88,21 @@ pub(crate) async fn handle(
             }
             slot = state.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
-        let attempt = Attempt::new(&state, &msg, Held::new(delivery));
+        let held = Held::new(delivery);
+        let Some(stop) = state.attempts.start(msg.id, msg.generation, msg.attempt) else {
+            // A copy of an attempt that runs here (the relay published it twice), or of an
+            // older one: the running one reports; this copy goes.
+            tracing::warn!("a copy of an attempt already running here; dropped");
+            held.ack().await;
+            return;
+        };
+        let attempt = Attempt::new(&state, &msg, held, stop);
         let outcome = attempt.run(&state, &msg).await;
-        state.attempts.finish(msg.id, msg.generation);
-        // The slot goes to the next job; the outcome is published and confirmed meanwhile.
+        // The slot goes to the next job; the outcome is published and confirmed meanwhile,
+        // while heartbeats still renew the attempt's lease.
         drop(slot);
         attempt.settle(&msg, outcome, &state).await;
+        state.attempts.finish(msg.id, msg.generation, &attempt.stop);
     }
     .instrument(span)
     .await;
@@ -163,7 +172,7 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn new(state: &WorkerState, msg: &JobMessage, held: Held) -> Self {
+    fn new(state: &WorkerState, msg: &JobMessage, held: Held, stop: Stop) -> Self {
         let kind = if state.registry.contains(&msg.kind) {
             msg.kind.clone()
         } else {
@@ -171,7 +180,7 @@ impl Attempt {
         };
         Self {
             held,
-            stop: state.attempts.start(msg.id, msg.generation, msg.attempt),
+            stop,
             reporter: Reporter::new(state, msg),
             kind,
         }
@@ -221,7 +230,12 @@ impl Attempt {
         );
         let lease = Duration::from_millis(msg.lease_ms);
         let result = self
-            .with_progress(execute(msg, payload, ctx, state), reports, state, lease)
+            .with_progress(
+                execute(msg, payload, ctx, &self.stop, state),
+                reports,
+                state,
+                lease,
+            )
             .await;
         in_flight.decrement(1.0);
         let outcome = Outcome::decide(result, msg.retries_left);
@@ -256,9 +270,8 @@ impl Attempt {
                 .await;
             match started {
                 Ok(()) if self.held.ack().await => {
-                    state
-                        .attempts
-                        .hold(self.reporter.job_id, self.reporter.generation, lease);
+                    let (id, generation) = (self.reporter.job_id, self.reporter.generation);
+                    state.attempts.hold(id, generation, &self.stop, lease);
                 }
                 Ok(()) => {
                     // The message went back to the broker with its channel: this attempt runs
@@ -330,11 +343,21 @@ impl Attempt {
             }
             _ => {}
         }
-        let sent = self.publish_outcome(msg, outcome, state, deadline).await;
         if held {
+            let sent = self.publish_outcome(msg, outcome, state, deadline).await;
             self.held.settle(sent).await;
-        } else if let Err(e) = sent {
-            tracing::error!(error = %e, "outcome not published within half the lease; the api will run the job again");
+            return;
+        }
+        // The lease is renewed while the outcome waits for a broker; once the fence finds it
+        // lost, the api is about to run the job again, and this outcome must not count.
+        tokio::select! {
+            biased;
+            () = self.stop.lease_lost() => {
+                tracing::error!("lease lost before the outcome was published; the api will run the job again");
+            }
+            sent = self.publish_outcome(msg, outcome, state, deadline) => if let Err(e) = sent {
+                tracing::error!(error = %e, "outcome not published within half the lease; the api will run the job again");
+            },
         }
     }
 
@@ -515,11 +538,14 @@ async fn dead_letter_undecodable(
 }
 
 /// Runs the handler in its own task, so a panic is contained, under the kind's deadline (if it
-/// has one, capped by `JOB_DEADLINE_SECS` if that is set); bounds its result.
+/// has one, capped by `JOB_DEADLINE_SECS` if that is set); bounds its result. A handler still
+/// running a sixth of a lease after its lease was lost is aborted (at its next `.await`): the
+/// api runs the job again soon, and two attempts must not run at once.
 async fn execute(
     msg: &JobMessage,
     payload: Value,
     ctx: JobContext,
+    stop: &Stop,
     state: &WorkerState,
 ) -> Result<Value, JobError> {
     let Some((fut, deadline)) = state.registry.run(&msg.kind, ctx, payload) else {
@@ -531,15 +557,24 @@ async fn execute(
     };
     let task = tokio::spawn(fut.in_current_span());
     let abort = task.abort_handle();
-    let joined = match deadline {
-        Some(deadline) => match tokio::time::timeout(deadline, task).await {
-            Ok(joined) => joined,
-            Err(_) => {
+    let lost = async {
+        stop.lease_lost().await;
+        tokio::time::sleep(Duration::from_millis(msg.lease_ms) / 6).await;
+    };
+    let joined = tokio::select! {
+        joined = maybe_timeout(deadline, task) => match joined {
+            Some(joined) => joined,
+            None => {
                 abort.abort();
+                let deadline = deadline.unwrap_or_default();
                 return Err(JobError::Transient(format!("timed out after {deadline:?}")));
             }
         },
-        None => task.await,
+        () = lost => {
+            abort.abort();
+            tracing::warn!("handler still running after its lease was lost; aborted");
+            return Err(JobError::Interrupted);
+        }
     };
     let result = match joined {
         Ok(result) => result?,
@@ -557,6 +592,14 @@ async fn execute(
         )));
     }
     Ok(result)
+}
+
+/// `fut` within `deadline`, if there is one; `None` when it ran out.
+async fn maybe_timeout<T>(deadline: Option<Duration>, fut: impl Future<Output = T>) -> Option<T> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout(deadline, fut).await.ok(),
+        None => Some(fut.await),
+    }
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {

@@ -64,10 +64,7 @@ pub async fn run(
     tracing::info!(queue = %topology.jobs_queue(), concurrency = state.config.concurrency, "consuming jobs");
     loop {
         let prefetch = intake::prefetch(state.config.concurrency, state.attempts.holding());
-        if prefetch != intake.prefetch() {
-            tracing::debug!(prefetch, "jobs intake re-sized");
-            intake.follow(prefetch).await?;
-        }
+        intake.follow(prefetch).await?;
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = state.attempts.leases_changed() => {},

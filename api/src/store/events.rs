@@ -96,16 +96,14 @@ pub async fn apply_events(
         requeued: updates.iter().filter(|(_, u)| u.next.is_some()).count(),
     };
     if !updates.is_empty()
-        && events.iter().all(|e| {
-            matches!(
-                e.change,
-                JobChange::Started { .. } | JobChange::Progress { .. }
-            )
-        })
+        && events
+            .iter()
+            .all(|e| matches!(e.change, JobChange::Progress { .. }))
     {
-        // Losing these to a PostgreSQL crash is harmless (a later event implies them), so
-        // they need not wait for the WAL flush; final states, checkpoints and requeues always
-        // do.
+        // Losing progress to a PostgreSQL crash is harmless (a later event implies it), so it
+        // need not wait for the WAL flush. Everything else does: `started` too, since the
+        // worker acks the job's message once it is confirmed, and from then the running row
+        // and its lease are all that brings the job back if the worker dies.
         sqlx::query("SET LOCAL synchronous_commit TO off")
             .execute(&mut *tx)
             .await?;
