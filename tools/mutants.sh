@@ -63,7 +63,7 @@ for m in $MODULES; do
   # Exit codes 2 (missed) and 3 (timeouts) are results, not failures of the run.
   cargo mutants "${args[@]}" --test-tool nextest --no-shuffle --timeout 300 --output "$out" \
     -- --no-fail-fast -E "${FILTER[$m]}" || { rc=$?; [[ $rc == 2 || $rc == 3 ]]; }
-  n() { [[ -f "$out/mutants.out/$1.txt" ]] && grep -c . "$out/mutants.out/$1.txt" || echo 0; }
+  n() { [[ -s "$out/mutants.out/$1.txt" ]] && grep -c . "$out/mutants.out/$1.txt" || echo 0; }
   caught=$(n caught) missed=$(n missed) timeout=$(n timeout) unviable=$(n unviable)
   total=$((caught + missed + timeout))
   score=$([[ $total -gt 0 ]] && echo "$((100 * caught / total))%" || echo "n/a")

@@ -177,13 +177,12 @@ pub struct Update {
 
 impl Update {
     /// This update followed by `next`, as one write: what applying both in turn would store
-    /// (the first timestamps stay, the latest result, error, checkpoint and span win; counts,
-    /// the lease and the requeue are the later update's).
+    /// (the first start stays, the latest error, checkpoint and span win; counts, the lease and
+    /// the requeue are the later update's, and so are the end and the result: only a final
+    /// update sets them, and nothing follows a final update).
     pub fn then(self, next: Self) -> Self {
         Self {
             started_at: self.started_at.or(next.started_at),
-            finished_at: self.finished_at.or(next.finished_at),
-            result: next.result.or(self.result),
             error: next.error.or(self.error),
             checkpoint: next.checkpoint.or(self.checkpoint),
             attempt_span: next.attempt_span.or(self.attempt_span),
@@ -286,7 +285,6 @@ pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
         // attempt costs nothing from the budget; its late events, if any, are stale.
         JobChange::Released if cur.cancel_requested => Some(Update {
             status: Status::Cancelled,
-            started_at: None,
             finished_at: at,
             ..base
         }),
@@ -668,7 +666,7 @@ mod tests {
 
     #[test]
     fn a_released_attempt_goes_back_now_costs_nothing_and_is_superseded() {
-        let running = run(&[started(3), checkpoint(3, 4)]);
+        let running = run(&[started(3), progress(3, 0.6), checkpoint(3, 4)]);
         let u = apply(running, &ev(3, JobChange::Released)).unwrap();
         assert_eq!(
             (u.status, u.next, u.lease),
@@ -680,7 +678,12 @@ mod tests {
         assert_eq!(apply(c, &progress(3, 0.9)), None);
         assert_eq!(apply(c, &succeeded(3)), None);
         assert_eq!(apply(c, &ev(3, JobChange::Released)), None);
-        assert_eq!(apply(c, &started(4)).unwrap().status, Status::Running);
+        let next = apply(c, &started(4)).unwrap();
+        assert_eq!(
+            (next.status, next.progress),
+            (Status::Running, 0.0),
+            "the next attempt reports its own progress, from its checkpoint"
+        );
         // A release that is not of the running attempt changes nothing.
         assert_eq!(
             apply(
