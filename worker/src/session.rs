@@ -64,7 +64,11 @@ pub async fn run(
     tracing::info!(queue = %topology.jobs_queue(), concurrency = state.config.concurrency, "consuming jobs");
     loop {
         let prefetch = intake::prefetch(state.config.concurrency, state.attempts.holding());
-        intake.follow(prefetch).await?;
+        // A broker call like any other: one that never answers must not hold the shutdown.
+        match shared::amqp::unless_shutdown(&shutdown, intake.follow(prefetch)).await {
+            Some(followed) => followed?,
+            None => break,
+        }
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = state.attempts.leases_changed() => {},

@@ -94,6 +94,21 @@ impl ApiProcess {
             .await
             .unwrap();
         assert_eq!(res.status(), 202);
+        // Published before the stop: the test is about exporting the publish's span, not about
+        // a publish racing the signal (the shutdown's final flush has tests of its own).
+        let start = Instant::now();
+        loop {
+            let metrics = self.http.get(format!("{}/metrics", self.url)).send().await;
+            let text = metrics.unwrap().text().await.unwrap();
+            if test_support::metrics::sum(&text, "jobstack_outbox_published_total", "") >= 1.0 {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the job was never published"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGTERM, as `docker stop` sends: the api must drain, flush and exit 0. Returns stdout.
