@@ -1,11 +1,13 @@
 """Schemathesis hooks for `make fuzz`: one check of our own, for what the document cannot state as
 a schema.
 
-`POST /jobs` refuses a schema-valid request with 422 in two cases that depend on the server's
-state or clock, not on the request alone: its Idempotency-Key was used before with another body
-(422 is the IETF idempotency-key draft's status for it), or its `run_at` is more than 30 days
-ahead. schemathesis.toml lets `positive_data_acceptance` take a 422 from `POST /jobs`; this check
-takes back everything else: a schema-valid request refused with 422 must be one of those two,
+`POST /jobs` refuses a schema-valid request with 422 in three cases the document cannot state:
+its Idempotency-Key was used before with another body (422 is the IETF idempotency-key draft's
+status for it), its `run_at` is more than 30 days ahead (both depend on the server's state or
+clock, not on the request alone), or its `payload_version` is older than the kind's and its
+payload does not have that version's shape (the document states the current version's only).
+schemathesis.toml lets `positive_data_acceptance` take a 422 from `POST /jobs`; this check takes
+back everything else: a schema-valid request refused with 422 must be one of those three,
 and the refusal must be true. It also holds a replay (`Idempotent-Replayed: true`) to the job the
 key created."""
 import datetime
@@ -75,5 +77,12 @@ def create_job_refusals_are_true(ctx, response, case):
         at = _run_at(body.get("run_at") or "")
         now = datetime.datetime.now(datetime.timezone.utc)
         assert at is not None and at > now + MAX_DELAY - CLOCK_SLACK, f"run_at {body.get('run_at')!r} is not more than 30 days ahead"
+        return None
+    older = re.match(r"payload_version: payload version (\d+) cannot be read \(the kind is at version (\d+)\)", detail)
+    if older:
+        # The document states the payload of the kind's current version only; an older version's
+        # payload has that version's shape, which it may not match.
+        version, current = map(int, older.groups())
+        assert version < current, f"payload_version {version} refused, but the kind is at version {current}"
         return None
     raise AssertionError(f"a schema-valid job was refused: {detail}")

@@ -70,7 +70,7 @@ async fn beat(
     running: Vec<jobs_contract::messages::Lease>,
 ) -> Result<(), PublishError> {
     let Some(publisher) = state.link.current() else {
-        return Err(PublishError::Timeout(Duration::ZERO));
+        return Err(PublishError::NoSession);
     };
     let body = Heartbeat {
         at: Utc::now(),

@@ -61,7 +61,7 @@ impl Link {
                 () = tokio::time::sleep_until(deadline) => None,
             };
             let Some(publisher) = publisher else {
-                return Err(PublishError::Timeout(Duration::ZERO));
+                return Err(PublishError::NoSession);
             };
             match publisher
                 .publish(msg.clone())

@@ -83,7 +83,7 @@ pub(crate) async fn handle(
             () = session_over.cancelled() => return,
             // Every slot is held by a long job: another worker may run this one now.
             () = intake_stopped.cancelled() => {
-                Held::new(delivery).settle(Err(PublishError::Timeout(Duration::ZERO))).await;
+                Held::new(delivery).hand_back("every slot is held by a long job").await;
                 return;
             }
             slot = state.slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -142,23 +142,35 @@ impl Held {
 
     /// Acks after `settled` went out, or hands the message back when it could not.
     async fn settle(&self, settled: Result<(), PublishError>) {
+        match settled {
+            Ok(()) => {
+                self.ack().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not publish the outcome; handing the job back");
+                self.nack().await;
+            }
+        }
+    }
+
+    /// Hands the message back without running it here, for the reason `why`.
+    async fn hand_back(&self, why: &'static str) {
+        tracing::info!(why, "handing the job back");
+        self.nack().await;
+    }
+
+    /// Nacks the message (once) so the broker hands it out again.
+    async fn nack(&self) {
         let Some(delivery) = self.delivery.lock().await.take() else {
             return;
         };
-        let done = match settled {
-            Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not publish the outcome; handing the job back");
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                };
-                delivery.acker.nack(requeue).await
-            }
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
         };
-        if let Err(e) = done {
+        if let Err(e) = delivery.acker.nack(requeue).await {
             // The channel is gone (broker restart): the broker requeues the delivery itself.
-            tracing::warn!(error = %e, "ack failed; the broker will redeliver");
+            tracing::warn!(error = %e, "nack failed; the broker will redeliver");
         }
     }
 }
@@ -329,9 +341,7 @@ impl Attempt {
             // The broker hands the message out again (or already did): that delivery runs this
             // attempt, so this one says nothing.
             Some(StopReason::HandedBack) => {
-                self.held
-                    .settle(Err(PublishError::Timeout(Duration::ZERO)))
-                    .await;
+                self.held.hand_back("the broker hands it out again").await;
                 return;
             }
             // The api gives the attempt up when its lease lapses; if the broker is back, tell
@@ -470,7 +480,7 @@ impl Reporter {
     /// with the job's length.
     async fn notify(&self, change: JobChange) -> Result<(), PublishError> {
         let Some(publisher) = self.link.current() else {
-            return Err(PublishError::Timeout(Duration::ZERO));
+            return Err(PublishError::NoSession);
         };
         let (msg, span) = self.event(change, false);
         publisher.publish_detached(msg, span).await

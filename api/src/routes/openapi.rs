@@ -67,6 +67,9 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
         if let (Some(p), Some(s)) = (properties.as_object_mut(), schedule.as_object()) {
             p.extend(s.clone());
         }
+        // A version newer than the kind's is refused; an older one is read through the kind's
+        // upgrade, in that version's shape (which this document does not state).
+        properties["payload_version"]["maximum"] = json!(kinds.version(kind));
         schemas.insert(
             name.clone(),
             json!({

@@ -26,6 +26,9 @@ pub enum PublishError {
     /// No confirm within the deadline.
     #[error("no confirm within {0:?} (broker blocked or unreachable)")]
     Timeout(Duration),
+    /// No broker session to publish on (the connection is down or being re-made).
+    #[error("no broker session")]
+    NoSession,
     /// The channel or connection failed.
     #[error("AMQP error: {0}")]
     Amqp(#[from] lapin::Error),
@@ -37,6 +40,7 @@ impl PublishError {
             Self::Nack => "nack",
             Self::Returned(_) => "returned",
             Self::Timeout(_) => "timeout",
+            Self::NoSession => "no_session",
             Self::Amqp(_) => "error",
         }
     }
