@@ -196,6 +196,7 @@ mod tests {
                 schedule: jobs_contract::request::Schedule::Now,
                 trace_id: String::new(),
                 traceparent: None,
+                fire: None,
             })
             .await;
         assert!(

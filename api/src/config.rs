@@ -47,6 +47,9 @@ pub struct Config {
     pub retention_interval: Duration,
     /// `IDEMPOTENCY_KEY_TTL`: how long an `Idempotency-Key` answers with the job it created.
     pub idempotency_ttl: Duration,
+    /// `SCHEDULE_MISFIRE_GRACE_SECS`: how late a schedule's fire time may be and still run as on
+    /// time; a later one was missed, and its schedule's `missed` policy says what it does.
+    pub misfire_grace: Duration,
 }
 
 impl Config {
@@ -79,6 +82,7 @@ impl Config {
             retention_interval: config::seconds("RETENTION_INTERVAL_SECS", 60)?,
             idempotency_ttl: config::span("IDEMPOTENCY_KEY_TTL", "24h", false)?
                 .expect("zero is refused"),
+            misfire_grace: config::seconds("SCHEDULE_MISFIRE_GRACE_SECS", 60)?,
         })
     }
 

@@ -13,6 +13,7 @@
 //! - [`broker`]: the RabbitMQ session, running [`relay`] (outbox → broker), [`events`]
 //!   (broker → job rows) and [`leases`] (running attempts whose worker went silent).
 //! - [`retention`]: deletes old finished jobs and expired idempotency keys.
+//! - [`schedules`]: periodic schedules and the scheduler that fires them.
 
 pub mod accept;
 pub mod broker;
@@ -27,6 +28,7 @@ pub mod observe;
 pub mod relay;
 pub mod retention;
 pub mod routes;
+pub mod schedules;
 pub mod startup;
 pub mod store;
 
@@ -51,4 +53,6 @@ pub struct AppState {
     pub kinds: Catalog,
     /// Commits accepted jobs in groups.
     pub committer: accept::Committer,
+    /// Wakes the scheduler when a schedule changes.
+    pub schedules_changed: Arc<tokio::sync::Notify>,
 }

@@ -2,10 +2,10 @@
 //! it stops within its budget.
 //!
 //! Start: metrics, the PostgreSQL pool (created and migrated, retried until it answers), the
-//! group committer, the broker session (relay + event consumer, reconnecting on its own) and
-//! retention; then the server. Stop (the token is cancelled): the server stops taking requests
+//! declared schedules synced, the group committer, the broker session (relay + event consumer,
+//! reconnecting on its own), retention and the scheduler; then the server. Stop (the token is cancelled): the server stops taking requests
 //! and finishes the open ones within the grace period; then the committer answers what it was
-//! handed, and the broker session and retention stop, within another grace period. Whatever is
+//! handed, and the broker session, retention and the scheduler stop, within another grace period. Whatever is
 //! still unpublished stays in the outbox for the next start.
 
 use std::future::IntoFuture as _;
@@ -19,28 +19,40 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, Closer, Committer};
-use crate::{AppState, Config, broker, db, relay, retention, routes};
+use crate::schedules::{ScheduleRequest, declared, scheduler::Scheduler};
+use crate::{AppState, Config, broker, db, relay, retention, routes, store};
 
-/// Serves the contract's kinds on `listener` until `shutdown` is cancelled, then stops
-/// everything it started.
+/// Serves the contract's kinds and the declared schedules on `listener` until `shutdown` is
+/// cancelled, then stops everything it started.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    run_with(listener, config, jobs_contract::kinds::catalog(), shutdown).await
+    let kinds = jobs_contract::kinds::catalog();
+    run_with(listener, config, kinds, declared::declared(), shutdown).await
 }
 
-/// [`run`] with the kinds of `kinds` (a service that embeds its own, or a test).
+/// [`run`] with the kinds of `kinds` and the schedules of `schedules` (a service that embeds its
+/// own, or a test). An invalid declared schedule stops the start with its name and field.
 pub async fn run_with(
     listener: TcpListener,
     config: Config,
     kinds: Catalog,
+    schedules: Vec<ScheduleRequest>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     init_metrics(&kinds);
+    let now = chrono::Utc::now();
+    let schedules = schedules
+        .iter()
+        .map(|s| {
+            s.check(&kinds, now)
+                .map_err(|e| anyhow::anyhow!("declared schedule {:?}: {e}", s.name))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let grace = config.grace;
-    let (state, background) = start(config, kinds, &shutdown).await?;
+    let (state, background) = start(config, kinds, &schedules, &shutdown).await?;
     serve(listener, state, &shutdown, grace).await?;
     // Jobs handed over before this are committed and answered; a request still open gets 503.
     // Whatever is still waiting after another grace period is dropped: the outbox keeps what
@@ -75,6 +87,7 @@ fn init_metrics(kinds: &Catalog) {
     metrics::counter!("jobstack_outbox_published_total").absolute(0);
     metrics::counter!("jobstack_cancels_published_total").absolute(0);
     metrics::counter!("jobstack_amqp_reconnects_total").absolute(0);
+    metrics::gauge!("jobstack_schedules_late").set(0.0);
 }
 
 /// What runs beside the server, to stop after it.
@@ -82,6 +95,7 @@ struct Background {
     committer: Closer,
     session: JoinHandle<()>,
     retention: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
 }
 
 impl Background {
@@ -89,17 +103,27 @@ impl Background {
         self.committer.close().await;
         self.session.await?;
         self.retention.await?;
+        self.scheduler.await?;
         Ok(())
     }
 }
 
-/// Connects to PostgreSQL and starts the committer, the broker session and retention.
+/// Connects to PostgreSQL, syncs the declared schedules, and starts the committer, the broker
+/// session, retention and the scheduler.
 async fn start(
     config: Config,
     kinds: Catalog,
+    schedules: &[crate::schedules::NewSchedule],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(AppState, Background)> {
     let db = db::connect(&config, shutdown).await?;
+    let synced = store::schedules::sync(&db, schedules).await?;
+    tracing::info!(
+        declared = schedules.len(),
+        upserted = synced.upserted,
+        removed = synced.removed,
+        "declared schedules synced"
+    );
     relay::record_backlog(&db).await;
     let broker = broker::Broker::default();
     let (committer, closer) = Committer::start(db.clone(), broker.wake_relay.clone());
@@ -109,6 +133,7 @@ async fn start(
         broker,
         kinds,
         committer,
+        schedules_changed: Arc::default(),
     };
     let session = {
         let (state, shutdown) = (state.clone(), shutdown.clone());
@@ -127,10 +152,18 @@ async fn start(
         state.config.retention_interval,
         shutdown.clone(),
     ));
+    let scheduler = Scheduler {
+        db: state.db.clone(),
+        grace: state.config.misfire_grace,
+        wake_relay: state.broker.wake_relay.clone(),
+        changed: state.schedules_changed.clone(),
+    };
+    let scheduler = tokio::spawn(scheduler.run(shutdown.clone()));
     let background = Background {
         committer: closer,
         session,
         retention,
+        scheduler,
     };
     Ok((state, background))
 }

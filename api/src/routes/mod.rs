@@ -1,8 +1,10 @@
 //! The HTTP app: each module owns its routes; [`app`] assembles them with the middleware.
 
+mod body;
 mod health;
 mod jobs;
 mod openapi;
+mod schedules;
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -21,6 +23,7 @@ pub use openapi::ApiDoc;
 fn documented() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(jobs::router())
+        .merge(schedules::router())
         .merge(health::router())
 }
 

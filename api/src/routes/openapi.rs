@@ -23,6 +23,7 @@ use utoipa::OpenApi;
         super::jobs::view::JobPage,
         super::jobs::view::Redriven,
         super::jobs::view::CheckpointInfo,
+        super::jobs::view::FiredBy,
         crate::lifecycle::Status,
         crate::lifecycle::PastGeneration,
         crate::error::Problem

@@ -28,6 +28,17 @@ pub struct NewJob {
     pub trace_id: String,
     /// The accepting request's trace context, for the relay's publish span.
     pub traceparent: Option<String>,
+    /// The schedule fire that made it, if one did.
+    pub fire: Option<Fire>,
+}
+
+/// A schedule's fire: at most one job per schedule and fire time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fire {
+    /// The schedule's name.
+    pub schedule: String,
+    /// The fire time.
+    pub at: DateTime<Utc>,
 }
 
 /// An `Idempotency-Key` and what it stands for.
@@ -109,8 +120,19 @@ pub async fn insert_keyed(db: &PgPool, job: &NewJob, key: &Key<'_>) -> sqlx::Res
     Ok(Inserted::Created(job))
 }
 
+/// Inserts the jobs of schedule fires in `tx`, each with its outbox entry; a fire that already
+/// made its job makes nothing (the rows returned are the new ones).
+pub async fn insert_fired(
+    tx: &mut Transaction<'_, Postgres>,
+    jobs: &[NewJob],
+) -> sqlx::Result<Vec<JobRow>> {
+    let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
+    insert_rows(tx, &ids, jobs).await
+}
+
 /// The one INSERT of jobs: a row per element of the arrays (`unnest`), its `run_at` resolved
 /// against the database's clock (a past time runs now) and `scheduled` if that is still ahead.
+/// A second job for a schedule's fire time is not inserted (`jobs_schedule_fire`).
 async fn insert_rows(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[Uuid],
@@ -123,7 +145,11 @@ async fn insert_rows(
     let mut traceparents = Vec::with_capacity(jobs.len());
     let mut run_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(jobs.len());
     let mut delays: Vec<Option<f64>> = Vec::with_capacity(jobs.len());
+    let mut schedules: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
+    let mut fire_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(jobs.len());
     for job in jobs {
+        schedules.push(job.fire.as_ref().map(|f| f.schedule.as_str()));
+        fire_ats.push(job.fire.as_ref().map(|f| f.at));
         kinds.push(job.kind.as_str());
         payloads.push(&job.payload);
         versions.push(job.payload_version as i32);
@@ -139,13 +165,17 @@ async fn insert_rows(
     }
     sqlx::query_as(concat!(
         "WITH ins AS ( \
-             INSERT INTO jobs (id, kind, payload, payload_version, trace_id, traceparent, run_at, status) \
+             INSERT INTO jobs (id, kind, payload, payload_version, trace_id, traceparent, run_at, \
+                               status, schedule_name, fire_at) \
              SELECT id, kind, payload, payload_version, trace_id, traceparent, due, \
-                    CASE WHEN due > now() THEN $8 ELSE $9 END \
+                    CASE WHEN due > now() THEN $8 ELSE $9 END, schedule_name, fire_at \
              FROM (SELECT *, GREATEST(now(), COALESCE(run_at, now() + make_interval(secs => delay))) AS due \
                    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], \
-                               $6::timestamptz[], $7::float8[], $10::int4[]) \
-                        AS i(id, kind, payload, trace_id, traceparent, run_at, delay, payload_version)) AS i \
+                               $6::timestamptz[], $7::float8[], $10::int4[], $11::text[], \
+                               $12::timestamptz[]) \
+                        AS i(id, kind, payload, trace_id, traceparent, run_at, delay, payload_version, \
+                             schedule_name, fire_at)) AS i \
+             ON CONFLICT DO NOTHING \
              RETURNING *), \
          queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM ins) \
          SELECT ",
@@ -162,6 +192,8 @@ async fn insert_rows(
     .bind(Status::Scheduled)
     .bind(Status::Queued)
     .bind(&versions)
+    .bind(&schedules)
+    .bind(&fire_ats)
     .fetch_all(&mut **tx)
     .await
 }

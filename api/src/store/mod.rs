@@ -11,6 +11,7 @@
 //! - [`redrive`]: running failed or cancelled jobs again.
 //! - [`leases`]: workers' heartbeats, and giving up attempts whose lease lapsed.
 //! - [`retention`]: deleting old finished jobs and expired keys.
+//! - [`schedules`]: periodic schedules, and the jobs their fires make.
 
 pub mod cancel;
 pub mod events;
@@ -20,6 +21,7 @@ pub mod outbox;
 pub mod read;
 pub mod redrive;
 pub mod retention;
+pub mod schedules;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -30,8 +32,8 @@ use crate::lifecycle::{Current, PastGeneration, Status};
 
 pub use cancel::{Cancel, cancel};
 pub use events::{Applied, apply_events};
-pub use insert::{Inserted, Key, NewJob, insert, insert_keyed};
-pub use read::{Cursor, get, list};
+pub use insert::{Fire, Inserted, Key, NewJob, insert, insert_fired, insert_keyed};
+pub use read::{Cursor, Filter, get, list};
 pub use redrive::{Redrive, RedriveOne, redrive, redrive_one};
 pub use retention::{Pruned, RETENTION_LOCK, prune};
 
@@ -76,6 +78,10 @@ pub struct JobRow {
     pub checkpoint_at: Option<DateTime<Utc>>,
     /// The attempt that saved it.
     pub checkpoint_attempt: Option<i32>,
+    /// The schedule whose fire made it, if one did.
+    pub schedule_name: Option<String>,
+    /// That fire's time.
+    pub fire_at: Option<DateTime<Utc>>,
 }
 
 /// The columns of [`JobRow`], for `concat!` (sqlx only takes static SQL).
@@ -83,7 +89,7 @@ macro_rules! job_columns {
     () => {
         "id, kind, payload, payload_version, status, progress, attempts, result, error, \
          created_at, run_at, started_at, finished_at, trace_id, generation, history, \
-         heartbeat_at, checkpoint_at, checkpoint_attempt"
+         heartbeat_at, checkpoint_at, checkpoint_attempt, schedule_name, fire_at"
     };
 }
 use job_columns;

@@ -53,11 +53,21 @@ impl Cursor {
     }
 }
 
+/// Which jobs a list takes (each filter given narrows it).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Filter<'a> {
+    /// In this status.
+    pub status: Option<Status>,
+    /// Of this kind.
+    pub kind: Option<&'a str>,
+    /// Made by this schedule.
+    pub schedule: Option<&'a str>,
+}
+
 /// A page of jobs, newest first, and the cursor of the next page.
 pub async fn list(
     db: &PgPool,
-    status: Option<Status>,
-    kind: Option<&str>,
+    filter: Filter<'_>,
     after: Option<Cursor>,
     limit: u32,
 ) -> sqlx::Result<(Vec<JobRow>, Option<Cursor>)> {
@@ -66,14 +76,16 @@ pub async fn list(
         job_columns!(),
         " FROM jobs \
          WHERE ($1::job_status IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2) \
+           AND ($6::text IS NULL OR schedule_name = $6) \
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
          ORDER BY created_at DESC, id DESC LIMIT $5"
     ))
-    .bind(status)
-    .bind(kind)
+    .bind(filter.status)
+    .bind(filter.kind)
     .bind(after.map(|c| c.created_at))
     .bind(after.map(|c| c.id))
     .bind(i64::from(limit) + 1)
+    .bind(filter.schedule)
     .fetch_all(db)
     .await?;
     let next = if jobs.len() > limit as usize {

@@ -89,6 +89,21 @@ impl Drop for Worker {
     }
 }
 
+/// An api replica beside a [`TestApp`]'s own.
+pub(crate) struct Replica {
+    pub(crate) url: String,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    /// Stops it as SIGTERM does.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().expect("api exits cleanly");
+    }
+}
+
 /// How to build a test app.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
@@ -111,6 +126,10 @@ pub(crate) struct Options {
     /// `JOB_RETENTION` (`None`: keep forever) and `RETENTION_INTERVAL_SECS`.
     pub(crate) retention: Option<Duration>,
     pub(crate) retention_interval: Duration,
+    /// The schedules declared in the api's code (none: the demo's would fire in every test).
+    pub(crate) schedules: Vec<api::schedules::ScheduleRequest>,
+    /// `SCHEDULE_MISFIRE_GRACE_SECS`.
+    pub(crate) misfire_grace: Duration,
 }
 
 impl Default for Options {
@@ -130,6 +149,8 @@ impl Default for Options {
             postgres_via: None,
             retention: None,
             retention_interval: Duration::from_secs(60),
+            schedules: Vec::new(),
+            misfire_grace: Duration::from_secs(60),
         }
     }
 }
@@ -147,6 +168,8 @@ pub(crate) struct TestApp {
     pub(crate) catalog: jobs_contract::Catalog,
     /// The handlers the next worker started runs (the worker's own, unless a test sets others).
     pub(crate) registry: worker::kinds::Registry,
+    /// The schedules declared in the api's code.
+    pub(crate) schedules: Vec<api::schedules::ScheduleRequest>,
     /// Set by [`TestApp::stop`]; otherwise `Drop` cleans up (a failed assertion unwound).
     cleaned: bool,
 }
@@ -180,11 +203,13 @@ impl TestApp {
             listener,
             api_config.clone(),
             catalog.clone(),
+            opts.schedules.clone(),
             api_stop.clone(),
         ));
         let mut app = Self {
             catalog,
             registry: worker::kinds::registry(),
+            schedules: opts.schedules.clone(),
             url,
             http: reqwest::Client::new(),
             api_config,
@@ -218,26 +243,60 @@ impl TestApp {
     /// Stops the api as SIGTERM does, leaves it down for `down`, and starts it again on a new
     /// port, with the same database and queues: meanwhile nothing applies the workers' events.
     pub(crate) async fn pause_api(&mut self, down: Duration) {
+        self.stop_api().await;
+        tokio::time::sleep(down).await;
+        self.start_api().await;
+    }
+
+    /// Stops the api as SIGTERM does; [`TestApp::start_api`] starts it again.
+    pub(crate) async fn stop_api(&mut self) {
         self.api_stop.cancel();
         (&mut self.api_task)
             .await
             .unwrap()
             .expect("api exits cleanly");
-        tokio::time::sleep(down).await;
+    }
+
+    /// Starts the api (again) on a new port, with the same database and queues.
+    pub(crate) async fn start_api(&mut self) {
+        let replica = self.replica().await;
+        (self.url, self.api_stop, self.api_task) = (replica.url, replica.stop, replica.task);
+    }
+
+    /// Another api replica on the same database and queues, serving once this returns.
+    pub(crate) async fn replica(&self) -> Replica {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.url = format!("http://{}", listener.local_addr().unwrap());
-        self.api_stop = CancellationToken::new();
-        self.api_task = tokio::spawn(api::run_with(
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(api::run_with(
             listener,
             self.api_config.clone(),
             self.catalog.clone(),
-            self.api_stop.clone(),
+            self.schedules.clone(),
+            stop.clone(),
         ));
-        let (http, url) = (self.http.clone(), self.url.clone());
-        self.wait_until(Duration::from_secs(30), "api serving again", || async {
+        let http = self.http.clone();
+        self.wait_until(Duration::from_secs(30), "api serving", || async {
             http.get(format!("{url}/healthz")).send().await.is_ok()
         })
         .await;
+        Replica { url, stop, task }
+    }
+
+    /// Sends `method` to `path`, with `body` as JSON if given.
+    pub(crate) async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
     }
 
     /// Starts a worker (again) with this app's settings.
@@ -491,6 +550,7 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
     api_config.db_max_connections = 4;
     api_config.retention = opts.retention;
     api_config.retention_interval = opts.retention_interval;
+    api_config.misfire_grace = opts.misfire_grace;
 
     let mut worker_config = worker::Config::from_env().expect("default config");
     worker_config.amqp.url = opts.worker_amqp_url.clone();

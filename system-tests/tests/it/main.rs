@@ -12,4 +12,5 @@ mod listing;
 mod long_jobs;
 mod metrics;
 mod resilience;
+mod schedules;
 mod telemetry;

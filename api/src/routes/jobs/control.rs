@@ -8,12 +8,12 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::body::Body;
 use super::parse_id;
 use super::view::{Job, Redriven};
 use crate::AppState;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::Status;
+use crate::routes::body::{Body, Named};
 use crate::store::{self, Cancel, JobRow, Redrive, RedriveOne};
 
 /// Most jobs one bulk re-drive takes.
@@ -128,6 +128,10 @@ pub(crate) struct RedriveMany {
     /// At most this many, most recently finished first (default 100).
     #[schema(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+}
+
+impl Named for RedriveMany {
+    const WHAT: &'static str = "re-drive request";
 }
 
 /// Re-drives failed or cancelled jobs in bulk, for an incident: up to `limit` of them, of a

@@ -1,7 +1,6 @@
 //! `/jobs`: submit, read, list, cancel and re-drive jobs. Each file holds its handlers and their
 //! documentation; [`view`] holds what they answer.
 
-mod body;
 mod control;
 mod read;
 mod submit;

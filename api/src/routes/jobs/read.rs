@@ -45,6 +45,8 @@ pub(super) struct ListQuery {
     status: Option<Status>,
     /// Only jobs of this kind (one of the contract's kinds).
     kind: Option<String>,
+    /// Only jobs made by this schedule's fires.
+    schedule: Option<String>,
     /// Page size (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
@@ -90,7 +92,12 @@ pub(super) async fn list(
         .cursor
         .map(|c| cursor(&c).ok_or_else(|| ApiError::BadRequest("malformed cursor".into())))
         .transpose()?;
-    let (rows, next) = store::list(&state.db, q.status, q.kind.as_deref(), cursor, limit).await?;
+    let filter = store::Filter {
+        status: q.status,
+        kind: q.kind.as_deref(),
+        schedule: q.schedule.as_deref(),
+    };
+    let (rows, next) = store::list(&state.db, filter, cursor, limit).await?;
     Ok(Json(JobPage {
         items: rows.into_iter().map(Job::from).collect(),
         next_cursor: next.map(|c| c.encode()),

@@ -9,11 +9,11 @@ use jobs_contract::JobRequest;
 use jobs_contract::kinds::PayloadError;
 use shared::telemetry::propagation;
 
-use super::body::Body;
 use super::view::Job;
 use crate::AppState;
 use crate::error::{ApiError, Problem};
 use crate::idempotency;
+use crate::routes::body::{Body, Named};
 use crate::store::{self, Inserted, NewJob};
 
 /// Accepts a job. The 202 means the job is committed to PostgreSQL and will run, even if
@@ -88,6 +88,10 @@ pub(super) async fn submit(
 
 /// Checks the request against the contract (kind, payload, schedule) and makes the job to
 /// store, joined to the request's trace.
+impl Named for JobRequest {
+    const WHAT: &'static str = "job";
+}
+
 fn validate(state: &AppState, req: &JobRequest) -> Result<NewJob, ApiError> {
     if !state.kinds.contains(&req.kind) {
         let known: Vec<_> = state.kinds.names().collect();
@@ -119,5 +123,6 @@ fn validate(state: &AppState, req: &JobRequest) -> Result<NewJob, ApiError> {
         schedule,
         trace_id: propagation::trace_id(&span).unwrap_or_default(),
         traceparent: propagation::traceparent(&span),
+        fire: None,
     })
 }

@@ -54,6 +54,17 @@ pub(crate) struct Job {
     pub(crate) heartbeat_at: Option<DateTime<Utc>>,
     /// The last checkpoint, if an attempt saved one: the next attempt resumes from it.
     pub(crate) checkpoint: Option<CheckpointInfo>,
+    /// The schedule fire that made it, if one did.
+    pub(crate) fired_by: Option<FiredBy>,
+}
+
+/// The schedule fire that made a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct FiredBy {
+    /// The schedule's name.
+    pub(crate) schedule: String,
+    /// The fire time (the job may have been made later, if the fire was late).
+    pub(crate) fire_at: DateTime<Utc>,
 }
 
 /// Where a job's last checkpoint came from (its state goes to the next attempt, not here).
@@ -92,6 +103,10 @@ impl From<JobRow> for Job {
                     attempt: attempt.max(0) as u32,
                     at,
                 }),
+            fired_by: row
+                .schedule_name
+                .zip(row.fire_at)
+                .map(|(schedule, fire_at)| FiredBy { schedule, fire_at }),
         }
     }
 }

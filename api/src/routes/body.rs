@@ -13,9 +13,15 @@ use serde_json::{Number, Value};
 use crate::error::ApiError;
 
 /// A JSON body of type `T`, its integral numbers read as integers.
-pub(super) struct Body<T>(pub(super) T);
+pub(crate) struct Body<T>(pub(crate) T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+/// What a body is, for its error messages (`invalid job: ...`).
+pub(crate) trait Named {
+    /// A noun.
+    const WHAT: &'static str;
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Named> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -24,7 +30,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         // With the path, as axum's `Json` says it: `run_at: input contains invalid characters`.
         serde_path_to_error::deserialize(value)
             .map(Body)
-            .map_err(|e| ApiError::Unprocessable(format!("invalid job: {e}")))
+            .map_err(|e| ApiError::Unprocessable(format!("invalid {}: {e}", T::WHAT)))
     }
 }
 
