@@ -1,5 +1,5 @@
-"""Schemathesis hooks for `make fuzz`: one check of our own, for what the document cannot state as
-a schema.
+"""Schemathesis hooks for `make fuzz`: checks of our own, for what the document cannot state as a
+schema.
 
 `POST /jobs` refuses a schema-valid request with 422 in three cases the document cannot state:
 its Idempotency-Key was used before with another body (422 is the IETF idempotency-key draft's
@@ -16,6 +16,7 @@ import re
 import threading
 
 import schemathesis
+from hypothesis import strategies as st
 
 MAX_DELAY = datetime.timedelta(days=30)  # jobs_contract::MAX_DELAY
 CLOCK_SLACK = datetime.timedelta(minutes=1)
@@ -47,6 +48,34 @@ def _run_at(text):
     # A leap second is the second before the next minute, as chrono reads it.
     sec = min(int(sec), 59)
     return datetime.datetime.fromisoformat(f"{date}T{hm}:{sec:02d}{(frac or '')[:7]}{offset}")
+
+
+# The formats of a schedule's strings that JSON Schema cannot spell out (the document names them):
+# what a client would send, so that fuzzed schedules are mostly valid ones.
+schemathesis.openapi.format("cron", st.sampled_from([
+    "* * * * *", "*/5 * * * *", "0 3 * * *", "30 9 * * MON-FRI", "0 0 1 * *", "0 12 L * *",
+    "15,45 */2 * * *", "*/10 * * * * *", "0 0 9 ? * 2#1", "@daily", "@hourly", "0 30 2 * * *",
+]))
+schemathesis.openapi.format("iana-time-zone", st.sampled_from([
+    "UTC", "Europe/Paris", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe",
+    "Pacific/Chatham", "America/Sao_Paulo",
+]))
+
+# What a schedule's schema cannot state: whether its cron expression and time zone parse, and
+# whether its payload is the kind's (the document types it as any JSON).
+SCHEDULE_FIELDS_BEYOND_THE_SCHEMA = ("cron:", "time_zone:", "payload:", "payload_version:")
+
+
+@schemathesis.check
+def schedule_refusals_name_a_field_beyond_the_schema(ctx, response, case):
+    if case.operation.path not in ("/schedules", "/schedules/{name}") or response.status_code != 422:
+        return None
+    positive = case.meta is not None and case.meta.generation.mode.is_positive
+    if not positive:
+        return None
+    detail = response.json().get("detail", "")
+    assert detail.startswith(SCHEDULE_FIELDS_BEYOND_THE_SCHEMA), f"a schema-valid schedule was refused: {detail}"
+    return None
 
 
 @schemathesis.check

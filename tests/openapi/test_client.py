@@ -22,8 +22,13 @@ from jobstack_client.api.health import healthz, metrics, openapi, readyz  # noqa
 from jobstack_client.api.jobs import (  # noqa: E402
     cancel_job, create_job, get_job, list_jobs, redrive_job, redrive_jobs,
 )
+from jobstack_client.api.schedules import (  # noqa: E402
+    change_schedule, create_schedule, delete_schedule, get_schedule, list_schedules, pause_schedule,
+    resume_schedule,
+)
 from jobstack_client.models import (  # noqa: E402
-    Alive, Job, JobPage, Kind, Problem, Ready, Redrivable, RedriveMany, Redriven, Status,
+    Alive, Job, JobPage, Kind, Missed, Problem, Ready, Redrivable, RedriveMany, Redriven, Schedule,
+    SchedulePatch, Status,
 )
 
 URL = os.environ["OPENAPI_URL"]
@@ -190,6 +195,37 @@ def test_redrive_one_and_many(client):
     done = submit(client, hash_model, hash_example).parsed.id
     wait(client, done, lambda j: j.status in FINAL)
     assert call(redrive_job, 409, Problem, client, id=done).parsed.status == 409
+
+
+def test_a_schedule_fires_pauses_resumes_changes_and_goes(client):
+    _, hash_example = kinds()["hash"]
+    name = f"every-second-{uuid.uuid4().hex[:8]}"
+    wanted = {"name": name, "kind": "hash", "payload": hash_example["payload"], "interval_secs": 1,
+              "missed": "skip"}
+    models = typing.get_args(typing.get_type_hints(create_schedule.sync_detailed)["body"])
+    body = next(m for m in models if reads(m, wanted)).from_dict(wanted)
+    made = call(create_schedule, 201, Schedule, client, body=body).parsed
+    assert made.name == name and made.enabled and made.missed == Missed.SKIP
+    assert call(create_schedule, 409, Problem, client, body=body).parsed.status == 409
+    deadline = time.monotonic() + 30
+    while not listed(client, schedule=name):
+        assert time.monotonic() < deadline, "the schedule never fired"
+        time.sleep(0.2)
+    fired = call(get_job, 200, Job, client, id=listed(client, schedule=name)[0]).parsed
+    assert fired.fired_by.schedule == name
+    assert name in [s.name for s in call(list_schedules, 200, list, client).parsed]
+    paused = call(pause_schedule, 200, Schedule, client, name=name).parsed
+    assert not paused.enabled and paused.next_fire_at is None
+    assert call(resume_schedule, 200, Schedule, client, name=name).parsed.enabled
+    changed = call(change_schedule, 200, Schedule, client, name=name,
+                   body=SchedulePatch.from_dict({"cron": "0 3 * * *", "time_zone": "Europe/Paris"})).parsed
+    assert (changed.cron, changed.interval_secs, changed.time_zone) == ("0 3 * * *", None, "Europe/Paris")
+    bad = call(change_schedule, 422, Problem, client, name=name,
+               body=SchedulePatch.from_dict({"time_zone": "Nowhere/Land"})).parsed
+    assert bad.detail.startswith("time_zone:")
+    assert call(get_schedule, 200, Schedule, client, name=name).parsed.time_zone == "Europe/Paris"
+    call(delete_schedule, 204, type(None), client, name=name)
+    assert call(get_schedule, 404, Problem, client, name=name).parsed.status == 404
 
 
 def test_every_operation_was_driven():

@@ -114,6 +114,7 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
         "RedriveJob": { "operationId": "redriveJob", "parameters": by_id,
                         "description": "Run it again once it has failed or been cancelled." },
     });
+    schedule_variants(&mut doc, kinds);
     kind_enum(&mut doc, kinds);
     headers(&mut doc);
     // The lifecycle's own doc comment speaks of storage; the public schema says what it means.
@@ -122,6 +123,82 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
          `running`, then one of the final `succeeded`, `failed` or `cancelled`."
     );
     doc
+}
+
+/// `POST /schedules` as a `oneOf` by kind, as `POST /jobs` is: each variant with its kind's
+/// payload schema. A cron expression and a time zone are strings of the formats `cron` and
+/// `iana-time-zone`, which JSON Schema cannot spell out; their descriptions do.
+fn schedule_variants(doc: &mut Value, kinds: &Catalog) {
+    let schemas = doc["components"]["schemas"]
+        .as_object_mut()
+        .expect("components.schemas");
+    let mut base = schemas
+        .remove("ScheduleRequest")
+        .expect("the schedule request is documented");
+    base["properties"]["cron"]["format"] = json!("cron");
+    base["properties"]["time_zone"]["format"] = json!("iana-time-zone");
+    // Its bounds say it; utoipa's `int64` format on a nullable integer reads as a format that
+    // `null` violates to some validators.
+    base["properties"]["interval_secs"]
+        .as_object_mut()
+        .map(|p| p.remove("format"));
+    // `cron` and `interval_secs` exclude each other.
+    let one_timing = json!({
+        "required": ["cron", "interval_secs"],
+        "properties": { "cron": { "type": "string" }, "interval_secs": { "type": "integer" } },
+    });
+    if let Some(patch) = schemas.get_mut("SchedulePatch") {
+        patch["properties"]["cron"]["format"] = json!("cron");
+        patch["properties"]["time_zone"]["format"] = json!("iana-time-zone");
+        patch["not"] = one_timing.clone();
+        patch["properties"]["interval_secs"]
+            .as_object_mut()
+            .map(|p| p.remove("format"));
+    }
+    let mut variants = Vec::new();
+    let mut mapping = Map::new();
+    for kind in kinds.names() {
+        let name = format!("CreateSchedule_{kind}");
+        let mut variant = base.clone();
+        let mut payload = kinds.schema(kind).expect("every kind has a schema");
+        if let Some(p) = payload.as_object_mut() {
+            p.remove("$schema");
+        }
+        variant["title"] = json!(format!("{kind} schedule"));
+        variant["properties"]["kind"] = json!({ "type": "string", "const": kind });
+        variant["properties"]["payload"] = payload;
+        variant["properties"]["payload_version"]["maximum"] = json!(kinds.version(kind));
+        // One of `cron` and `interval_secs` is needed: the description says it, as a schema it
+        // would be a `oneOf` that generated clients cannot read.
+        variant["not"] = one_timing.clone();
+        variant["examples"] = json!([{
+            "name": format!("nightly-{kind}"), "kind": kind, "payload": kinds.example(kind),
+            "cron": "0 3 * * *", "time_zone": "Europe/Paris", "missed": "one",
+        }]);
+        schemas.insert(name.clone(), variant);
+        let reference = format!("#/components/schemas/{name}");
+        mapping.insert(kind.to_owned(), json!(reference));
+        variants.push(json!({ "$ref": reference }));
+    }
+    schemas.insert(
+        "CreateSchedule".into(),
+        json!({
+            "description": base["description"],
+            "oneOf": variants,
+            "discriminator": { "propertyName": "kind", "mapping": mapping },
+        }),
+    );
+    let create = &mut doc["paths"]["/schedules"]["post"];
+    create["requestBody"]["content"]["application/json"]["schema"] =
+        json!({ "$ref": "#/components/schemas/CreateSchedule" });
+    let by_name = json!({ "name": "$response.body#/name" });
+    create["responses"]["201"]["links"] = json!({
+        "GetSchedule": { "operationId": "getSchedule", "parameters": by_name },
+        "ChangeSchedule": { "operationId": "changeSchedule", "parameters": by_name },
+        "PauseSchedule": { "operationId": "pauseSchedule", "parameters": by_name },
+        "ResumeSchedule": { "operationId": "resumeSchedule", "parameters": by_name },
+        "DeleteSchedule": { "operationId": "deleteSchedule", "parameters": by_name },
+    });
 }
 
 /// `Kind`, the contract's kinds, as the schema of the parameters that filter by kind (which

@@ -76,16 +76,13 @@ impl From<ScheduleRow> for Schedule {
     }
 }
 
-/// A change to a schedule: the fields given replace the schedule's; `cron` replaces
+/// A change to a schedule's timing: the fields given replace the schedule's; `cron` replaces
 /// `interval_secs` and the other way round. A new timing, zone or a resume counts the next fire
-/// time from now.
+/// time from now. What it runs (kind and payload) is its identity: to change it, make another
+/// schedule.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SchedulePatch {
-    kind: Option<String>,
-    payload: Option<Value>,
-    #[schema(minimum = 1, maximum = 4294967295_u64)]
-    payload_version: Option<u32>,
     cron: Option<String>,
     #[schema(minimum = 1, maximum = 31622400)]
     interval_secs: Option<u64>,
@@ -108,6 +105,13 @@ fn unprocessable(e: Invalid) -> ApiError {
 
 fn not_found(name: &str) -> ApiError {
     ApiError::NotFound(format!("no schedule {name:?}"))
+}
+
+/// A name from the path: one no schedule may have is not looked up (PostgreSQL refuses some
+/// bytes, such as NUL, in text).
+fn named(name: &str) -> Result<&str, ApiError> {
+    crate::schedules::check_name(name).map_err(|_| not_found(name))?;
+    Ok(name)
 }
 
 fn declared(name: &str) -> ApiError {
@@ -158,7 +162,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Vec<Sched
 
 /// One schedule.
 #[utoipa::path(get, path = "/schedules/{name}", tag = "schedules", operation_id = "getSchedule",
-    params(("name" = String, Path, description = "schedule name")),
+    params(("name" = String, Path, description = "schedule name", example = "nightly-hash")),
     responses(
     (status = 200, description = "the schedule", body = Schedule),
     (status = 404, description = "no such schedule", body = Problem, content_type = "application/problem+json"),
@@ -168,7 +172,7 @@ pub(super) async fn read(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Schedule>, ApiError> {
-    let row = store::get(&state.db, &name)
+    let row = store::get(&state.db, named(&name)?)
         .await?
         .ok_or_else(|| not_found(&name))?;
     Ok(Json(Schedule::from(row)))
@@ -176,7 +180,7 @@ pub(super) async fn read(
 
 /// Changes a schedule made through the api.
 #[utoipa::path(patch, path = "/schedules/{name}", tag = "schedules", operation_id = "changeSchedule",
-    params(("name" = String, Path, description = "schedule name")),
+    params(("name" = String, Path, description = "schedule name", example = "nightly-hash")),
     request_body = SchedulePatch,
     responses(
     (status = 200, description = "changed", body = Schedule),
@@ -193,7 +197,7 @@ pub(super) async fn change(
     Path(name): Path<String>,
     Body(patch): Body<SchedulePatch>,
 ) -> Result<Json<Schedule>, ApiError> {
-    let row = store::get(&state.db, &name)
+    let row = store::get(&state.db, named(&name)?)
         .await?
         .ok_or_else(|| not_found(&name))?;
     if row.declared {
@@ -202,7 +206,7 @@ pub(super) async fn change(
     let (req, retimed) = merge(&row, patch);
     let new = req.check(&state.kinds, Utc::now()).map_err(unprocessable)?;
     let row = match store::replace(&state.db, &new, retimed).await? {
-        Changed::Done(row) => row,
+        Changed::Done(row) => *row,
         Changed::NotFound => return Err(not_found(&name)),
         Changed::Declared => return Err(declared(&name)),
     };
@@ -213,19 +217,15 @@ pub(super) async fn change(
 
 /// `row` with `patch` applied, and whether its next fire time is to be counted from now.
 fn merge(row: &ScheduleRow, patch: SchedulePatch) -> (ScheduleRequest, bool) {
-    let reshaped = patch.kind.is_some() || patch.payload.is_some();
     let (cron, interval_secs) = match (patch.cron, patch.interval_secs) {
         (None, None) => (row.cron.clone(), row.interval_secs.map(|i| i.max(0) as u64)),
         given => given,
     };
     let req = ScheduleRequest {
         name: row.name.clone(),
-        kind: patch.kind.unwrap_or_else(|| row.kind.clone()),
-        payload: patch.payload.unwrap_or_else(|| row.payload.clone()),
-        // A new payload is in the kind's current version unless it says otherwise.
-        payload_version: patch
-            .payload_version
-            .or((!reshaped).then_some(row.payload_version.max(1) as u32)),
+        kind: row.kind.clone(),
+        payload: row.payload.clone(),
+        payload_version: Some(row.payload_version.max(1) as u32),
         time_zone: Some(patch.time_zone.unwrap_or_else(|| row.time_zone.clone())),
         missed: Some(patch.missed.unwrap_or(row.missed())),
         enabled: Some(patch.enabled.unwrap_or(row.enabled)),
@@ -241,7 +241,7 @@ fn merge(row: &ScheduleRow, patch: SchedulePatch) -> (ScheduleRequest, bool) {
 
 /// Deletes a schedule made through the api. The jobs it made stay.
 #[utoipa::path(delete, path = "/schedules/{name}", tag = "schedules", operation_id = "deleteSchedule",
-    params(("name" = String, Path, description = "schedule name")),
+    params(("name" = String, Path, description = "schedule name", example = "nightly-hash")),
     responses(
     (status = 204, description = "deleted"),
     (status = 404, description = "no such schedule", body = Problem, content_type = "application/problem+json"),
@@ -252,7 +252,7 @@ pub(super) async fn delete(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match store::delete(&state.db, &name).await? {
+    match store::delete(&state.db, named(&name)?).await? {
         Changed::Done(_) => {
             state.schedules_changed.notify_one();
             tracing::info!(schedule = %name, "schedule deleted");
@@ -265,7 +265,7 @@ pub(super) async fn delete(
 
 /// Pauses a schedule: it fires nothing until resumed.
 #[utoipa::path(post, path = "/schedules/{name}/pause", tag = "schedules", operation_id = "pauseSchedule",
-    params(("name" = String, Path, description = "schedule name")),
+    params(("name" = String, Path, description = "schedule name", example = "nightly-hash")),
     responses(
     (status = 200, description = "paused (or already paused)", body = Schedule),
     (status = 404, description = "no such schedule", body = Problem, content_type = "application/problem+json"),
@@ -275,7 +275,7 @@ pub(super) async fn pause(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Schedule>, ApiError> {
-    let row = store::set_enabled(&state.db, &name, None)
+    let row = store::set_enabled(&state.db, named(&name)?, None)
         .await?
         .ok_or_else(|| not_found(&name))?;
     state.schedules_changed.notify_one();
@@ -286,7 +286,7 @@ pub(super) async fn pause(
 /// Resumes a paused schedule from its next fire time after now: what it passed while paused is
 /// not run.
 #[utoipa::path(post, path = "/schedules/{name}/resume", tag = "schedules", operation_id = "resumeSchedule",
-    params(("name" = String, Path, description = "schedule name")),
+    params(("name" = String, Path, description = "schedule name", example = "nightly-hash")),
     responses(
     (status = 200, description = "resumed (or already running)", body = Schedule),
     (status = 404, description = "no such schedule", body = Problem, content_type = "application/problem+json"),
@@ -296,7 +296,7 @@ pub(super) async fn resume(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Schedule>, ApiError> {
-    let row = store::get(&state.db, &name)
+    let row = store::get(&state.db, named(&name)?)
         .await?
         .ok_or_else(|| not_found(&name))?;
     let next = stored_timing(&row)

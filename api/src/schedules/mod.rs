@@ -131,7 +131,8 @@ impl ScheduleRequest {
     }
 }
 
-fn check_name(name: &str) -> Result<(), Invalid> {
+/// Whether `name` may name a schedule; `Err` says why not.
+pub fn check_name(name: &str) -> Result<(), Invalid> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())

@@ -113,7 +113,7 @@ pub async fn create(db: &PgPool, s: &NewSchedule) -> sqlx::Result<Option<Schedul
 #[derive(Debug)]
 pub enum Changed {
     /// Changed; the row as it is now.
-    Done(ScheduleRow),
+    Done(Box<ScheduleRow>),
     /// No such schedule.
     NotFound,
     /// Declared in the service's code: change it there.
@@ -145,7 +145,7 @@ pub async fn replace(db: &PgPool, s: &NewSchedule, retimed: bool) -> sqlx::Resul
     .fetch_optional(db)
     .await?;
     match row {
-        Some(row) => Ok(Changed::Done(row)),
+        Some(row) => Ok(Changed::Done(Box::new(row))),
         None => not_changed(db, &s.name).await,
     }
 }
@@ -182,7 +182,7 @@ pub async fn delete(db: &PgPool, name: &str) -> sqlx::Result<Changed> {
     .fetch_optional(db)
     .await?;
     match row {
-        Some(row) => Ok(Changed::Done(row)),
+        Some(row) => Ok(Changed::Done(Box::new(row))),
         None => not_changed(db, name).await,
     }
 }

@@ -267,11 +267,16 @@ async fn bad_schedules_are_refused_naming_the_field_and_store_nothing() {
         (Method::PATCH, "/schedules/none"),
         (Method::DELETE, "/schedules/none"),
         (Method::POST, "/schedules/none/pause"),
+        (Method::GET, "/schedules/a%00b"), // a name no schedule may have is not looked up
     ] {
         let body = (method == Method::PATCH).then(|| json!({}));
         let (status, _) = app.send(method.clone(), path, body).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}");
     }
+    assert_eq!(
+        app.get("/jobs?schedule=a%00b").await.0,
+        StatusCode::BAD_REQUEST
+    );
     let (status, _) = app.send(Method::DELETE, "/schedules/n", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(app.get("/schedules/n").await.0, StatusCode::NOT_FOUND);

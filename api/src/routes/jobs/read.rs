@@ -46,6 +46,7 @@ pub(super) struct ListQuery {
     /// Only jobs of this kind (one of the contract's kinds).
     kind: Option<String>,
     /// Only jobs made by this schedule's fires.
+    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     schedule: Option<String>,
     /// Page size (default 20).
     #[param(minimum = 1, maximum = 100)]
@@ -81,6 +82,10 @@ pub(super) async fn list(
         && !state.kinds.contains(k)
     {
         return Err(ApiError::BadRequest(format!("unknown kind {k:?}")));
+    }
+    if let Some(name) = &q.schedule {
+        crate::schedules::check_name(name)
+            .map_err(|e| ApiError::BadRequest(format!("schedule: {}", e.why)))?;
     }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
