@@ -404,6 +404,10 @@ def main():
     # report: the services could pre-register their label combinations at 0).
     statuses = [post("sleep", {"duration_ms": 50, "steps": 1}), post("hash", {"rounds": 1000}),
                 post("fail", {"transient": True}), post("fail", {"transient": False})]
+    # A schedule firing every second through the whole run: the Schedules row has data.
+    sched_st, sched_body, _ = curl("POST", f"{API}/schedules", {
+        "name": "live-every-second", "kind": "hash", "payload": {"rounds": 1}, "interval_secs": 1, "missed": "skip"})
+    check("live: POST /schedules answers 201", sched_st == 201, f"{sched_st} {sched_body[:200]}")
     try:
         wait_for("warm-up jobs final", all_final, 60)
     except TimeoutError as e:
@@ -443,6 +447,13 @@ def main():
     for _ in range(3):
         curl("GET", f"{API}/jobs/{finished_id}")
     time.sleep(8)  # a few more scrapes and rule evaluations after the last change
+    st, body, _ = curl("GET", f"{API}/jobs?schedule=live-every-second&limit=100")
+    fired = json.loads(body).get("items", []) if st == 200 else []
+    check("live: the schedule made jobs, each saying so, and they ran",
+          len(fired) >= 5 and all(j["fired_by"]["schedule"] == "live-every-second" for j in fired)
+          and any(j["status"] == "succeeded" for j in fired), f"{st} {len(fired)} jobs")
+    st = curl("POST", f"{API}/schedules/live-every-second/pause")[0]
+    check("live: pausing the schedule answers 200", st == 200, str(st))
 
     # ------------------------------------------------ the parts of `make smoke` that run here
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "stack", "smoke.py"), "--only", "prometheus,job",

@@ -140,6 +140,13 @@ impl Scheduler {
             return;
         };
         let now = Utc::now();
+        for s in &all {
+            // Each schedule's series exist from the start, so `rate()` sees its first fire.
+            metrics::counter!("jobstack_schedule_fires_total", "schedule" => s.name.clone())
+                .increment(0);
+            metrics::counter!("jobstack_schedule_missed_total", "schedule" => s.name.clone())
+                .increment(0);
+        }
         let enabled: Vec<_> = all.iter().filter(|s| s.enabled).collect();
         let late = enabled
             .iter()
