@@ -19,7 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, Closer, Committer};
-use crate::schedules::{ScheduleRequest, declared, scheduler::Scheduler};
+use crate::schedules::scheduler::{self, Scheduler};
+use crate::schedules::{ScheduleRequest, declared};
 use crate::{AppState, Config, broker, db, relay, retention, routes, store};
 
 /// Serves the contract's kinds and the declared schedules on `listener` until `shutdown` is
@@ -71,7 +72,10 @@ pub async fn run_with(
 
 /// Every series at zero from the start, so `rate()` sees the first increment.
 fn init_metrics(kinds: &Catalog) {
-    shared::metrics::install("api", &[accept::batch_buckets()]);
+    shared::metrics::install(
+        "api",
+        &[accept::batch_buckets(), scheduler::lateness_buckets()],
+    );
     for kind in kinds.names() {
         metrics::counter!("jobstack_jobs_created_total", "kind" => kind).absolute(0);
         metrics::counter!("jobstack_jobs_redriven_total", "kind" => kind).absolute(0);

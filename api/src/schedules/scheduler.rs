@@ -19,6 +19,18 @@ use tokio_util::sync::CancellationToken;
 use super::timing::{self, Timing};
 use crate::store::{self, Fire, NewJob, schedules::ScheduleRow};
 
+/// The buckets of `jobstack_schedule_lateness_seconds`: milliseconds while an api runs, up to an
+/// hour for a missed fire run late.
+pub fn lateness_buckets() -> shared::metrics::Buckets {
+    shared::metrics::Buckets {
+        metric: "jobstack_schedule_lateness_seconds",
+        bounds: vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            900.0, 3600.0,
+        ],
+    }
+}
+
 /// The longest the scheduler sleeps: how soon it sees a schedule another replica changed.
 pub const TICK: Duration = Duration::from_secs(1);
 
