@@ -13,7 +13,7 @@
 //! - [`broker`]: the RabbitMQ session, running [`relay`] (outbox → broker), [`events`]
 //!   (broker → job rows) and [`leases`] (running attempts whose worker went silent).
 //! - [`retention`]: deletes old finished jobs and expired idempotency keys.
-//! - [`schedules`]: periodic schedules and the scheduler that fires them.
+//! - [`schedules`]: periodic schedules; [`scheduler`] fires them.
 
 pub mod accept;
 pub mod broker;
@@ -28,6 +28,7 @@ pub mod observe;
 pub mod relay;
 pub mod retention;
 pub mod routes;
+pub mod scheduler;
 pub mod schedules;
 pub mod startup;
 pub mod store;

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept::{self, Closer, Committer};
-use crate::schedules::scheduler::{self, Scheduler};
+use crate::scheduler::{self, Scheduler};
 use crate::schedules::{ScheduleRequest, declared};
 use crate::{AppState, Config, broker, db, relay, retention, routes, store};
 

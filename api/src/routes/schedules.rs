@@ -15,7 +15,6 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::AppState;
 use crate::error::{ApiError, Problem};
 use crate::routes::body::{Body, Named};
-use crate::schedules::scheduler::stored_timing;
 use crate::schedules::{Invalid, Missed, ScheduleRequest};
 use crate::store::schedules::{self as store, Changed, ScheduleRow};
 
@@ -299,7 +298,8 @@ pub(super) async fn resume(
     let row = store::get(&state.db, named(&name)?)
         .await?
         .ok_or_else(|| not_found(&name))?;
-    let next = stored_timing(&row)
+    let next = row
+        .timing()
         .ok()
         .and_then(|t| t.first(Utc::now()))
         .ok_or_else(|| ApiError::Conflict(format!("schedule {name:?} never fires again")))?;

@@ -3,7 +3,8 @@
 //!
 //! - [`timing`]: when a schedule fires, and what a late fire does.
 //! - [`declared`]: the schedules the service's code ships with, synced at every start.
-//! - [`scheduler`]: the loop that fires them; one api replica at a time, chosen in PostgreSQL.
+//!
+//! [`crate::scheduler`] fires them; one api replica at a time, chosen in PostgreSQL.
 //!
 //! Guarantees: a schedule's next fire time is stored, so a restart or a new leader goes on
 //! where the last fire left off (and applies the schedule's `missed` policy to what it missed);
@@ -12,7 +13,6 @@
 //! every guarantee of a submitted one.
 
 pub mod declared;
-pub mod scheduler;
 pub mod timing;
 
 use chrono::{DateTime, Utc};

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use crate::schedules::{Missed, NewSchedule};
+use crate::schedules::{Invalid, Missed, NewSchedule, Timing};
 
 /// Identifies the scheduler's lock among PostgreSQL advisory locks ("jobsched" in ASCII). Taken
 /// per transaction, never per session: a session lock breaks behind a transaction pooler
@@ -51,6 +51,15 @@ impl ScheduleRow {
     /// Its missed-fire policy (the column's constraint admits no other value).
     pub fn missed(&self) -> Missed {
         Missed::parse(&self.missed).unwrap_or(Missed::One)
+    }
+
+    /// Its timing (checked when it was stored; a zone the tz database dropped since is an `Err`).
+    pub fn timing(&self) -> Result<Timing, Invalid> {
+        Timing::parse(
+            self.cron.as_deref(),
+            self.interval_secs.map(|i| i.max(0) as u64),
+            &self.time_zone,
+        )
     }
 }
 

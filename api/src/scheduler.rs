@@ -1,4 +1,4 @@
-//! The scheduler: every api replica runs it; one at a time fires. Each tick is one transaction
+//! The scheduler of [`crate::schedules`]: every api replica runs it; one at a time fires. Each tick is one transaction
 //! that first takes a transaction-scoped advisory lock (a replica that does not get it does
 //! nothing this tick), locks the due schedules, inserts each fire's job with its outbox entry,
 //! moves each schedule's next fire time on, and commits; then the relay is woken. A tick that
@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::timing::{self, Timing};
+use crate::schedules::timing;
 use crate::store::{self, Fire, NewJob, schedules::ScheduleRow};
 
 /// The buckets of `jobstack_schedule_lateness_seconds`: milliseconds while an api runs, up to an
@@ -96,7 +96,7 @@ impl Scheduler {
         let mut made = 0;
         let mut fired = Vec::new();
         for schedule in &due {
-            let Ok(timing) = stored_timing(schedule) else {
+            let Ok(timing) = schedule.timing() else {
                 // Checked when stored; a zone the tz database dropped since would land here.
                 tracing::error!(schedule = %schedule.name, "a stored schedule's timing no longer parses; disabled");
                 store::schedules::advance(&mut tx, &schedule.name, None, 0).await?;
@@ -163,7 +163,8 @@ impl Scheduler {
         let late = enabled
             .iter()
             .filter(|s| {
-                let period = stored_timing(s)
+                let period = s
+                    .timing()
                     .ok()
                     .and_then(|t| t.next_after(s.next_fire_at))
                     .map_or(chrono::Duration::zero(), |after| after - s.next_fire_at);
@@ -176,15 +177,6 @@ impl Scheduler {
             .set((all.len() - enabled.len()) as f64);
         metrics::gauge!("jobstack_schedules_late").set(late as f64);
     }
-}
-
-/// A stored schedule's timing.
-pub fn stored_timing(s: &ScheduleRow) -> Result<Timing, super::Invalid> {
-    Timing::parse(
-        s.cron.as_deref(),
-        s.interval_secs.map(|i| i.max(0) as u64),
-        &s.time_zone,
-    )
 }
 
 /// The job a fire makes, in a trace of its own (a fire answers no request).
