@@ -14,6 +14,7 @@
 //!   (broker → job rows) and [`leases`] (running attempts whose worker went silent).
 //! - [`retention`]: deletes old finished jobs and expired idempotency keys.
 //! - [`schedules`]: periodic schedules; [`scheduler`] fires them.
+//! - [`workflows`]: jobs that run after other jobs (a DAG in one request).
 
 pub mod accept;
 pub mod broker;
@@ -32,6 +33,7 @@ pub mod scheduler;
 pub mod schedules;
 pub mod startup;
 pub mod store;
+pub mod workflows;
 
 use std::sync::Arc;
 

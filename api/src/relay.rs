@@ -254,6 +254,10 @@ fn jobs(rows: Vec<outbox::Unpublished>, dispatch: &Dispatch) -> Batch {
             lease_ms: dispatch.lease.as_millis() as u64,
             checkpoint,
             previous_attempt: (attempt > 1).then_some(row.attempt_traceparent).flatten(),
+            inputs: match row.inputs {
+                Some(serde_json::Value::Object(inputs)) => inputs,
+                _ => serde_json::Map::new(),
+            },
         };
         let body = serde_json::to_vec(&body).expect("messages serialize");
         if row.scheduled {

@@ -58,6 +58,10 @@ pub struct JobMessage {
     /// to it instead of growing the first attempt's trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_attempt: Option<String>,
+    /// A workflow's job: the results of the jobs it depends on, by their keys (a failed one that
+    /// it runs after anyway, under `on_failure: ignore`, is null).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub inputs: serde_json::Map<String, serde_json::Value>,
 }
 
 fn first_version() -> u32 {

@@ -51,6 +51,7 @@ pub struct JobContext {
     progress: watch::Sender<f64>,
     resume: Option<Value>,
     saver: Saver,
+    inputs: Arc<serde_json::Map<String, Value>>,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -81,8 +82,21 @@ impl JobContext {
             progress,
             resume,
             saver,
+            inputs: Arc::default(),
         };
         (ctx, reports)
+    }
+
+    /// This context with `inputs`: the results of the jobs a workflow's job depends on.
+    pub fn with_inputs(mut self, inputs: serde_json::Map<String, Value>) -> Self {
+        self.inputs = Arc::new(inputs);
+        self
+    }
+
+    /// A workflow's job: the results of the jobs it depends on, by their keys (null for a failed
+    /// one it runs after anyway); empty for a job outside a workflow.
+    pub fn inputs(&self) -> &serde_json::Map<String, Value> {
+        &self.inputs
     }
 
     /// `Err` once the attempt is asked to stop: `Cancelled` when the job was cancelled,

@@ -240,6 +240,7 @@ impl Attempt {
             resume,
             self.reporter.saver(),
         );
+        let ctx = ctx.with_inputs(msg.inputs.clone());
         let lease = Duration::from_millis(msg.lease_ms);
         let result = self
             .with_progress(

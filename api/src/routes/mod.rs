@@ -5,6 +5,7 @@ mod health;
 mod jobs;
 mod openapi;
 mod schedules;
+mod workflows;
 
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
@@ -24,6 +25,7 @@ fn documented() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(jobs::router())
         .merge(schedules::router())
+        .merge(workflows::router())
         .merge(health::router())
 }
 

@@ -24,6 +24,7 @@ use utoipa::OpenApi;
         super::jobs::view::Redriven,
         super::jobs::view::CheckpointInfo,
         super::jobs::view::FiredBy,
+        super::workflows::WorkflowSummary,
         crate::lifecycle::Status,
         crate::lifecycle::PastGeneration,
         crate::error::Problem

@@ -12,6 +12,7 @@
 //! - [`leases`]: workers' heartbeats, and giving up attempts whose lease lapsed.
 //! - [`retention`]: deleting old finished jobs and expired keys.
 //! - [`schedules`]: periodic schedules, and the jobs their fires make.
+//! - [`workflows`]: workflows, their jobs and dependencies.
 
 pub mod cancel;
 pub mod events;
@@ -22,6 +23,7 @@ pub mod read;
 pub mod redrive;
 pub mod retention;
 pub mod schedules;
+pub mod workflows;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;

@@ -38,6 +38,8 @@ pub struct Unpublished {
     pub attempt_traceparent: Option<String>,
     /// The accepting request's trace context.
     pub traceparent: Option<String>,
+    /// A workflow's job: its dependencies' results by key.
+    pub inputs: Option<Value>,
     /// Whether it is waiting for its `run_at` (status `scheduled`: a delayed job or a retry),
     /// queued once published.
     pub scheduled: bool,
@@ -56,6 +58,8 @@ pub async fn lock_due(
         "SELECT j.id, j.kind, j.payload, j.payload_version, j.run_at, j.attempts + 1 AS attempt, \
                 j.failures, j.generation, j.checkpoint, j.checkpoint_attempt, j.checkpoint_at, \
                 j.attempt_traceparent, j.traceparent, \
+                (SELECT jsonb_object_agg(p.workflow_key, p.result) FROM job_dependencies AS d \
+                 JOIN jobs AS p ON p.id = d.depends_on WHERE d.job_id = j.id) AS inputs, \
                 j.status = $2 AS scheduled, j.status <> ALL($3) AS stale \
          FROM outbox AS o JOIN jobs AS j ON j.id = o.job_id \
          WHERE o.run_at <= now() \

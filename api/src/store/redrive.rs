@@ -52,6 +52,10 @@ pub const REDRIVABLE: [Status; 2] = [Status::Failed, Status::Cancelled];
 /// broadcast yet (the broker is down) is left alone: the cancel names the generation it stops,
 /// and must reach the workers before the next one starts. Rows another transaction holds are
 /// skipped, so a bulk re-drive never waits on one.
+///
+/// A workflow's job resumes its workflow: the jobs its failure cancelled (`blocked_by`, and
+/// theirs) wait again for their dependencies. A bulk re-drive leaves those out (they resume
+/// with the job that blocked them); re-driving one by its id runs it without them.
 pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow>> {
     let (id, status, kind, limit) = match which {
         Redrive::One(id) => (Some(id), None, None, 1),
@@ -62,10 +66,10 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow
         } => (None, Some(status), kind, i64::from(limit)),
     };
     sqlx::query_as(concat!(
-        "WITH picked AS ( \
+        "WITH RECURSIVE picked AS ( \
              SELECT id AS picked_id FROM jobs \
              WHERE status = ANY($5) AND NOT cancel_outbox \
-               AND ($1::uuid IS NULL OR id = $1) \
+               AND ($1::uuid IS NULL OR id = $1) AND ($1::uuid IS NOT NULL OR blocked_by IS NULL) \
                AND ($2::job_status IS NULL OR status = $2) AND ($3::text IS NULL OR kind = $3) \
              ORDER BY finished_at DESC NULLS LAST LIMIT $4 FOR UPDATE SKIP LOCKED), \
          up AS (UPDATE jobs AS j SET \
@@ -78,7 +82,15 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow
              cancel_requested = false, cancel_outbox = false, run_at = now() \
          FROM picked WHERE j.id = picked.picked_id RETURNING j.*), \
          queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM up \
-                    ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at) \
+                    ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at), \
+         blocked AS (SELECT id AS blocked_id FROM jobs WHERE blocked_by IN (SELECT id FROM up) \
+                     UNION SELECT j.id FROM jobs AS j JOIN blocked AS b ON j.blocked_by = b.blocked_id), \
+         resumed AS (UPDATE jobs AS j SET status = $7, finished_at = NULL, error = NULL, \
+             blocked_by = NULL, pending_deps = ( \
+                 SELECT count(*) FROM job_dependencies AS d JOIN jobs AS p ON p.id = d.depends_on \
+                 WHERE d.job_id = j.id AND p.status <> $8 \
+                   AND NOT (d.on_failure = 'ignore' AND p.status = ANY($5))) \
+             FROM blocked WHERE j.id = blocked.blocked_id) \
          SELECT ",
         job_columns!(),
         " FROM up"
@@ -89,6 +101,8 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow
     .bind(limit)
     .bind(&REDRIVABLE[..])
     .bind(Status::Queued)
+    .bind(Status::Scheduled)
+    .bind(Status::Succeeded)
     .fetch_all(db)
     .await
 }

@@ -1,5 +1,6 @@
 //! `hash`: `rounds` of SHA-256 over its own output, on the blocking pool: the stand-in for
-//! CPU-bound work, which must never run on the async threads.
+//! CPU-bound work, which must never run on the async threads. In a workflow it starts from its
+//! dependencies' digests, so its own says which results it was given.
 
 use std::time::Duration;
 
@@ -25,6 +26,15 @@ impl Handler for Hash {
     async fn run(ctx: JobContext, p: Payload) -> Result<Value, JobError> {
         let mut digest = [0u8; 32];
         digest[..16].copy_from_slice(ctx.id.as_bytes());
+        // A workflow's job: its dependencies' digests (by key, in key order) go in first.
+        let inputs: Vec<(&String, &str)> = ctx
+            .inputs()
+            .iter()
+            .filter_map(|(key, result)| Some((key, result.get("digest")?.as_str()?)))
+            .collect();
+        for (_, input) in &inputs {
+            digest = Sha256::digest([&digest[..], input.as_bytes()].concat()).into();
+        }
         let mut done = 0;
         for i in 1..=STEPS {
             ctx.check_cancelled()?;
@@ -43,7 +53,8 @@ impl Handler for Hash {
             ctx.progress(i as f64 / STEPS as f64);
         }
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(json!({ "rounds": p.rounds, "digest": hex }))
+        let from: Vec<&String> = inputs.iter().map(|(key, _)| *key).collect();
+        Ok(json!({ "rounds": p.rounds, "digest": hex, "from": from }))
     }
 }
 

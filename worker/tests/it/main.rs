@@ -30,6 +30,7 @@ fn message(kind: &str, payload: serde_json::Value) -> JobMessage {
         lease_ms: 10_000,
         checkpoint: None,
         previous_attempt: None,
+        inputs: Default::default(),
     }
 }
 
