@@ -37,6 +37,21 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// Most schedules one tick fires; the rest wait for the next tick, which comes at once.
 const BATCH: i64 = 100;
 
+/// The shortest wait between two ticks that found nothing more to do: a fire time that has just
+/// passed is the leader's to fire, not a reason to spin.
+const FLOOR: Duration = Duration::from_millis(50);
+
+/// What a tick did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ticked {
+    /// Another replica holds the scheduler's lock: it fires now.
+    NotLeading,
+    /// Fired what was due.
+    Done,
+    /// Fired a full batch: more may be due.
+    More,
+}
+
 /// What the scheduler needs.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
@@ -44,6 +59,8 @@ pub struct Scheduler {
     pub db: PgPool,
     /// How late a fire time may be and still count as on time (`SCHEDULE_MISFIRE_GRACE_SECS`).
     pub grace: Duration,
+    /// The kinds this build runs: a stored schedule of a kind it dropped is disabled, not fired.
+    pub kinds: jobs_contract::Catalog,
     /// Woken after a tick made jobs.
     pub wake_relay: Arc<Notify>,
     /// Notified when a schedule changes through the api.
@@ -53,21 +70,24 @@ pub struct Scheduler {
 impl Scheduler {
     /// Fires schedules until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0;
         loop {
-            let busy = tokio::select! {
+            let ticked = tokio::select! {
                 () = shutdown.cancelled() => return,
-                ticked = self.tick(Utc::now()) => match ticked {
-                    Ok(full) => full,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "the scheduler could not tick; will retry");
-                        false
-                    }
-                },
+                ticked = self.tick(Utc::now()) => ticked,
             };
-            let wait = if busy {
-                Duration::ZERO
-            } else {
-                self.until_next_due().await
+            if ticked.is_ok() {
+                failures = 0;
+            }
+            let wait = match ticked {
+                Ok(Ticked::More) => Duration::ZERO,
+                Ok(Ticked::Done) => self.until_next_due().await.max(FLOOR),
+                Ok(Ticked::NotLeading) => TICK,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "the scheduler could not tick; will retry");
+                    shared::backoff::full_jitter(TICK, TICK * 30, failures)
+                }
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -86,22 +106,27 @@ impl Scheduler {
         }
     }
 
-    /// One tick at `now`, if this replica gets the lock; `true` if it left due schedules for the
-    /// next one.
-    pub async fn tick(&self, now: DateTime<Utc>) -> sqlx::Result<bool> {
+    /// One tick at `now`, if this replica gets the lock.
+    pub async fn tick(&self, now: DateTime<Utc>) -> sqlx::Result<Ticked> {
         let Some(mut tx) = store::schedules::lead(&self.db).await? else {
-            return Ok(false);
+            return Ok(Ticked::NotLeading);
         };
         let due = store::schedules::due(&mut tx, now, BATCH).await?;
         let mut made = 0;
         let mut fired = Vec::new();
         for schedule in &due {
+            // Checked when stored; a zone the tz database dropped since, or a kind this build
+            // dropped, would land here: the schedule is disabled, and says why in the log.
             let Ok(timing) = schedule.timing() else {
-                // Checked when stored; a zone the tz database dropped since would land here.
                 tracing::error!(schedule = %schedule.name, "a stored schedule's timing no longer parses; disabled");
                 store::schedules::advance(&mut tx, &schedule.name, None, 0).await?;
                 continue;
             };
+            if !self.kinds.contains(&schedule.kind) {
+                tracing::error!(schedule = %schedule.name, kind = %schedule.kind, "a stored schedule's kind is not one this build runs; disabled");
+                store::schedules::advance(&mut tx, &schedule.name, None, 0).await?;
+                continue;
+            }
             let plan = timing::plan(
                 &timing,
                 schedule.missed(),
@@ -142,7 +167,11 @@ impl Scheduler {
         if made > 0 {
             self.wake_relay.notify_one();
         }
-        Ok(due.len() as i64 == BATCH)
+        Ok(if due.len() as i64 == BATCH {
+            Ticked::More
+        } else {
+            Ticked::Done
+        })
     }
 
     /// Sets the schedule gauges from the table (on every replica, leader or not: a stuck

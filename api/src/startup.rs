@@ -44,14 +44,9 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     init_metrics(&kinds);
-    let now = chrono::Utc::now();
-    let schedules = schedules
-        .iter()
-        .map(|s| {
-            s.check(&kinds, now)
-                .map_err(|e| anyhow::anyhow!("declared schedule {:?}: {e}", s.name))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Checked before anything starts, so a bad one stops the start at once; their first fire
+    // times are counted once PostgreSQL answers (it may take a while).
+    check_declared(&schedules, &kinds)?;
     let grace = config.grace;
     let (state, background) = start(config, kinds, &schedules, &shutdown).await?;
     serve(listener, state, &shutdown, grace).await?;
@@ -68,6 +63,21 @@ pub async fn run_with(
             Ok(())
         }
     }
+}
+
+/// The declared schedules, checked against the kinds, with their first fire times from now.
+fn check_declared(
+    schedules: &[ScheduleRequest],
+    kinds: &Catalog,
+) -> anyhow::Result<Vec<crate::schedules::NewSchedule>> {
+    let now = chrono::Utc::now();
+    schedules
+        .iter()
+        .map(|s| {
+            s.check(kinds, now)
+                .map_err(|e| anyhow::anyhow!("declared schedule {:?}: {e}", s.name))
+        })
+        .collect()
 }
 
 /// Every series at zero from the start, so `rate()` sees the first increment.
@@ -117,11 +127,12 @@ impl Background {
 async fn start(
     config: Config,
     kinds: Catalog,
-    schedules: &[crate::schedules::NewSchedule],
+    schedules: &[ScheduleRequest],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(AppState, Background)> {
     let db = db::connect(&config, shutdown).await?;
-    let synced = store::schedules::sync(&db, schedules).await?;
+    let schedules = check_declared(schedules, &kinds)?;
+    let synced = store::schedules::sync(&db, &schedules).await?;
     tracing::info!(
         declared = schedules.len(),
         upserted = synced.upserted,
@@ -159,6 +170,7 @@ async fn start(
     let scheduler = Scheduler {
         db: state.db.clone(),
         grace: state.config.misfire_grace,
+        kinds: state.kinds.clone(),
         wake_relay: state.broker.wake_relay.clone(),
         changed: state.schedules_changed.clone(),
     };

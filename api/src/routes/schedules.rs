@@ -113,6 +113,12 @@ fn named(name: &str) -> Result<&str, ApiError> {
     Ok(name)
 }
 
+fn moved(name: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "schedule {name:?} changed while this request read it (a pause, a resume or another change): read it and ask again"
+    ))
+}
+
 fn declared(name: &str) -> ApiError {
     ApiError::Conflict(format!(
         "schedule {name:?} is declared in the service's code: change it there (it can be paused and resumed here)"
@@ -185,7 +191,7 @@ pub(super) async fn read(
     (status = 200, description = "changed", body = Schedule),
     (status = 400, description = "malformed JSON", body = Problem, content_type = "application/problem+json"),
     (status = 404, description = "no such schedule", body = Problem, content_type = "application/problem+json"),
-    (status = 409, description = "declared in the service's code", body = Problem, content_type = "application/problem+json"),
+    (status = 409, description = "declared in the service's code, or changed while this request read it (read it and ask again)", body = Problem, content_type = "application/problem+json"),
     (status = 413, description = "body over `BODY_LIMIT_BYTES`", body = Problem, content_type = "application/problem+json"),
     (status = 415, description = "not `application/json`", body = Problem, content_type = "application/problem+json"),
     (status = 422, description = "a field is invalid (the detail names it)", body = Problem, content_type = "application/problem+json"),
@@ -204,10 +210,11 @@ pub(super) async fn change(
     }
     let (req, retimed) = merge(&row, patch);
     let new = req.check(&state.kinds, Utc::now()).map_err(unprocessable)?;
-    let row = match store::replace(&state.db, &new, retimed).await? {
+    let row = match store::replace(&state.db, &new, retimed, row.updated_at).await? {
         Changed::Done(row) => *row,
         Changed::NotFound => return Err(not_found(&name)),
         Changed::Declared => return Err(declared(&name)),
+        Changed::Moved => return Err(moved(&name)),
     };
     state.schedules_changed.notify_one();
     tracing::info!(schedule = %name, retimed, "schedule changed");
@@ -231,9 +238,11 @@ fn merge(row: &ScheduleRow, patch: SchedulePatch) -> (ScheduleRequest, bool) {
         cron,
         interval_secs,
     };
+    // A zone moves a cron expression's fire times, not an interval's.
+    let rezoned = req.cron.is_some() && req.time_zone.as_deref() != Some(row.time_zone.as_str());
     let retimed = req.cron != row.cron
         || req.interval_secs != row.interval_secs.map(|i| i.max(0) as u64)
-        || req.time_zone.as_deref() != Some(row.time_zone.as_str())
+        || rezoned
         || (req.enabled == Some(true) && !row.enabled);
     (req, retimed)
 }
@@ -259,6 +268,7 @@ pub(super) async fn delete(
         }
         Changed::NotFound => Err(not_found(&name)),
         Changed::Declared => Err(declared(&name)),
+        Changed::Moved => Err(moved(&name)),
     }
 }
 
@@ -289,6 +299,7 @@ pub(super) async fn pause(
     responses(
     (status = 200, description = "resumed (or already running)", body = Schedule),
     (status = 404, description = "no such schedule", body = Problem, content_type = "application/problem+json"),
+    (status = 409, description = "it never fires again, or it changed while this request read it (ask again)", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable: try again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
 pub(super) async fn resume(
@@ -303,9 +314,13 @@ pub(super) async fn resume(
         .ok()
         .and_then(|t| t.first(Utc::now()))
         .ok_or_else(|| ApiError::Conflict(format!("schedule {name:?} never fires again")))?;
-    let row = store::set_enabled(&state.db, &name, Some(next))
-        .await?
-        .ok_or_else(|| not_found(&name))?;
+    let Some(row) = store::set_enabled(&state.db, &name, Some((next, row.updated_at))).await?
+    else {
+        return Err(match store::get(&state.db, &name).await? {
+            Some(_) => moved(&name),
+            None => not_found(&name),
+        });
+    };
     state.schedules_changed.notify_one();
     tracing::info!(schedule = %name, next_fire_at = %row.next_fire_at, "schedule resumed");
     Ok(Json(Schedule::from(row)))

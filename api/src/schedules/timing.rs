@@ -159,8 +159,9 @@ pub struct Plan {
     pub next: Option<DateTime<Utc>>,
 }
 
-/// The fires of a schedule whose next fire time `due` has come (`due <= now`). A fire time at
-/// most `grace` late is on time and runs; later ones are missed and follow `missed`.
+/// The fires of a schedule whose next fire time `due` has come (`due <= now`). The latest due
+/// fire time is on time if it is at most `grace` late, and runs; every other one was missed (a
+/// later one came too, or it is later than the grace) and follows `missed`.
 pub fn plan(
     timing: &Timing,
     missed: Missed,
@@ -174,7 +175,11 @@ pub fn plan(
         next,
     } = due_times(timing, due, now);
     let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let (late, mut fires): (Vec<_>, Vec<_>) = times.into_iter().partition(|t| now - *t > grace);
+    let mut late = times;
+    let mut fires = Vec::new();
+    if late.last().is_some_and(|t| now - *t <= grace) {
+        fires.extend(late.pop());
+    }
     match missed {
         Missed::Skip => dropped += late.len(),
         Missed::One => {
@@ -391,6 +396,19 @@ mod tests {
         assert_eq!((skip.fires, skip.dropped), (vec![], 4));
         let one = plan(&every(10), Missed::One, due, now, GRACE);
         assert_eq!((one.fires, one.dropped), (vec![at(40)], 3));
+    }
+
+    #[test]
+    fn a_grace_longer_than_the_period_runs_only_the_latest_on_time() {
+        // A 1 s interval, a 60 s grace, 10 s without a scheduler: 11 fire times are due; only
+        // the latest is on time, the 10 before it were missed.
+        let due = utc("2026-01-01T00:00:00Z");
+        let now = utc("2026-01-01T00:00:10Z");
+        let grace = Duration::from_secs(60);
+        let skip = plan(&every(1), Missed::Skip, due, now, grace);
+        assert_eq!((skip.fires, skip.dropped), (vec![now], 10));
+        let all = plan(&every(1), Missed::All, due, now, grace);
+        assert_eq!((all.fires.len(), all.dropped), (11, 0));
     }
 
     #[test]

@@ -175,7 +175,7 @@ async fn insert_rows(
                                $12::timestamptz[]) \
                         AS i(id, kind, payload, trace_id, traceparent, run_at, delay, payload_version, \
                              schedule_name, fire_at)) AS i \
-             ON CONFLICT DO NOTHING \
+             ON CONFLICT (schedule_name, fire_at) WHERE schedule_name IS NOT NULL DO NOTHING \
              RETURNING *), \
          queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM ins) \
          SELECT ",

@@ -43,7 +43,8 @@ pub struct ScheduleRow {
     pub fires: i64,
     /// When it was created.
     pub created_at: DateTime<Utc>,
-    /// When its definition last changed.
+    /// When it last changed (its definition, a pause or a resume): a change made from a read of
+    /// it names this, and is refused if the row changed since.
     pub updated_at: DateTime<Utc>,
 }
 
@@ -127,16 +128,24 @@ pub enum Changed {
     NotFound,
     /// Declared in the service's code: change it there.
     Declared,
+    /// It changed since it was read (a pause, a resume or another change came between).
+    Moved,
 }
 
-/// Replaces a schedule's definition (`s.name` names it). Its next fire time becomes `s.first`
-/// when `retimed` (its timing, zone or enabled state changed), and stays as it was otherwise.
-pub async fn replace(db: &PgPool, s: &NewSchedule, retimed: bool) -> sqlx::Result<Changed> {
+/// Replaces a schedule's definition (`s.name` names it), if it has not changed since
+/// `read_at` (its `updated_at` as read). Its next fire time becomes `s.first` when `retimed`
+/// (its timing, zone or enabled state changed), and stays as it was otherwise.
+pub async fn replace(
+    db: &PgPool,
+    s: &NewSchedule,
+    retimed: bool,
+    read_at: DateTime<Utc>,
+) -> sqlx::Result<Changed> {
     let row: Option<ScheduleRow> = sqlx::query_as(concat!(
         "UPDATE schedules SET kind = $2, payload = $3, payload_version = $4, cron = $5, \
                 interval_secs = $6, time_zone = $7, missed = $8, enabled = $9, \
                 next_fire_at = CASE WHEN $11 THEN $10 ELSE next_fire_at END, updated_at = now() \
-         WHERE name = $1 AND NOT declared RETURNING ",
+         WHERE name = $1 AND NOT declared AND updated_at = $12 RETURNING ",
         columns!(),
         ""
     ))
@@ -151,6 +160,7 @@ pub async fn replace(db: &PgPool, s: &NewSchedule, retimed: bool) -> sqlx::Resul
     .bind(s.enabled)
     .bind(s.first)
     .bind(retimed)
+    .bind(read_at)
     .fetch_optional(db)
     .await?;
     match row {
@@ -159,23 +169,25 @@ pub async fn replace(db: &PgPool, s: &NewSchedule, retimed: bool) -> sqlx::Resul
     }
 }
 
-/// Pauses a schedule (`resume_at` `None`) or resumes it, to fire next at `resume_at`: the fire
-/// times it passed while paused are not missed, they were not wanted. Declared ones too.
+/// Pauses a schedule (`resume_at` `None`) or resumes it, to fire next at `resume_at` (computed
+/// from the row as read at `read_at`; refused if it changed since): the fire times it passed
+/// while paused are not missed, they were not wanted. Declared ones too.
 pub async fn set_enabled(
     db: &PgPool,
     name: &str,
-    resume_at: Option<DateTime<Utc>>,
+    resume_at: Option<(DateTime<Utc>, DateTime<Utc>)>,
 ) -> sqlx::Result<Option<ScheduleRow>> {
     sqlx::query_as(concat!(
-        "UPDATE schedules SET enabled = $2, \
+        "UPDATE schedules SET enabled = $2, updated_at = now(), \
                 next_fire_at = CASE WHEN $2 AND NOT enabled THEN $3 ELSE next_fire_at END \
-         WHERE name = $1 RETURNING ",
+         WHERE name = $1 AND ($4::timestamptz IS NULL OR updated_at = $4) RETURNING ",
         columns!(),
         ""
     ))
     .bind(name)
     .bind(resume_at.is_some())
-    .bind(resume_at.unwrap_or_else(Utc::now))
+    .bind(resume_at.map_or_else(Utc::now, |(at, _)| at))
+    .bind(resume_at.map(|(_, read_at)| read_at))
     .fetch_optional(db)
     .await
 }
@@ -198,7 +210,8 @@ pub async fn delete(db: &PgPool, name: &str) -> sqlx::Result<Changed> {
 
 async fn not_changed(db: &PgPool, name: &str) -> sqlx::Result<Changed> {
     Ok(match get(db, name).await? {
-        Some(_) => Changed::Declared,
+        Some(row) if row.declared => Changed::Declared,
+        Some(_) => Changed::Moved,
         None => Changed::NotFound,
     })
 }

@@ -54,6 +54,7 @@ async fn two_replicas_make_exactly_one_job_per_fire_time() {
     })
     .await;
     replica.stop().await;
+    app.send(Method::POST, "/schedules/tick/pause", None).await;
     let made = fires(&app, "tick").await;
     // Every fire time from the first, each once, none skipped.
     for (i, (at, _)) in made.iter().enumerate() {
@@ -70,16 +71,18 @@ async fn two_replicas_make_exactly_one_job_per_fire_time() {
 
 #[tokio::test]
 async fn missed_fire_times_follow_each_policy_across_an_api_stop() {
-    let grace = Duration::from_secs(1);
     let mut app = TestApp::with(Options {
         worker: false,
-        misfire_grace: grace,
+        misfire_grace: Duration::from_secs(1),
         ..Default::default()
     })
     .await;
-    let period = chrono::Duration::seconds(2);
+    let period = chrono::Duration::seconds(4);
+    let mut grids = Vec::new(); // each schedule's first fire time: its grid's anchor
     for missed in ["skip", "one", "all"] {
-        create(&app, every(missed, 2, missed)).await;
+        let created = create(&app, every(missed, 4, missed)).await;
+        let first: DateTime<Utc> = created["next_fire_at"].as_str().unwrap().parse().unwrap();
+        grids.push((missed, first));
     }
     app.wait_until(Duration::from_secs(30), "a fire of each", || async {
         for missed in ["skip", "one", "all"] {
@@ -92,56 +95,57 @@ async fn missed_fire_times_follow_each_policy_across_an_api_stop() {
     .await;
     app.stop_api().await;
     let stopped = Utc::now();
-    tokio::time::sleep(Duration::from_millis(5500)).await; // two or three fire times
+    // Down across two fire times at least, and back 1.5 s after one: the latest due fire time is
+    // then later than the 1 s grace, and the next one 2.5 s away.
+    let anchor = grids[1].1;
+    let mut back = anchor;
+    while back < stopped + chrono::Duration::seconds(8) {
+        back += period;
+    }
+    let back = back + chrono::Duration::milliseconds(1500);
+    tokio::time::sleep((back - Utc::now()).to_std().unwrap_or_default()).await;
     app.start_api().await;
     app.wait_until(
         Duration::from_secs(30),
-        "two fires after the restart",
+        "a fire of each after the restart",
         || async {
-            let since = |f: Vec<(DateTime<Utc>, DateTime<Utc>)>| {
-                f.iter().filter(|(_, c)| *c > stopped).count()
-            };
-            since(fires(&app, "skip").await) >= 2 && since(fires(&app, "one").await) >= 2
+            for missed in ["skip", "one", "all"] {
+                if !fires(&app, missed).await.iter().any(|(at, _)| *at > back) {
+                    return false;
+                }
+            }
+            true
         },
     )
     .await;
-    let after = |f: Vec<(DateTime<Utc>, DateTime<Utc>)>| -> Vec<_> {
-        f.into_iter().filter(|(at, _)| *at > stopped).collect()
-    };
-    let late = |(at, made): &(DateTime<Utc>, DateTime<Utc>)| secs(*made - *at);
 
-    // all: every fire time since the stop has its job, the missed ones made late at restart.
-    let all = after(fires(&app, "all").await);
-    assert!(
-        secs(all[0].0 - stopped) <= 2.0,
-        "the first fire time after the stop: {all:?}"
-    );
-    assert!(all.windows(2).all(|w| w[1].0 - w[0].0 == period), "{all:?}");
-    let missed = all.iter().filter(|f| late(f) > 1.0).count();
-    assert!(
-        missed >= 2,
-        "the stop missed at least two fire times: {all:?}"
-    );
-
-    // one: one job stands for all the missed ones, at the latest of them.
-    let one = after(fires(&app, "one").await);
-    assert!(
-        secs(one[0].0 - stopped) > 2.0,
-        "the missed ones before it made nothing: {one:?}"
-    );
-    assert!(one.windows(2).all(|w| w[1].0 - w[0].0 == period), "{one:?}");
-
-    // skip: nothing for the missed ones; only on-time fires made jobs.
-    let skip = after(fires(&app, "skip").await);
-    assert!(
-        secs(skip[0].0 - stopped) > 2.0,
-        "the missed ones made nothing: {skip:?}"
-    );
-    let slack = 0.5; // from the tick's clock reading to the insert's
-    assert!(
-        skip.iter().all(|f| late(f) <= 1.0 + slack),
-        "only on-time fires: {skip:?}"
-    );
+    for (missed, first) in grids {
+        // The schedule's fire times while the api was down.
+        let mut due = Vec::new();
+        let mut at = first;
+        while at <= back {
+            if at > stopped {
+                due.push(at);
+            }
+            at += period;
+        }
+        assert!(
+            due.len() >= 2,
+            "{missed}: the stop spans two fire times: {due:?}"
+        );
+        let made: Vec<_> = fires(&app, missed)
+            .await
+            .into_iter()
+            .map(|(at, _)| at)
+            .filter(|at| *at > stopped && *at <= back)
+            .collect();
+        let expected = match missed {
+            "skip" => vec![],
+            "one" => vec![*due.last().unwrap()],
+            _ => due.clone(),
+        };
+        assert_eq!(made, expected, "{missed}: jobs for the fire times {due:?}");
+    }
     let (_, skipped) = app.get("/schedules/skip").await;
     let (_, kept) = app.get("/schedules/all").await;
     assert!(
@@ -181,6 +185,7 @@ async fn a_paused_schedule_fires_nothing_until_resumed_and_its_jobs_run() {
         || async { fires(&app, "beat").await.len() > before },
     )
     .await;
+    app.send(Method::POST, "/schedules/beat/pause", None).await;
     let made = fires(&app, "beat").await;
     let resumed_at = made[before].0;
     assert!(
