@@ -111,7 +111,8 @@ async fn reap(
     Ok(())
 }
 
-/// Running jobs by kind, and the oldest heartbeat among them.
+/// Running jobs by kind, and the oldest heartbeat among them; workflows of the last day by
+/// status.
 async fn gauges(state: &AppState, kinds: &jobs_contract::Catalog) {
     let Ok(running) = leases::running(&state.db).await else {
         return;
@@ -124,6 +125,15 @@ async fn gauges(state: &AppState, kinds: &jobs_contract::Catalog) {
             (now - at).num_milliseconds().max(0) as f64 / 1000.0
         });
         metrics::gauge!("jobstack_job_heartbeat_age_max_seconds", "kind" => kind).set(age);
+    }
+    if let Ok(counts) = crate::store::workflows::counts(&state.db).await {
+        for status in ["running", "succeeded", "failed", "cancelled"] {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == status)
+                .map_or(0, |(_, n)| *n);
+            metrics::gauge!("jobstack_workflows", "status" => status).set(n as f64);
+        }
     }
 }
 

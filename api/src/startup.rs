@@ -102,6 +102,10 @@ fn init_metrics(kinds: &Catalog) {
     metrics::counter!("jobstack_cancels_published_total").absolute(0);
     metrics::counter!("jobstack_amqp_reconnects_total").absolute(0);
     metrics::gauge!("jobstack_schedules_late").set(0.0);
+    metrics::counter!("jobstack_workflows_created_total").absolute(0);
+    for status in ["running", "succeeded", "failed", "cancelled"] {
+        metrics::gauge!("jobstack_workflows", "status" => status).set(0.0);
+    }
 }
 
 /// What runs beside the server, to stop after it.

@@ -46,13 +46,13 @@ pub struct WorkflowJob {
     pub payload_version: Option<u32>,
     /// The jobs it runs after, by key. Its handler reads their results.
     #[serde(default)]
-    pub depends_on: Vec<Dependency>,
+    pub depends_on: Vec<DependsOn>,
 }
 
 /// A dependency: a key, or a key and what its failure does.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
-pub enum Dependency {
+pub enum DependsOn {
     /// Runs after this job; if it fails or is cancelled, this one is cancelled.
     Key(String),
     /// Runs after `key`; `on_failure` says what its failure does.
@@ -66,7 +66,7 @@ pub enum Dependency {
     },
 }
 
-impl Dependency {
+impl DependsOn {
     fn key(&self) -> &str {
         match self {
             Self::Key(key) | Self::With { key, .. } => key,
@@ -155,14 +155,20 @@ impl WorkflowRequest {
         }
         let edges: usize = self.jobs.iter().map(|j| j.depends_on.len()).sum();
         if edges > MAX_EDGES {
-            return Err(refuse("jobs", format!("at most {MAX_EDGES} dependencies in all")));
+            return Err(refuse(
+                "jobs",
+                format!("at most {MAX_EDGES} dependencies in all"),
+            ));
         }
         let mut index = HashMap::new();
         for (i, job) in self.jobs.iter().enumerate() {
             crate::schedules::check_name(&job.key)
                 .map_err(|e| refuse(format!("jobs[{i}].key"), e.why))?;
             if index.insert(job.key.as_str(), i).is_some() {
-                return Err(refuse(format!("jobs[{i}].key"), format!("{:?} is used twice", job.key)));
+                return Err(refuse(
+                    format!("jobs[{i}].key"),
+                    format!("{:?} is used twice", job.key),
+                ));
             }
         }
         let mut jobs = Vec::with_capacity(self.jobs.len());
@@ -186,7 +192,11 @@ fn check_job(
         let known: Vec<_> = kinds.names().collect();
         return Err(refuse(
             format!("jobs[{i}].kind"),
-            format!("unknown kind {:?}; known kinds: {}", job.kind, known.join(", ")),
+            format!(
+                "unknown kind {:?}; known kinds: {}",
+                job.kind,
+                known.join(", ")
+            ),
         ));
     }
     let version = job
@@ -195,7 +205,9 @@ fn check_job(
     kinds
         .read(&job.kind, version, job.payload.clone())
         .map_err(|e| match e {
-            PayloadError::Version { .. } => refuse(format!("jobs[{i}].payload_version"), e.to_string()),
+            PayloadError::Version { .. } => {
+                refuse(format!("jobs[{i}].payload_version"), e.to_string())
+            }
             other => refuse(format!("jobs[{i}].payload"), other.to_string()),
         })?;
     let mut depends_on = Vec::with_capacity(job.depends_on.len());
@@ -225,8 +237,11 @@ fn check_job(
 /// The jobs ordered so that each comes after its dependencies (Kahn's algorithm); a cycle is
 /// refused, naming a job on it.
 fn in_dependency_order(jobs: Vec<NewWorkflowJob>) -> Result<Vec<NewWorkflowJob>, Invalid> {
-    let position: HashMap<String, usize> =
-        jobs.iter().enumerate().map(|(i, j)| (j.key.clone(), i)).collect();
+    let position: HashMap<String, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.key.clone(), i))
+        .collect();
     let mut waiting: Vec<usize> = jobs.iter().map(|j| j.depends_on.len()).collect();
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); jobs.len()];
     for (i, job) in jobs.iter().enumerate() {
@@ -246,7 +261,9 @@ fn in_dependency_order(jobs: Vec<NewWorkflowJob>) -> Result<Vec<NewWorkflowJob>,
         }
     }
     if order.len() < jobs.len() {
-        let on_cycle = (0..jobs.len()).find(|i| waiting[*i] > 0).expect("some job waits");
+        let on_cycle = (0..jobs.len())
+            .find(|i| waiting[*i] > 0)
+            .expect("some job waits");
         return Err(refuse(
             format!("jobs[{on_cycle}].depends_on"),
             format!("{:?} is on a dependency cycle", jobs[on_cycle].key),
@@ -285,11 +302,17 @@ mod tests {
         .unwrap();
         let order: Vec<_> = w.jobs.iter().map(|j| j.key.as_str()).collect();
         let at = |k| order.iter().position(|o| *o == k).unwrap();
-        assert!(at("a") < at("b") && at("a") < at("c") && at("b") < at("d") && at("c") < at("d"), "{order:?}");
+        assert!(
+            at("a") < at("b") && at("a") < at("c") && at("b") < at("d") && at("c") < at("d"),
+            "{order:?}"
+        );
         let d = w.jobs.iter().find(|j| j.key == "d").unwrap();
         assert_eq!(
             d.depends_on,
-            [("b".to_owned(), OnFailure::Fail), ("c".to_owned(), OnFailure::Ignore)]
+            [
+                ("b".to_owned(), OnFailure::Fail),
+                ("c".to_owned(), OnFailure::Ignore)
+            ]
         );
     }
 
@@ -297,21 +320,56 @@ mod tests {
     fn refuses_cycles_unknown_and_duplicate_keys_and_bad_jobs_naming_the_field() {
         let kinds = jobs_contract::kinds::catalog();
         let field = |jobs: Value| request(jobs).check(&kinds).unwrap_err().field;
-        assert_eq!(field(json!([hash("a", json!(["b"])), hash("b", json!(["a"]))])), "jobs[0].depends_on");
-        assert_eq!(field(json!([hash("a", json!(["a"]))])), "jobs[0].depends_on[0]");
-        assert_eq!(field(json!([hash("a", json!(["nope"]))])), "jobs[0].depends_on[0]");
-        assert_eq!(field(json!([hash("a", json!([])), hash("b", json!(["a", "a"]))])), "jobs[1].depends_on[1]");
-        assert_eq!(field(json!([hash("a", json!([])), hash("a", json!([]))])), "jobs[1].key");
+        assert_eq!(
+            field(json!([hash("a", json!(["b"])), hash("b", json!(["a"]))])),
+            "jobs[0].depends_on"
+        );
+        assert_eq!(
+            field(json!([hash("a", json!(["a"]))])),
+            "jobs[0].depends_on[0]"
+        );
+        assert_eq!(
+            field(json!([hash("a", json!(["nope"]))])),
+            "jobs[0].depends_on[0]"
+        );
+        assert_eq!(
+            field(json!([hash("a", json!([])), hash("b", json!(["a", "a"]))])),
+            "jobs[1].depends_on[1]"
+        );
+        assert_eq!(
+            field(json!([hash("a", json!([])), hash("a", json!([]))])),
+            "jobs[1].key"
+        );
         assert_eq!(field(json!([hash("a b", json!([]))])), "jobs[0].key");
-        assert_eq!(field(json!([{"key": "a", "kind": "nope", "payload": {}}])), "jobs[0].kind");
-        assert_eq!(field(json!([{"key": "a", "kind": "hash", "payload": {"rounds": 0}}])), "jobs[0].payload");
+        assert_eq!(
+            field(json!([{"key": "a", "kind": "nope", "payload": {}}])),
+            "jobs[0].kind"
+        );
+        assert_eq!(
+            field(json!([{"key": "a", "kind": "hash", "payload": {"rounds": 0}}])),
+            "jobs[0].payload"
+        );
         assert_eq!(field(json!([])), "jobs");
-        let many: Vec<Value> = (0..=MAX_JOBS).map(|i| hash(&format!("j{i}"), json!([]))).collect();
+        let many: Vec<Value> = (0..=MAX_JOBS)
+            .map(|i| hash(&format!("j{i}"), json!([])))
+            .collect();
         assert_eq!(field(json!(many)), "jobs");
         // A long chain is fine (no recursion to overflow).
         let chain: Vec<Value> = (0..MAX_JOBS)
-            .map(|i| hash(&format!("j{i}"), if i == 0 { json!([]) } else { json!([format!("j{}", i - 1)]) }))
+            .map(|i| {
+                hash(
+                    &format!("j{i}"),
+                    if i == 0 {
+                        json!([])
+                    } else {
+                        json!([format!("j{}", i - 1)])
+                    },
+                )
+            })
             .collect();
-        assert_eq!(request(json!(chain)).check(&kinds).unwrap().jobs.len(), MAX_JOBS);
+        assert_eq!(
+            request(json!(chain)).check(&kinds).unwrap().jobs.len(),
+            MAX_JOBS
+        );
     }
 }

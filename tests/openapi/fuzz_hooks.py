@@ -61,6 +61,29 @@ schemathesis.openapi.format("iana-time-zone", st.sampled_from([
     "Pacific/Chatham", "America/Sao_Paulo",
 ]))
 
+@schemathesis.hook
+def map_case(ctx, case):
+    """A schema-valid workflow is also a graph: its keys unique, and each dependency naming a job
+    before it (so no cycle). The schema cannot say so; generated ones are made so, and the api must
+    then take them (positive cases only: a negative one keeps what makes it invalid)."""
+    if case.operation.method.upper() != "POST" or case.operation.path != "/workflows":
+        return case
+    positive = case.meta is not None and case.meta.generation.mode.is_positive
+    jobs = case.body.get("jobs") if isinstance(case.body, dict) else None
+    if not positive or not isinstance(jobs, list):
+        return case
+    for i, job in enumerate(jobs):
+        if not isinstance(job, dict):
+            continue
+        job["key"] = f"j{i}"
+        deps = job.get("depends_on")
+        if isinstance(deps, list):
+            # The same repair on every run (str hashes vary between Python processes).
+            earlier = sorted({f"j{sum(map(ord, str(d))) % i}" for d in deps}) if i else []
+            job["depends_on"] = earlier
+    return case
+
+
 # What a schedule's schema cannot state: whether its cron expression and time zone parse, and
 # whether its payload is the kind's (the document types it as any JSON).
 SCHEDULE_FIELDS_BEYOND_THE_SCHEMA = ("cron:", "time_zone:", "payload:", "payload_version:")

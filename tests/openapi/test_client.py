@@ -26,9 +26,12 @@ from jobstack_client.api.schedules import (  # noqa: E402
     change_schedule, create_schedule, delete_schedule, get_schedule, list_schedules, pause_schedule,
     resume_schedule,
 )
+from jobstack_client.api.workflows import (  # noqa: E402
+    cancel_workflow, create_workflow, get_workflow, list_workflows,
+)
 from jobstack_client.models import (  # noqa: E402
     Alive, Job, JobPage, Kind, Missed, Problem, Ready, Redrivable, RedriveMany, Redriven, Schedule,
-    SchedulePatch, Status,
+    SchedulePatch, Status, Workflow, WorkflowPage, WorkflowRequest, WorkflowStatus,
 )
 
 URL = os.environ["OPENAPI_URL"]
@@ -49,7 +52,7 @@ def call(operation, expect_status, expect_type, client, **kwargs):
     r = operation.sync_detailed(client=client, **kwargs)
     assert r.status_code == expect_status, f"{operation.__name__}: {r.status_code} {r.content[:300]!r}"
     assert isinstance(r.parsed, expect_type), f"{operation.__name__}: parsed {type(r.parsed)}"
-    for job in [r.parsed] if isinstance(r.parsed, Job) else getattr(r.parsed, "items", []):
+    for job in [r.parsed] if isinstance(r.parsed, Job) else [j for j in getattr(r.parsed, "items", []) if isinstance(j, Job)]:
         assert isinstance(job.status, Status), f"{operation.__name__}: status {job.status!r} is not the enum"
     if operation.__name__.rsplit(".", 1)[1] != "metrics":
         assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", r.headers["traceparent"])
@@ -226,6 +229,33 @@ def test_a_schedule_fires_pauses_resumes_changes_and_goes(client):
     assert call(get_schedule, 200, Schedule, client, name=name).parsed.time_zone == "Europe/Paris"
     call(delete_schedule, 204, type(None), client, name=name)
     assert call(get_schedule, 404, Problem, client, name=name).parsed.status == 404
+
+
+def test_a_workflow_runs_in_order_and_a_cancel_stops_one(client):
+    _, hash_example = kinds()["hash"]
+    step = lambda key, deps: {"key": key, "kind": "hash", "payload": hash_example["payload"], "depends_on": deps}  # noqa: E731
+    body = WorkflowRequest.from_dict({"name": "diamond", "jobs": [
+        step("a", []), step("b", ["a"]), step("c", [{"key": "a", "on_failure": "ignore"}]), step("d", ["b", "c"])]})
+    made = call(create_workflow, 201, Workflow, client, body=body).parsed
+    assert made.status == WorkflowStatus.RUNNING and made.jobs == 4
+    deadline = time.monotonic() + 60
+    while (w := call(get_workflow, 200, Workflow, client, id=made.id).parsed).status == WorkflowStatus.RUNNING:
+        assert time.monotonic() < deadline, f"workflow {made.id} still running"
+        time.sleep(0.2)
+    assert w.status == WorkflowStatus.SUCCEEDED
+    d = next(s for s in w.steps if s.key == "d")
+    assert sorted(d.depends_on) == ["b", "c"] and d.job.status == Status.SUCCEEDED
+    assert made.id in [x.id for x in call(list_workflows, 200, WorkflowPage, client, status=WorkflowStatus.SUCCEEDED).parsed.items]
+    slow = {"key": "slow", "kind": "sleep", "payload": {"duration_ms": 20000, "steps": 20}}
+    held = call(create_workflow, 201, Workflow, client,
+                body=WorkflowRequest.from_dict({"jobs": [slow, step("after", ["slow"])]})).parsed
+    call(cancel_workflow, 202, Workflow, client, id=held.id)
+    deadline = time.monotonic() + 30
+    while (w := call(get_workflow, 200, Workflow, client, id=held.id).parsed).status == WorkflowStatus.RUNNING:
+        assert time.monotonic() < deadline, f"workflow {held.id} still running after its cancel"
+        time.sleep(0.2)
+    assert w.status == WorkflowStatus.CANCELLED
+    assert call(get_workflow, 404, Problem, client, id=uuid.uuid4()).parsed.status == 404
 
 
 def test_every_operation_was_driven():

@@ -116,6 +116,7 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
                         "description": "Run it again once it has failed or been cancelled." },
     });
     schedule_variants(&mut doc, kinds);
+    workflow_job_variants(&mut doc, kinds);
     kind_enum(&mut doc, kinds);
     headers(&mut doc);
     // The lifecycle's own doc comment speaks of storage; the public schema says what it means.
@@ -199,6 +200,48 @@ fn schedule_variants(doc: &mut Value, kinds: &Catalog) {
         "PauseSchedule": { "operationId": "pauseSchedule", "parameters": by_name },
         "ResumeSchedule": { "operationId": "resumeSchedule", "parameters": by_name },
         "DeleteSchedule": { "operationId": "deleteSchedule", "parameters": by_name },
+    });
+}
+
+/// A workflow's jobs as a `oneOf` by kind, as `POST /jobs` is: each variant with its kind's
+/// payload schema.
+fn workflow_job_variants(doc: &mut Value, kinds: &Catalog) {
+    let schemas = doc["components"]["schemas"]
+        .as_object_mut()
+        .expect("components.schemas");
+    let base = schemas
+        .remove("WorkflowJob")
+        .expect("a workflow's job is documented");
+    let mut variants = Vec::new();
+    let mut mapping = Map::new();
+    for kind in kinds.names() {
+        let name = format!("WorkflowJob_{kind}");
+        let mut variant = base.clone();
+        let mut payload = kinds.schema(kind).expect("every kind has a schema");
+        if let Some(p) = payload.as_object_mut() {
+            p.remove("$schema");
+        }
+        variant["title"] = json!(format!("{kind} step"));
+        variant["properties"]["kind"] = json!({ "type": "string", "const": kind });
+        variant["properties"]["payload"] = payload;
+        variant["properties"]["payload_version"]["maximum"] = json!(kinds.version(kind));
+        schemas.insert(name.clone(), variant);
+        let reference = format!("#/components/schemas/{name}");
+        mapping.insert(kind.to_owned(), json!(reference));
+        variants.push(json!({ "$ref": reference }));
+    }
+    schemas.insert(
+        "WorkflowJob".into(),
+        json!({
+            "description": base["description"],
+            "oneOf": variants,
+            "discriminator": { "propertyName": "kind", "mapping": mapping },
+        }),
+    );
+    let id = json!({ "id": "$response.body#/id" });
+    doc["paths"]["/workflows"]["post"]["responses"]["201"]["links"] = json!({
+        "GetWorkflow": { "operationId": "getWorkflow", "parameters": id },
+        "CancelWorkflow": { "operationId": "cancelWorkflow", "parameters": id },
     });
 }
 

@@ -75,8 +75,16 @@ pub async fn insert(
     let keys: Vec<&str> = workflow.jobs.iter().map(|j| j.key.as_str()).collect();
     let kinds: Vec<&str> = workflow.jobs.iter().map(|j| j.kind.as_str()).collect();
     let payloads: Vec<&serde_json::Value> = workflow.jobs.iter().map(|j| &j.payload).collect();
-    let versions: Vec<i32> = workflow.jobs.iter().map(|j| j.payload_version as i32).collect();
-    let pending: Vec<i32> = workflow.jobs.iter().map(|j| j.depends_on.len() as i32).collect();
+    let versions: Vec<i32> = workflow
+        .jobs
+        .iter()
+        .map(|j| j.payload_version as i32)
+        .collect();
+    let pending: Vec<i32> = workflow
+        .jobs
+        .iter()
+        .map(|j| j.depends_on.len() as i32)
+        .collect();
 
     let mut tx = db.begin().await?;
     sqlx::query("INSERT INTO workflows (id, name, trace_id) VALUES ($1, $2, $3)")
@@ -137,10 +145,13 @@ pub struct WorkflowJobRow {
 }
 
 /// One workflow and its jobs, dependencies first (by creation).
-pub async fn get(db: &PgPool, id: Uuid) -> sqlx::Result<Option<(WorkflowRow, Vec<WorkflowJobRow>)>> {
-    let Some(workflow) = sqlx::query_as::<_, WorkflowRow>(
-        sqlx::AssertSqlSafe(format!("{STATUS} WHERE w.id = $1 GROUP BY w.id")),
-    )
+pub async fn get(
+    db: &PgPool,
+    id: Uuid,
+) -> sqlx::Result<Option<(WorkflowRow, Vec<WorkflowJobRow>)>> {
+    let Some(workflow) = sqlx::query_as::<_, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+        "{STATUS} WHERE w.id = $1 GROUP BY w.id"
+    )))
     .bind(id)
     .fetch_optional(db)
     .await?
@@ -165,11 +176,7 @@ pub async fn get(db: &PgPool, id: Uuid) -> sqlx::Result<Option<(WorkflowRow, Vec
 }
 
 /// The newest `limit` workflows, in `status` if given.
-pub async fn list(
-    db: &PgPool,
-    status: Option<&str>,
-    limit: u32,
-) -> sqlx::Result<Vec<WorkflowRow>> {
+pub async fn list(db: &PgPool, status: Option<&str>, limit: u32) -> sqlx::Result<Vec<WorkflowRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT * FROM ({STATUS} GROUP BY w.id) AS w \
          WHERE ($1::text IS NULL OR w.status = $1) \
@@ -202,7 +209,7 @@ pub async fn cancel(db: &PgPool, id: Uuid) -> sqlx::Result<Option<Vec<Uuid>>> {
     Ok(Some(ids))
 }
 
-/// Workflows by status (for the gauges): the running ones, and those finished in the last hour.
+/// Workflows created in the last day, by status (for the gauges).
 pub async fn counts(db: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT status, count(*) FROM ({STATUS} \

@@ -14,3 +14,4 @@ mod metrics;
 mod resilience;
 mod schedules;
 mod telemetry;
+mod workflows;
