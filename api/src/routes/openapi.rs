@@ -137,8 +137,8 @@ fn schedule_variants(doc: &mut Value, kinds: &Catalog) {
     let mut base = schemas
         .remove("ScheduleRequest")
         .expect("the schedule request is documented");
-    base["properties"]["cron"]["format"] = json!("cron");
-    base["properties"]["time_zone"]["format"] = json!("iana-time-zone");
+    formatted(&mut base["properties"]["cron"], "cron");
+    formatted(&mut base["properties"]["time_zone"], "iana-time-zone");
     // Its bounds say it; utoipa's `int64` format on a nullable integer reads as a format that
     // `null` violates to some validators.
     base["properties"]["interval_secs"]
@@ -150,8 +150,8 @@ fn schedule_variants(doc: &mut Value, kinds: &Catalog) {
         "properties": { "cron": { "type": "string" }, "interval_secs": { "type": "integer" } },
     });
     if let Some(patch) = schemas.get_mut("SchedulePatch") {
-        patch["properties"]["cron"]["format"] = json!("cron");
-        patch["properties"]["time_zone"]["format"] = json!("iana-time-zone");
+        formatted(&mut patch["properties"]["cron"], "cron");
+        formatted(&mut patch["properties"]["time_zone"], "iana-time-zone");
         patch["not"] = one_timing.clone();
         patch["properties"]["interval_secs"]
             .as_object_mut()
@@ -242,6 +242,17 @@ fn workflow_job_variants(doc: &mut Value, kinds: &Catalog) {
     doc["paths"]["/workflows"]["post"]["responses"]["201"]["links"] = json!({
         "GetWorkflow": { "operationId": "getWorkflow", "parameters": id },
         "CancelWorkflow": { "operationId": "cancelWorkflow", "parameters": id },
+    });
+}
+
+/// A nullable string property with `format`: the format on the string alone (as `oneOf` string
+/// or null), since some validators read a format beside `"type": ["string", "null"]` as one
+/// that `null` violates.
+fn formatted(property: &mut Value, format: &str) {
+    let description = property["description"].clone();
+    *property = json!({
+        "description": description,
+        "oneOf": [{ "type": "string", "format": format }, { "type": "null" }],
     });
 }
 
