@@ -249,11 +249,11 @@ fn workflow_job_variants(doc: &mut Value, kinds: &Catalog) {
 /// or null), since some validators read a format beside `"type": ["string", "null"]` as one
 /// that `null` violates.
 fn formatted(property: &mut Value, format: &str) {
-    let description = property["description"].clone();
-    *property = json!({
-        "description": description,
-        "oneOf": [{ "type": "string", "format": format }, { "type": "null" }],
-    });
+    let description = property.get("description").cloned();
+    *property = json!({ "oneOf": [{ "type": "string", "format": format }, { "type": "null" }] });
+    if let Some(description) = description {
+        property["description"] = description;
+    }
 }
 
 /// `Kind`, the contract's kinds, as the schema of the parameters that filter by kind (which

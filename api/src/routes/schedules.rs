@@ -82,11 +82,16 @@ impl From<ScheduleRow> for Schedule {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SchedulePatch {
+    /// A new cron expression (it replaces `interval_secs`).
     cron: Option<String>,
+    /// A new interval (it replaces `cron`).
     #[schema(minimum = 1, maximum = 31622400)]
     interval_secs: Option<u64>,
+    /// A new IANA time zone for the cron expression.
     time_zone: Option<String>,
+    /// A new missed-fire policy.
     missed: Option<Missed>,
+    /// Pause (`false`) or resume (`true`).
     enabled: Option<bool>,
 }
 
