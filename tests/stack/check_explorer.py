@@ -110,10 +110,11 @@ def check_links(title, header, first, overrides, ctx, args):
                 elif args.api:
                     with urllib.request.urlopen(href, timeout=10) as r:
                         body = json.load(r)
-                    check(f"{name}: GET {href} answers 200 with that job", body.get("id") == value, str(body)[:200])
+                    check(f"{name}: GET {href} answers 200 with that row", body.get("id") == value, str(body)[:200])
                 else:
+                    resource = "workflows" if "/workflows/" in link["url"] else "jobs"
                     check(f"{name} -> {href} (api_url's default is the published API_PORT; not fetched: no --api)",
-                          href == f"{ctx['api_url']}/jobs/{value}", href)
+                          href == f"{ctx['api_url']}/{resource}/{value}", href)
             except (Unsupported, ValueError, KeyError, OSError) as e:
                 check(name, False, f"{type(e).__name__}: {e}")
 
@@ -216,7 +217,8 @@ FROM (VALUES
   ('sleep', '{"duration_ms":50,"steps":1}',  'queued',    0.0, 0, NULL, NULL, 30, NULL, NULL, NULL),
   ('sleep', '{"duration_ms":300000,"steps":100}', 'cancelled', 0.1, 1, NULL, NULL, 500, 499, 470, NULL),
   ('sleep', '{"duration_ms":50,"steps":1}',  'scheduled', 0.0, 0, NULL, NULL, 10, NULL, NULL, 3600)
-) AS v(kind, payload, status, progress, attempts, result, error, created, started, finished, run_in)
+) AS v(kind, payload, status, progress, attempts, result, error, created, started, finished, run_in);
+INSERT INTO workflows (id, name, trace_id) VALUES (gen_random_uuid(), 'seeded', md5('seeded'));
 """
 
 

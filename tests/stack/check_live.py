@@ -408,6 +408,11 @@ def main():
     sched_st, sched_body, _ = curl("POST", f"{API}/schedules", {
         "name": "live-every-second", "kind": "hash", "payload": {"rounds": 1}, "interval_secs": 1, "missed": "skip"})
     check("live: POST /schedules answers 201", sched_st == 201, f"{sched_st} {sched_body[:200]}")
+    # A workflow: the explorer lists it, the dashboard counts it.
+    wf_st, wf_body, _ = curl("POST", f"{API}/workflows", {"name": "live", "jobs": [
+        {"key": "a", "kind": "hash", "payload": {"rounds": 1}},
+        {"key": "b", "kind": "hash", "payload": {"rounds": 1}, "depends_on": ["a"]}]})
+    check("live: POST /workflows answers 201", wf_st == 201, f"{wf_st} {wf_body[:200]}")
     try:
         wait_for("warm-up jobs final", all_final, 60)
     except TimeoutError as e:
