@@ -82,7 +82,11 @@ impl Scheduler {
             let wait = match ticked {
                 Ok(Ticked::More) => Duration::ZERO,
                 Ok(Ticked::Done) => self.until_next_due().await.max(FLOOR),
-                Ok(Ticked::NotLeading) => TICK,
+                Ok(Ticked::NotLeading) => {
+                    // Every replica reports the schedules' state: a stuck leader's show as late.
+                    self.refresh_gauges().await;
+                    TICK
+                }
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(error = %e, "the scheduler could not tick; will retry");
@@ -174,8 +178,8 @@ impl Scheduler {
         })
     }
 
-    /// Sets the schedule gauges from the table (on every replica, leader or not: a stuck
-    /// leader's schedules show as late).
+    /// Sets the schedule gauges from the table (on every replica, leader or not, at most once a
+    /// tick: a stuck leader's schedules show as late).
     async fn refresh_gauges(&self) {
         let Ok(all) = store::schedules::list(&self.db).await else {
             return;
