@@ -212,7 +212,16 @@ async fn lane(
         let Some(applied) = apply_with_retry(&state, &events, &shutdown).await else {
             return;
         };
-        if applied.recancelled > 0 || applied.requeued > 0 {
+        // An attempt that ended may have released jobs of a workflow (the trigger queued them
+        // in this batch's transaction): publish them now, not at the relay's next poll.
+        let ended = events.iter().zip(&applied.changed).any(|(event, changed)| {
+            *changed
+                && matches!(
+                    event.change,
+                    JobChange::Succeeded { .. } | JobChange::Failed { .. } | JobChange::Cancelled
+                )
+        });
+        if ended || applied.recancelled > 0 || applied.requeued > 0 {
             state.broker.wake_relay.notify_one();
         }
         let outcomes = events.iter().zip(held).zip(spans).zip(applied.changed);
