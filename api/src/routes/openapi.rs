@@ -52,15 +52,12 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
     let schemas = doc["components"]["schemas"]
         .as_object_mut()
         .expect("components.schemas");
-    let mut variants = Vec::new();
-    let mut mapping = Map::new();
     let schedule = JobRequest::schedule_properties();
-    for kind in kinds.names() {
-        let name = format!("CreateJob_{kind}");
-        let mut payload = kinds.schema(kind).expect("every kind has a schema");
-        if let Some(p) = payload.as_object_mut() {
-            p.remove("$schema"); // the document's dialect (JSON Schema 2020-12) already applies
-        }
+    let description = json!(
+        "A job to run: its kind and that kind's payload, and when it may run \
+         (`run_at` or `delay_ms`, at most 30 days ahead; by default now)."
+    );
+    by_kind(schemas, "CreateJob", description, kinds, |kind, payload| {
         let example = json!({ "kind": kind, "payload": kinds.example(kind) });
         let mut properties = json!({
             "kind": { "type": "string", "const": kind },
@@ -72,35 +69,20 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
         // A version newer than the kind's is refused; an older one is read through the kind's
         // upgrade, in that version's shape (which this document does not state).
         properties["payload_version"]["maximum"] = json!(kinds.version(kind));
-        schemas.insert(
-            name.clone(),
-            json!({
-                "type": "object",
-                "title": kind,
-                "required": ["kind", "payload"],
-                "additionalProperties": false,
-                "properties": properties,
-                // `run_at` and `delay_ms` exclude each other; either may be null.
-                "not": {
-                    "required": ["run_at", "delay_ms"],
-                    "properties": { "run_at": { "type": "string" }, "delay_ms": { "type": "integer" } },
-                },
-                "examples": [example],
-            }),
-        );
-        let reference = format!("#/components/schemas/{name}");
-        mapping.insert(kind.to_owned(), json!(reference));
-        variants.push(json!({ "$ref": reference }));
-    }
-    schemas.insert(
-        "CreateJob".into(),
         json!({
-            "description": "A job to run: its kind and that kind's payload, and when it may run \
-                            (`run_at` or `delay_ms`, at most 30 days ahead; by default now).",
-            "oneOf": variants,
-            "discriminator": { "propertyName": "kind", "mapping": mapping },
-        }),
-    );
+            "type": "object",
+            "title": kind,
+            "required": ["kind", "payload"],
+            "additionalProperties": false,
+            "properties": properties,
+            // `run_at` and `delay_ms` exclude each other; either may be null.
+            "not": {
+                "required": ["run_at", "delay_ms"],
+                "properties": { "run_at": { "type": "string" }, "delay_ms": { "type": "integer" } },
+            },
+            "examples": [example],
+        })
+    });
     let create = &mut doc["paths"]["/jobs"]["post"];
     create["requestBody"]["content"]["application/json"]["schema"] =
         json!({ "$ref": "#/components/schemas/CreateJob" });
@@ -157,38 +139,27 @@ fn schedule_variants(doc: &mut Value, kinds: &Catalog) {
             .as_object_mut()
             .map(|p| p.remove("format"));
     }
-    let mut variants = Vec::new();
-    let mut mapping = Map::new();
-    for kind in kinds.names() {
-        let name = format!("CreateSchedule_{kind}");
-        let mut variant = base.clone();
-        let mut payload = kinds.schema(kind).expect("every kind has a schema");
-        if let Some(p) = payload.as_object_mut() {
-            p.remove("$schema");
-        }
-        variant["title"] = json!(format!("{kind} schedule"));
-        variant["properties"]["kind"] = json!({ "type": "string", "const": kind });
-        variant["properties"]["payload"] = payload;
-        variant["properties"]["payload_version"]["maximum"] = json!(kinds.version(kind));
-        // One of `cron` and `interval_secs` is needed: the description says it, as a schema it
-        // would be a `oneOf` that generated clients cannot read.
-        variant["not"] = one_timing.clone();
-        variant["examples"] = json!([{
-            "name": format!("nightly-{kind}"), "kind": kind, "payload": kinds.example(kind),
-            "cron": "0 3 * * *", "time_zone": "Europe/Paris", "missed": "one",
-        }]);
-        schemas.insert(name.clone(), variant);
-        let reference = format!("#/components/schemas/{name}");
-        mapping.insert(kind.to_owned(), json!(reference));
-        variants.push(json!({ "$ref": reference }));
-    }
-    schemas.insert(
-        "CreateSchedule".into(),
-        json!({
-            "description": base["description"],
-            "oneOf": variants,
-            "discriminator": { "propertyName": "kind", "mapping": mapping },
-        }),
+    let description = base["description"].clone();
+    by_kind(
+        schemas,
+        "CreateSchedule",
+        description,
+        kinds,
+        |kind, payload| {
+            let mut variant = base.clone();
+            variant["title"] = json!(format!("{kind} schedule"));
+            variant["properties"]["kind"] = json!({ "type": "string", "const": kind });
+            variant["properties"]["payload"] = payload;
+            variant["properties"]["payload_version"]["maximum"] = json!(kinds.version(kind));
+            // One of `cron` and `interval_secs` is needed: the description says it, as a schema it
+            // would be a `oneOf` that generated clients cannot read.
+            variant["not"] = one_timing.clone();
+            variant["examples"] = json!([{
+                "name": format!("nightly-{kind}"), "kind": kind, "payload": kinds.example(kind),
+                "cron": "0 3 * * *", "time_zone": "Europe/Paris", "missed": "one",
+            }]);
+            variant
+        },
     );
     let create = &mut doc["paths"]["/schedules"]["post"];
     create["requestBody"]["content"]["application/json"]["schema"] =
@@ -212,37 +183,58 @@ fn workflow_job_variants(doc: &mut Value, kinds: &Catalog) {
     let base = schemas
         .remove("WorkflowJob")
         .expect("a workflow's job is documented");
-    let mut variants = Vec::new();
-    let mut mapping = Map::new();
-    for kind in kinds.names() {
-        let name = format!("WorkflowJob_{kind}");
-        let mut variant = base.clone();
-        let mut payload = kinds.schema(kind).expect("every kind has a schema");
-        if let Some(p) = payload.as_object_mut() {
-            p.remove("$schema");
-        }
-        variant["title"] = json!(format!("{kind} step"));
-        variant["properties"]["kind"] = json!({ "type": "string", "const": kind });
-        variant["properties"]["payload"] = payload;
-        variant["properties"]["payload_version"]["maximum"] = json!(kinds.version(kind));
-        schemas.insert(name.clone(), variant);
-        let reference = format!("#/components/schemas/{name}");
-        mapping.insert(kind.to_owned(), json!(reference));
-        variants.push(json!({ "$ref": reference }));
-    }
-    schemas.insert(
-        "WorkflowJob".into(),
-        json!({
-            "description": base["description"],
-            "oneOf": variants,
-            "discriminator": { "propertyName": "kind", "mapping": mapping },
-        }),
+    let description = base["description"].clone();
+    by_kind(
+        schemas,
+        "WorkflowJob",
+        description,
+        kinds,
+        |kind, payload| {
+            let mut variant = base.clone();
+            variant["title"] = json!(format!("{kind} step"));
+            variant["properties"]["kind"] = json!({ "type": "string", "const": kind });
+            variant["properties"]["payload"] = payload;
+            variant["properties"]["payload_version"]["maximum"] = json!(kinds.version(kind));
+            variant
+        },
     );
     let id = json!({ "id": "$response.body#/id" });
     doc["paths"]["/workflows"]["post"]["responses"]["201"]["links"] = json!({
         "GetWorkflow": { "operationId": "getWorkflow", "parameters": id },
         "CancelWorkflow": { "operationId": "cancelWorkflow", "parameters": id },
     });
+}
+
+/// Inserts `name` (a `oneOf` with one schema per kind, discriminated by `kind`) after each
+/// kind's variant `name_<kind>`, which `variant` makes from the kind's payload schema.
+fn by_kind(
+    schemas: &mut Map<String, Value>,
+    name: &str,
+    description: Value,
+    kinds: &Catalog,
+    mut variant: impl FnMut(&str, Value) -> Value,
+) {
+    let mut variants = Vec::new();
+    let mut mapping = Map::new();
+    for kind in kinds.names() {
+        let mut payload = kinds.schema(kind).expect("every kind has a schema");
+        if let Some(p) = payload.as_object_mut() {
+            p.remove("$schema"); // the document's dialect (JSON Schema 2020-12) already applies
+        }
+        let variant_name = format!("{name}_{kind}");
+        schemas.insert(variant_name.clone(), variant(kind, payload));
+        let reference = format!("#/components/schemas/{variant_name}");
+        mapping.insert(kind.to_owned(), json!(reference));
+        variants.push(json!({ "$ref": reference }));
+    }
+    schemas.insert(
+        name.to_owned(),
+        json!({
+            "description": description,
+            "oneOf": variants,
+            "discriminator": { "propertyName": "kind", "mapping": mapping },
+        }),
+    );
 }
 
 /// A nullable string property with `format`: the format on the string alone (as `oneOf` string
