@@ -5,7 +5,8 @@
 //! - [`config`]: the `BENCH_*` settings; [`ctx`]: what every step shares, how services start.
 //! - [`limits`]: PostgreSQL inserts (pgbench) and RabbitMQ publish / consume (amqp-bench).
 //! - [`enqueue`]: `POST /jobs` closed and open loop, telemetry off and on; [`drain`]: the worker;
-//!   [`storm`]: a retry storm next to a steady stream.
+//!   [`storm`]: a retry storm next to a steady stream; [`fanin`]: a workflow of 1000 jobs joined
+//!   by one; [`lateness`]: schedules firing alone and under load.
 //! - [`procfs`]: CPU and memory from /proc; [`machine`]: what it is and whether it is quiet.
 //! - [`pg`], [`rabbit`], [`services`]: the servers and processes; [`scratch`]: their removal.
 //! - [`results`]: what was measured; [`targets`]: against what; [`report`]: BENCHMARKS.md.
@@ -14,6 +15,8 @@ pub mod config;
 pub mod ctx;
 pub mod drain;
 pub mod enqueue;
+pub mod fanin;
+pub mod lateness;
 pub mod limits;
 pub mod machine;
 pub mod pg;
@@ -141,6 +144,9 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
     let enqueue = enqueue::measure(&ctx).await?;
     let drain = drain::measure(&ctx).await?;
     let storm = storm::measure(&ctx).await?;
+    let fanin = fanin::measure(&ctx).await?;
+    // Under the load of the half-rate open loop: more than api and worker together finish.
+    let lateness = lateness::measure(&ctx, enqueue.half.target).await?;
     let mut drain1 = drain.drain1;
     let mut drain16 = drain.drain16;
     drain1.rss.idle = drain.idle_kib;
@@ -165,6 +171,8 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
         spans_api: enqueue.spans_api,
         log_lines_on: enqueue.log_lines_on,
         storm,
+        fanin,
+        lateness,
         noisy: ctx.noisy.into_inner().expect("not poisoned"),
     })
 }

@@ -279,6 +279,10 @@ pub struct Results {
     pub log_lines_on: u64,
     /// A retry storm next to a steady stream.
     pub storm: Storm,
+    /// A workflow's fan-in of 1000 jobs.
+    pub fanin: FanIn,
+    /// Schedule fire lateness.
+    pub lateness: Lateness,
     /// Steps that started on a busy machine, with its idle share.
     pub noisy: Vec<String>,
 }
@@ -311,6 +315,62 @@ pub struct Storm {
     pub storm: EndToEnd,
 }
 
+/// A workflow's fan-in: `children` jobs and one that depends on all of them, round by round.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FanIn {
+    /// Children of the one parent.
+    pub children: u32,
+    /// The last child's success to the parent's start, ms, per round.
+    pub gaps_ms: Vec<f64>,
+    /// The workflow's creation to the parent's success, s, per round.
+    pub totals_s: Vec<f64>,
+    /// `POST /workflows` until its 201, ms, per round.
+    pub submit_ms: Vec<f64>,
+}
+
+/// The median of some figures (0 when there are none).
+pub fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// How late schedules fired over one window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Late {
+    /// Fires due in the window that made their job.
+    pub fires: u64,
+    /// Fires due in the window (schedules × seconds).
+    pub expected: u64,
+    /// Median lateness, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// The latest fire, ms.
+    pub max_ms: f64,
+    /// Submits per second the api accepted meanwhile (0 in the idle window).
+    pub accepted_rate: f64,
+}
+
+/// Schedule lateness alone and under load.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Lateness {
+    /// One-second schedules.
+    pub schedules: u32,
+    /// Each window's length.
+    pub seconds: u64,
+    /// Submits per second offered in the loaded window.
+    pub offered: f64,
+    /// No other load.
+    pub idle: Late,
+    /// Under load.
+    pub loaded: Late,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +386,9 @@ mod tests {
         assert!((split.per_job_us("api", 2000.0) - 400.0).abs() < 1e-9);
         assert_eq!(split.cores("worker"), 0.0);
         assert_eq!(split.per_job_us("api", 0.0), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
         assert_eq!(
             split.to_string(),
             "all 1.90 postgres 0.60 api 0.80 rest 0.50"

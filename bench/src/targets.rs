@@ -20,6 +20,13 @@ pub const WORKER_RSS_MAX_MIB: f64 = 20.0;
 /// What a retry storm may add to the other jobs' accept→succeeded p99, ms.
 pub const STORM_P99_ADDED_MAX_MS: f64 = 50.0;
 
+/// A fan-in's last child to its parent's start (median of the rounds), ms: the parent is made
+/// due by the transaction that records the last success, so only the relay and the broker are
+/// in between, never a poll.
+pub const FANIN_GAP_MAX_MS: f64 = 100.0;
+/// Schedule fire lateness p99 under load, ms: a tenth of the shortest period measured (1 s).
+pub const SCHEDULE_LATE_P99_MAX_MS: f64 = 100.0;
+
 /// How a figure compares with its target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -159,7 +166,45 @@ pub fn targets(r: &Results) -> Vec<Target> {
             verdict: Verdict::of(worker_rss <= WORKER_RSS_MAX_MIB),
         },
         storm_target(&r.storm),
+        fanin_target(&r.fanin),
+        lateness_target(&r.lateness),
     ]
+}
+
+/// The parent of a fan-in of 1000 starts within [`FANIN_GAP_MAX_MS`] of its last child's end.
+fn fanin_target(f: &crate::results::FanIn) -> Target {
+    let gap = crate::results::median(&f.gaps_ms);
+    Target {
+        goal: format!(
+            "a fan-in of {} jobs starts its parent ≤ {FANIN_GAP_MAX_MS:.0} ms after the last child ends (median)",
+            f.children + 1
+        ),
+        measured: format!("{gap:.1} ms"),
+        verdict: if f.gaps_ms.is_empty() {
+            Verdict::Inconclusive("no fan-in measured")
+        } else {
+            Verdict::of(gap <= FANIN_GAP_MAX_MS)
+        },
+    }
+}
+
+/// Every fire due under load is made, with p99 lateness ≤ [`SCHEDULE_LATE_P99_MAX_MS`].
+fn lateness_target(l: &crate::results::Lateness) -> Target {
+    let late = &l.loaded;
+    Target {
+        goal: format!(
+            "under load, every schedule fire is made and p99 lateness ≤ {SCHEDULE_LATE_P99_MAX_MS:.0} ms"
+        ),
+        measured: format!(
+            "{} of {} fires, p99 {:.1} ms at {:.0}/s accepted",
+            late.fires, late.expected, late.p99_ms, late.accepted_rate
+        ),
+        verdict: if late.expected == 0 {
+            Verdict::Inconclusive("no schedule measured")
+        } else {
+            Verdict::of(late.fires >= late.expected && late.p99_ms <= SCHEDULE_LATE_P99_MAX_MS)
+        },
+    }
 }
 
 /// A retry storm adds at most [`STORM_P99_ADDED_MAX_MS`] to the other jobs' p99.
@@ -221,7 +266,7 @@ mod tests {
         let t = targets(&results());
         let verdicts: Vec<String> = t.iter().map(|t| t.verdict.to_string()).collect();
         // 62 % of the insert limit; p99 12.5 ms; 30 % of consume+ack; 8 % telemetry cost;
-        // api 31 MiB; worker 15 MiB; no storm measured.
+        // api 31 MiB; worker 15 MiB; no storm, fan-in or schedule measured.
         assert_eq!(
             verdicts,
             [
@@ -231,7 +276,9 @@ mod tests {
                 "met",
                 "MISSED",
                 "met",
-                "inconclusive: no stream jobs measured"
+                "inconclusive: no stream jobs measured",
+                "inconclusive: no fan-in measured",
+                "inconclusive: no schedule measured"
             ]
         );
         assert_eq!(t[0].measured, "62 % (4960 of 8000/s)");
@@ -286,5 +333,34 @@ mod tests {
         );
         assert_eq!(ratio(1.0, 0.0), None);
         assert!((telemetry_cost_pct(90.0, 100.0).unwrap() - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_fan_in_is_judged_on_its_median_round() {
+        let mut r = results();
+        r.fanin.children = 999;
+        r.fanin.gaps_ms = vec![30.0, FANIN_GAP_MAX_MS + 500.0, 40.0];
+        let t = fanin_target(&r.fanin);
+        assert_eq!(t.verdict, Verdict::Met, "one slow round of three");
+        assert_eq!(t.measured, "40.0 ms");
+        r.fanin.gaps_ms = vec![FANIN_GAP_MAX_MS + 1.0, 30.0, FANIN_GAP_MAX_MS + 2.0];
+        assert_eq!(fanin_target(&r.fanin).verdict, Verdict::Missed);
+    }
+
+    #[test]
+    fn schedules_are_late_when_slow_or_when_a_fire_is_missing() {
+        let mut r = results();
+        r.lateness.loaded = crate::results::Late {
+            fires: 150,
+            expected: 150,
+            p99_ms: SCHEDULE_LATE_P99_MAX_MS - 1.0,
+            ..Default::default()
+        };
+        assert_eq!(lateness_target(&r.lateness).verdict, Verdict::Met);
+        r.lateness.loaded.fires = 149;
+        assert_eq!(lateness_target(&r.lateness).verdict, Verdict::Missed);
+        r.lateness.loaded.fires = 150;
+        r.lateness.loaded.p99_ms = SCHEDULE_LATE_P99_MAX_MS + 1.0;
+        assert_eq!(lateness_target(&r.lateness).verdict, Verdict::Missed);
     }
 }

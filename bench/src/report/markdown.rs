@@ -49,6 +49,12 @@ pub(super) fn list_ms(ms: &[f64]) -> String {
     v.join(", ")
 }
 
+/// Figures with `digits` decimals: `36.1, 41.0`.
+pub(super) fn figures(xs: &[f64], digits: usize) -> String {
+    let v: Vec<String> = xs.iter().map(|x| format!("{x:.digits$}")).collect();
+    v.join(", ")
+}
+
 /// A Markdown table of `N` columns.
 pub(super) struct Table<const N: usize> {
     rows: Vec<[String; N]>,

@@ -45,6 +45,16 @@ pub(super) fn text(r: &Results) -> String {
          the queue. The clock runs from the worker's start (connecting included) until every row says\n  \
          `succeeded`; when the worker's own `jobstack_jobs_finished_total` reached {jobs} is shown too.\n  \
          {rounds} rounds at each concurrency; the fastest is kept. The CPU split covers the same span.\n\
+         - **Workflow fan-in**: `POST /workflows` with {children} no-op children and one job that depends on\n  \
+         all of them, on its own api and a worker at concurrency 16, {rounds} rounds one after the other.\n  \
+         \"Last child → parent start\" is the parent's `started_at` minus the latest child's `finished_at`\n  \
+         (both the worker's clock, as its events carry them); \"whole workflow\" runs from the workflow's\n  \
+         `created_at` to the parent's `finished_at`.\n\
+         - **Schedule lateness**: {schedules} schedules with `interval_secs: 1` on their own api and worker;\n  \
+         for every fire due in the window, its job's `created_at` (the fire's transaction) minus its\n  \
+         `fire_at`. One window of {s}s with nothing else running, then one of {s}s while loadgen offers the\n  \
+         half-peak rate (open loop, no-op jobs) and the worker runs every job: more than api and worker\n  \
+         together finish, so PostgreSQL and the api are as busy as they get.\n\
          - Before each measured step: `VACUUM ANALYZE` and `CHECKPOINT`, then a bounded wait for the\n  \
          machine to be quiet (BENCH_STEP_WAIT); the run itself first waits for a quiet machine\n  \
          (BENCH_QUIET_WAIT).\n\
@@ -57,5 +67,7 @@ pub(super) fn text(r: &Results) -> String {
         pool = r.limits.pg_tps_pool,
         one = r.limits.publish_one,
         jobs = p.drain_jobs,
+        children = crate::fanin::CHILDREN,
+        schedules = crate::lateness::SCHEDULES,
     )
 }

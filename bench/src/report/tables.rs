@@ -2,8 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::markdown::{Table, fixed, list, list_ms, mib, pg_work};
-use crate::results::{BrokerOps, Drain, Enqueue, LoadRun, Results};
+use super::markdown::{Table, figures, fixed, list, list_ms, mib, pg_work};
+use crate::results::{BrokerOps, Drain, Enqueue, LoadRun, Results, median};
 use crate::targets::{self, ratio};
 
 /// Every figure, its limit and the ratio ours ÷ limit.
@@ -180,6 +180,46 @@ pub(super) fn results_table(r: &Results) -> String {
             storm.storm.p50_ms,
             storm.storm.p99_ms,
             storm.retries
+        ),
+        empty(),
+        empty(),
+    ]);
+    let f = &r.fanin;
+    t.row([
+        format!(
+            "workflow fan-in: {} no-op children, then one job after all of them ({} rounds)",
+            f.children,
+            f.gaps_ms.len()
+        ),
+        format!(
+            "last child → parent start {} ms (median {:.1}); whole workflow {} s; POST /workflows {} ms",
+            figures(&f.gaps_ms, 1),
+            median(&f.gaps_ms),
+            figures(&f.totals_s, 2),
+            figures(&f.submit_ms, 0)
+        ),
+        empty(),
+        empty(),
+    ]);
+    let l = &r.lateness;
+    t.row([
+        format!(
+            "schedule lateness: {} schedules every 1 s, {}s alone / {}s under {:.0}/s of submits offered",
+            l.schedules, l.seconds, l.seconds, l.offered
+        ),
+        format!(
+            "p50/p99/max {:.1} / {:.1} / {:.1} ms alone ({} of {} fires); {:.1} / {:.1} / {:.1} ms under load ({} of {} fires, {:.0}/s accepted)",
+            l.idle.p50_ms,
+            l.idle.p99_ms,
+            l.idle.max_ms,
+            l.idle.fires,
+            l.idle.expected,
+            l.loaded.p50_ms,
+            l.loaded.p99_ms,
+            l.loaded.max_ms,
+            l.loaded.fires,
+            l.loaded.expected,
+            l.loaded.accepted_rate
         ),
         empty(),
         empty(),
