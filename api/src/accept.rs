@@ -19,7 +19,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{self, JobRow, NewJob};
+use crate::store::{self, NewJob, Stored};
 
 /// Most jobs one transaction inserts.
 pub const MAX_BATCH: usize = 128;
@@ -43,7 +43,7 @@ const IN_FLIGHT: usize = 4;
 /// concurrency bounds it well before).
 const QUEUE: usize = 4096;
 
-type Reply = oneshot::Sender<Result<JobRow, BatchError>>;
+type Reply = oneshot::Sender<Result<Stored, BatchError>>;
 
 /// Why a job was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +98,9 @@ impl Committer {
         (Self { queue }, Closer { stop, task })
     }
 
-    /// Stores `job`; returns its row once committed.
-    pub async fn accept(&self, job: NewJob) -> Result<JobRow, AcceptError> {
+    /// Stores `job`; returns its row once committed (or the row of the unique job it
+    /// duplicates).
+    pub async fn accept(&self, job: NewJob) -> Result<Stored, AcceptError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send((job, reply))
@@ -189,15 +190,7 @@ mod tests {
             .await
             .expect("the committer stops");
         let refused = committer
-            .accept(NewJob {
-                kind: "sleep".into(),
-                payload: serde_json::json!({}),
-                payload_version: 1,
-                schedule: jobs_contract::request::Schedule::Now,
-                trace_id: String::new(),
-                traceparent: None,
-                fire: None,
-            })
+            .accept(NewJob::now("sleep", serde_json::json!({}), 1))
             .await;
         assert!(
             matches!(refused, Err(AcceptError::ShuttingDown)),

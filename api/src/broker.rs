@@ -49,6 +49,7 @@ pub async fn session(
         state.db.clone(),
         publisher,
         config.dispatch(),
+        state.flow.clone(),
         state.broker.wake_relay.clone(),
         config.relay_interval,
         shutdown.clone(),

@@ -50,6 +50,9 @@ pub struct Config {
     /// `SCHEDULE_MISFIRE_GRACE_SECS`: how late a schedule's fire time may be and still run as on
     /// time; a later one was missed, and its schedule's `missed` policy says what it does.
     pub misfire_grace: Duration,
+    /// `JOB_LIMITS`: overrides of the kinds' declared limits and uniqueness (see
+    /// `flow::settings`); checked against the kinds at start-up.
+    pub job_limits: Vec<crate::flow::Override>,
 }
 
 impl Config {
@@ -83,6 +86,7 @@ impl Config {
             idempotency_ttl: config::span("IDEMPOTENCY_KEY_TTL", "24h", false)?
                 .expect("zero is refused"),
             misfire_grace: config::seconds("SCHEDULE_MISFIRE_GRACE_SECS", 60)?,
+            job_limits: Self::job_limits()?,
         })
     }
 
@@ -103,6 +107,25 @@ impl Config {
             max_attempts: self.max_attempts,
             lease: self.lease,
         }
+    }
+
+    fn job_limits() -> Result<Vec<crate::flow::Override>, ConfigError> {
+        let raw = config::string("JOB_LIMITS", "");
+        crate::flow::settings::parse(&raw).map_err(|reason| ConfigError {
+            var: "JOB_LIMITS",
+            value: raw,
+            reason,
+        })
+    }
+
+    /// Every kind's limits and uniqueness: `kinds`' declarations with `JOB_LIMITS` applied; an
+    /// override of a kind `kinds` does not have is an error naming the variable.
+    pub fn flow(&self, kinds: &jobs_contract::Catalog) -> Result<crate::flow::Flow, ConfigError> {
+        crate::flow::Flow::new(kinds, &self.job_limits).map_err(|reason| ConfigError {
+            var: "JOB_LIMITS",
+            value: config::string("JOB_LIMITS", ""),
+            reason,
+        })
     }
 
     fn listen() -> Result<SocketAddr, ConfigError> {

@@ -85,7 +85,7 @@ pub fn fingerprint(request: &JobRequest) -> String {
 }
 
 /// `value` with every object's keys in order (serde_json here preserves insertion order).
-fn sorted(value: Value) -> Value {
+pub(crate) fn sorted(value: Value) -> Value {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<(String, Value)> = map.into_iter().collect();

@@ -15,6 +15,8 @@
 //! - [`retention`]: deletes old finished jobs and expired idempotency keys.
 //! - [`schedules`]: periodic schedules; [`scheduler`] fires them.
 //! - [`workflows`]: jobs that run after other jobs (a DAG in one request).
+//! - [`flow`]: priorities, concurrency and rate limits, unique jobs, paused kinds: what the
+//!   relay holds back, and why.
 
 pub mod accept;
 pub mod broker;
@@ -22,6 +24,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod flow;
 pub mod idempotency;
 pub mod leases;
 pub mod lifecycle;
@@ -54,6 +57,8 @@ pub struct AppState {
     pub broker: broker::Broker,
     /// The job kinds, to validate payloads before anything is stored.
     pub kinds: Catalog,
+    /// Every kind's limits and uniqueness in this deployment.
+    pub flow: Arc<flow::Flow>,
     /// Commits accepted jobs in groups.
     pub committer: accept::Committer,
     /// Wakes the scheduler when a schedule changes.

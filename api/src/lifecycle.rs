@@ -142,6 +142,8 @@ pub enum Next {
     Retry,
     /// Now: a released job, resuming from its checkpoint.
     Now,
+    /// At this time: a snoozed job (no attempt spent; the store counts the snooze).
+    At(DateTime<Utc>),
 }
 
 /// The new values to write; `started_at` and `finished_at` are only set where still empty.
@@ -292,6 +294,19 @@ pub fn apply(cur: Current, event: &JobEvent) -> Option<Update> {
             status: Status::Queued,
             superseded: a,
             next: Some(Next::Now),
+            ..base
+        }),
+        // Asked to run later (a 429 upstream): back to `scheduled` until then, the attempt
+        // superseded and not counted as a failure; a job the client cancelled stops here.
+        JobChange::Snoozed { .. } if cur.cancel_requested => Some(Update {
+            status: Status::Cancelled,
+            finished_at: at,
+            ..base
+        }),
+        JobChange::Snoozed { until } => running.then_some(Update {
+            status: Status::Scheduled,
+            superseded: a,
+            next: Some(Next::At(*until)),
             ..base
         }),
     }

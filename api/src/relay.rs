@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::flow::{Flow, gate};
 use crate::store::outbox;
 
 /// Rows per batch: large enough to amortise the round trips, small enough to bound the time a
@@ -43,15 +44,23 @@ pub async fn run(
     db: PgPool,
     publisher: Publisher,
     dispatch: Dispatch,
+    flow: Arc<Flow>,
     wake: Arc<Notify>,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut gauges_at: Option<Instant> = None;
+    if flow.any_limit() {
+        // A limit may have been raised since the last start: every job waiting for a slot is
+        // looked at again now, not when a slot frees.
+        if let Err(e) = crate::store::flow::wake_held(&db).await {
+            tracing::warn!(error = %e, "could not wake the jobs waiting for a slot");
+        }
+    }
     loop {
         for relay in [Relay::Jobs, Relay::Cancels] {
             loop {
-                match relay_batch(relay, &db, &publisher, &dispatch).await {
+                match relay_batch(relay, &db, &publisher, &dispatch, &flow).await {
                     Ok(n) if n < BATCH as usize => break,
                     Ok(_) => continue,
                     Err(Failure::Database(e)) => {
@@ -64,6 +73,7 @@ pub async fn run(
         }
         if gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
             record_backlog(&db).await;
+            record_flow(&db, &flow).await;
             gauges_at = Some(Instant::now());
         }
         if shutdown.is_cancelled() {
@@ -106,6 +116,30 @@ pub async fn record_backlog(db: &PgPool) {
     }
 }
 
+/// Sets the flow-control gauges: per kind, whether it is paused, the slots in use and the jobs
+/// held, by reason (every kind and reason, at zero too, so a panel's series never vanish).
+pub async fn record_flow(db: &PgPool, flow: &Flow) {
+    let (Ok(usage), Ok(paused)) = (
+        crate::store::flow::usage(db).await,
+        crate::store::flow::paused(db).await,
+    ) else {
+        return;
+    };
+    for (kind, _) in flow.iter() {
+        let u = usage.get(kind);
+        let is_paused = paused.iter().any(|(k, _)| k == kind);
+        metrics::gauge!("jobstack_kind_paused", "kind" => kind.to_owned())
+            .set(f64::from(u8::from(is_paused)));
+        metrics::gauge!("jobstack_jobs_holding_slot", "kind" => kind.to_owned())
+            .set(u.map_or(0, |u| u.running) as f64);
+        for reason in ["concurrency", "rate", "paused"] {
+            let held = u.and_then(|u| u.held.get(reason)).copied().unwrap_or(0);
+            metrics::gauge!("jobstack_jobs_held", "kind" => kind.to_owned(), "reason" => reason)
+                .set(held as f64);
+        }
+    }
+}
+
 /// What one batch publishes.
 #[derive(Debug, Clone, Copy)]
 enum Relay {
@@ -131,8 +165,10 @@ async fn relay_batch(
     db: &PgPool,
     publisher: &Publisher,
     dispatch: &Dispatch,
+    flow: &Flow,
 ) -> Result<usize, Failure> {
     let mut tx = db.begin().await?;
+    let mut locked = 0;
     let Batch {
         ids,
         stale,
@@ -140,14 +176,21 @@ async fn relay_batch(
         messages,
         spans,
     } = match relay {
-        Relay::Jobs => jobs(outbox::lock_due(&mut tx, BATCH).await?, dispatch),
+        Relay::Jobs => {
+            let due = outbox::lock_due(&mut tx, BATCH).await?;
+            locked = due.len();
+            jobs(gate::admit(&mut tx, due, flow).await?, dispatch)
+        }
         Relay::Cancels => cancels(
             outbox::lock_cancels(&mut tx, BATCH).await?,
             &dispatch.topology,
         ),
     };
     if ids.is_empty() && stale.is_empty() {
-        return Ok(0);
+        // What was locked was held: commit that, and report the batch as locked, so a full
+        // batch of held entries is followed by the next one at once.
+        tx.commit().await?;
+        return Ok(locked);
     }
     let results = publisher.publish_all(messages).await;
     let mut published = Vec::with_capacity(ids.len());
@@ -182,7 +225,7 @@ async fn relay_batch(
     };
     metrics::counter!(counter).increment(published.len() as u64);
     match failure {
-        None => Ok(published.len() + stale.len()),
+        None => Ok(locked.max(published.len() + stale.len())),
         Some(e) => Err(Failure::Broker(anyhow::Error::new(e).context(format!(
             "outbox relay: {} of {} {relay:?} not published",
             ids.len() - published.len(),
@@ -258,16 +301,15 @@ fn jobs(rows: Vec<outbox::Unpublished>, dispatch: &Dispatch) -> Batch {
                 Some(serde_json::Value::Object(inputs)) => inputs,
                 _ => serde_json::Map::new(),
             },
+            snoozes: row.snoozes.max(0) as u32,
         };
         let body = serde_json::to_vec(&body).expect("messages serialize");
         if row.scheduled {
             batch.scheduled.push(row.id);
         }
-        batch.push(
-            row.id,
-            Outgoing::new(&exchange, &row.kind, body, &id, &span),
-            span,
-        );
+        let message = Outgoing::new(&exchange, &row.kind, body, &id, &span)
+            .with_priority(row.priority.clamp(0, 9) as u8);
+        batch.push(row.id, message, span);
     }
     batch
 }

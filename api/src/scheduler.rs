@@ -223,16 +223,14 @@ fn fire_job(schedule: &ScheduleRow, at: DateTime<Utc>) -> NewJob {
         schedule.fire_at = %at,
         job.kind = %schedule.kind,
     );
+    let version = schedule.payload_version.max(1) as u32;
     NewJob {
-        kind: schedule.kind.clone(),
-        payload: schedule.payload.clone(),
-        payload_version: schedule.payload_version.max(1) as u32,
-        schedule: jobs_contract::request::Schedule::Now,
         trace_id: propagation::trace_id(&span).unwrap_or_default(),
         traceparent: propagation::traceparent(&span),
         fire: Some(Fire {
             schedule: schedule.name.clone(),
             at,
         }),
+        ..NewJob::now(&schedule.kind, schedule.payload.clone(), version)
     }
 }

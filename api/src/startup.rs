@@ -47,8 +47,9 @@ pub async fn run_with(
     // Checked before anything starts, so a bad one stops the start at once; their first fire
     // times are counted once PostgreSQL answers (it may take a while).
     check_declared(&schedules, &kinds)?;
+    let flow = config.flow(&kinds)?;
     let grace = config.grace;
-    let (state, background) = start(config, kinds, &schedules, &shutdown).await?;
+    let (state, background) = start(config, kinds, flow, &schedules, &shutdown).await?;
     serve(listener, state, &shutdown, grace).await?;
     // Jobs handed over before this are committed and answered; a request still open gets 503.
     // Whatever is still waiting after another grace period is dropped: the outbox keeps what
@@ -90,6 +91,11 @@ fn init_metrics(kinds: &Catalog) {
         metrics::counter!("jobstack_jobs_created_total", "kind" => kind).absolute(0);
         metrics::counter!("jobstack_jobs_redriven_total", "kind" => kind).absolute(0);
         metrics::counter!("jobstack_job_leases_lapsed_total", "kind" => kind).absolute(0);
+        metrics::counter!("jobstack_jobs_deduplicated_total", "kind" => kind).absolute(0);
+        for reason in ["concurrency", "rate", "paused"] {
+            metrics::counter!("jobstack_jobs_held_total", "kind" => kind, "reason" => reason)
+                .absolute(0);
+        }
     }
     metrics::counter!("jobstack_heartbeats_total").absolute(0);
     for event in jobs_contract::messages::JobChange::NAMES {
@@ -131,6 +137,7 @@ impl Background {
 async fn start(
     config: Config,
     kinds: Catalog,
+    flow: crate::flow::Flow,
     schedules: &[ScheduleRequest],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(AppState, Background)> {
@@ -144,6 +151,7 @@ async fn start(
         "declared schedules synced"
     );
     relay::record_backlog(&db).await;
+    relay::record_flow(&db, &flow).await;
     let broker = broker::Broker::default();
     let (committer, closer) = Committer::start(db.clone(), broker.wake_relay.clone());
     let state = AppState {
@@ -151,6 +159,7 @@ async fn start(
         db,
         broker,
         kinds,
+        flow: Arc::new(flow),
         committer,
         schedules_changed: Arc::default(),
     };

@@ -8,10 +8,12 @@
 //!
 //! # Layout
 //! - [`messages`]: job, event and control messages (JSON bodies on RabbitMQ).
+//! - [`flow`]: the limits and uniqueness a kind may declare.
 //! - [`kinds`]: the job kinds — one file per kind — and the [`Catalog`] of them.
 //! - [`request`]: what a client sends to submit a job, and when it may run.
 //! - [`topology`]: the exchanges and queues, by name.
 
+pub mod flow;
 pub mod kinds;
 pub mod messages;
 pub mod request;

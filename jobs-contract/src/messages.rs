@@ -62,6 +62,13 @@ pub struct JobMessage {
     /// it runs after anyway, under `on_failure: ignore`, is null).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub inputs: serde_json::Map<String, serde_json::Value>,
+    /// Times the handler snoozed this job so far (0 when absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snoozes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn first_version() -> u32 {
@@ -143,6 +150,13 @@ pub enum JobChange {
     /// down), after saving what it could: the job runs again from its last checkpoint, and this
     /// attempt does not count against its retries.
     Released,
+    /// The handler asked to run again at `until` (a rate-limited dependency answered 429 with
+    /// `Retry-After`): the job waits until then, and this attempt does not count against its
+    /// retries.
+    Snoozed {
+        /// When to run again.
+        until: DateTime<Utc>,
+    },
 }
 
 impl JobChange {
@@ -156,11 +170,12 @@ impl JobChange {
             Self::Failed { .. } => "failed",
             Self::Cancelled => "cancelled",
             Self::Released => "released",
+            Self::Snoozed { .. } => "snoozed",
         }
     }
 
     /// Every event name, for metrics that start at zero.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "started",
         "progress",
         "checkpoint",
@@ -168,6 +183,7 @@ impl JobChange {
         "failed",
         "cancelled",
         "released",
+        "snoozed",
     ];
 }
 
@@ -281,6 +297,9 @@ mod tests {
             },
             JobChange::Cancelled,
             JobChange::Released,
+            JobChange::Snoozed {
+                until: DateTime::<Utc>::MIN_UTC,
+            },
         ];
         let names: Vec<&str> = all.iter().map(JobChange::name).collect();
         assert_eq!(names, JobChange::NAMES);

@@ -30,7 +30,29 @@ pub struct JobRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub payload_version: Option<u32>,
+    /// 0 (default) to 9, higher first: when jobs wait (a limit, a paused kind), a higher
+    /// priority is published first. On RabbitMQ 4, 5–9 are also delivered before 0–4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 9))]
+    pub priority: Option<u8>,
+    /// What the kind's per-key limits count the job under (e.g. a customer id): 1–128 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub concurrency_key: Option<String>,
+    /// Makes the job unique: while a job of the same kind and `unique_key` is unfinished (or
+    /// within the kind's unique period), a submit answers with it instead of making another.
+    /// 1–255 characters. Overrides what the kind declares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub unique_key: Option<String>,
 }
+
+/// The highest priority.
+pub const MAX_PRIORITY: u8 = 9;
+/// The longest `concurrency_key`.
+pub const MAX_CONCURRENCY_KEY: usize = 128;
+/// The longest `unique_key`.
+pub const MAX_UNIQUE_KEY: usize = 255;
 
 const MAX_DELAY_MS: u64 = MAX_DELAY.as_secs() * 1000;
 
@@ -76,6 +98,34 @@ impl std::fmt::Display for ScheduleError {
 }
 
 impl std::error::Error for ScheduleError {}
+
+impl JobRequest {
+    /// Checks `priority`, `concurrency_key` and `unique_key`; the message names the field.
+    pub fn check_flow(&self) -> Result<(), String> {
+        if let Some(p) = self.priority
+            && p > MAX_PRIORITY
+        {
+            return Err(format!(
+                "priority must be between 0 and {MAX_PRIORITY}, not {p}"
+            ));
+        }
+        for (field, value, max) in [
+            (
+                "concurrency_key",
+                &self.concurrency_key,
+                MAX_CONCURRENCY_KEY,
+            ),
+            ("unique_key", &self.unique_key, MAX_UNIQUE_KEY),
+        ] {
+            if let Some(v) = value
+                && (v.is_empty() || v.chars().count() > max)
+            {
+                return Err(format!("{field} must be 1 to {max} characters"));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// When a job may run, as the request asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

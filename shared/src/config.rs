@@ -127,7 +127,8 @@ pub fn span(
     })
 }
 
-fn parse_span(raw: &str, zero_allowed: bool) -> Result<Option<Duration>, &'static str> {
+/// A span as [`span`] reads it, from a string: `<n><unit>` or `0` (`None` when zero is allowed).
+pub fn parse_span(raw: &str, zero_allowed: bool) -> Result<Option<Duration>, &'static str> {
     const FORM: &str = "expected a number and a unit: s, m, h or d (e.g. 7d), or 0";
     let text = raw.trim();
     let secs = if text == "0" {

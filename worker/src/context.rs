@@ -32,7 +32,22 @@ pub enum JobError {
     /// as a failure.
     #[error("interrupted")]
     Interrupted,
+    /// Run again at this time, without spending an attempt: the work could not be done yet
+    /// (a rate-limited dependency answered 429 with `Retry-After`). See [`JobError::snooze`].
+    #[error("snoozed until {0}")]
+    Snooze(chrono::DateTime<chrono::Utc>),
 }
+
+impl JobError {
+    /// Run again `after` from now without spending an attempt (at most [`MAX_SNOOZE`]).
+    pub fn snooze(after: std::time::Duration) -> Self {
+        let after = chrono::Duration::from_std(after.min(MAX_SNOOZE)).unwrap_or_default();
+        Self::Snooze(chrono::Utc::now() + after)
+    }
+}
+
+/// The longest a handler may snooze at once: as far ahead as a job may be scheduled.
+pub const MAX_SNOOZE: std::time::Duration = jobs_contract::request::MAX_DELAY;
 
 /// Saves a checkpoint, confirmed: `Err` says why it was not saved.
 pub type SaveFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -52,6 +67,7 @@ pub struct JobContext {
     resume: Option<Value>,
     saver: Saver,
     inputs: Arc<serde_json::Map<String, Value>>,
+    snoozes: u32,
 }
 
 impl std::fmt::Debug for JobContext {
@@ -83,8 +99,20 @@ impl JobContext {
             resume,
             saver,
             inputs: Arc::default(),
+            snoozes: 0,
         };
         (ctx, reports)
+    }
+
+    /// This context with the job's snooze count so far.
+    pub fn with_snoozes(mut self, snoozes: u32) -> Self {
+        self.snoozes = snoozes;
+        self
+    }
+
+    /// Times this job was snoozed before this attempt ([`JobError::snooze`]).
+    pub fn snoozes(&self) -> u32 {
+        self.snoozes
     }
 
     /// This context with `inputs`: the results of the jobs a workflow's job depends on.

@@ -240,7 +240,9 @@ impl Attempt {
             resume,
             self.reporter.saver(),
         );
-        let ctx = ctx.with_inputs(msg.inputs.clone());
+        let ctx = ctx
+            .with_inputs(msg.inputs.clone())
+            .with_snoozes(msg.snoozes);
         let lease = Duration::from_millis(msg.lease_ms);
         let result = self
             .with_progress(
@@ -399,6 +401,14 @@ impl Attempt {
                 self.reporter.send(JobChange::Released, deadline).await?;
                 tracing::info!("job handed back: it resumes from its checkpoint");
                 finished(kind, "released");
+                return Ok(());
+            }
+            Outcome::Snoozed(until) => {
+                self.reporter
+                    .send(JobChange::Snoozed { until }, deadline)
+                    .await?;
+                tracing::info!(%until, "job snoozed: it runs again then");
+                finished(kind, "snoozed");
                 return Ok(());
             }
             Outcome::Retried(error) => {
@@ -635,6 +645,8 @@ enum Outcome {
     /// A transient failure with retries left: the api schedules the next attempt, after a
     /// back-off.
     Retried(String),
+    /// The handler asked to run again at this time; no attempt is spent.
+    Snoozed(chrono::DateTime<chrono::Utc>),
     /// Final: dead-lettered for `reason` (`permanent`, `exhausted` after the last attempt, or
     /// `version` for a payload this worker cannot read).
     Failed {
@@ -651,6 +663,7 @@ impl Outcome {
             Ok(value) => Self::Succeeded(value),
             Err(JobError::Cancelled) => Self::Cancelled,
             Err(JobError::Interrupted) => Self::Released,
+            Err(JobError::Snooze(until)) => Self::Snoozed(until),
             Err(JobError::Transient(error)) if retries_left > 0 => Self::Retried(error),
             Err(JobError::Transient(error)) => Self::Failed {
                 error,
@@ -670,6 +683,7 @@ impl Outcome {
             Self::Cancelled => "cancelled",
             Self::Released => "released",
             Self::Retried(_) => "retried",
+            Self::Snoozed(_) => "snoozed",
             Self::Failed { .. } => "failed",
         }
     }
@@ -724,13 +738,21 @@ mod tests {
             Outcome::Released,
             Outcome::decide(transient(), 1),
             Outcome::decide(transient(), 0),
+            Outcome::decide(Err(JobError::Snooze(chrono::DateTime::UNIX_EPOCH)), 0),
         ]
         .iter()
         .map(Outcome::label)
         .collect();
         assert_eq!(
             labels,
-            ["succeeded", "cancelled", "released", "retried", "failed"]
+            [
+                "succeeded",
+                "cancelled",
+                "released",
+                "retried",
+                "failed",
+                "snoozed"
+            ]
         );
     }
 }

@@ -3,6 +3,7 @@
 mod body;
 mod health;
 mod jobs;
+mod kinds;
 mod openapi;
 mod schedules;
 mod workflows;
@@ -26,6 +27,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(jobs::router())
         .merge(schedules::router())
         .merge(workflows::router())
+        .merge(kinds::router())
         .merge(health::router())
 }
 

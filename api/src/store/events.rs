@@ -164,12 +164,20 @@ pub(super) async fn write(
         .map(|(_, u)| match u.next {
             Some(Next::Retry) => Some((timing.backoff)(u.failures).as_secs_f64()),
             Some(Next::Now) => Some(0.0),
+            Some(Next::At(at)) => {
+                Some(((at - Utc::now()).num_milliseconds().max(0) as f64) / 1000.0)
+            }
             None => None,
         })
+        .collect();
+    let snoozed: Vec<i32> = updates
+        .iter()
+        .map(|(_, u)| i32::from(matches!(u.next, Some(Next::At(_)))))
         .collect();
     sqlx::query(
         "WITH u AS ( \
              UPDATE jobs AS j SET status = u.status, attempts = u.attempts, \
+             snoozes = j.snoozes + u.snoozed, \
              failures = u.failures, superseded = u.superseded, progress = u.progress, \
              started_at = COALESCE(j.started_at, u.started_at), \
              finished_at = COALESCE(j.finished_at, u.finished_at), \
@@ -184,14 +192,14 @@ pub(super) async fn write(
              FROM unnest($1::uuid[], $2::job_status[], $3::int4[], $4::int4[], $5::int4[], \
                          $6::float8[], $7::timestamptz[], $8::timestamptz[], $9::jsonb[], \
                          $10::text[], $11::jsonb[], $12::int4[], $13::timestamptz[], \
-                         $14::text[], $15::float8[], $16::float8[]) \
+                         $14::text[], $15::float8[], $16::float8[], $17::int4[]) \
                   AS u(id, status, attempts, failures, superseded, progress, started_at, \
                        finished_at, result, error, checkpoint, checkpoint_attempt, \
-                       checkpoint_at, span, lease, due_in) \
-             WHERE j.id = u.id RETURNING j.id, j.run_at, u.due_in) \
-         INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM u \
+                       checkpoint_at, span, lease, due_in, snoozed) \
+             WHERE j.id = u.id RETURNING j.id, j.run_at, j.priority, u.due_in) \
+         INSERT INTO outbox (job_id, run_at, priority) SELECT id, run_at, priority FROM u \
          WHERE due_in IS NOT NULL \
-         ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at",
+         ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at, held = NULL",
     )
     .bind(&ids)
     .bind(&statuses)
@@ -209,6 +217,7 @@ pub(super) async fn write(
     .bind(&spans)
     .bind(&leases)
     .bind(&due_in)
+    .bind(&snoozed)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -30,6 +30,57 @@ pub struct NewJob {
     pub traceparent: Option<String>,
     /// The schedule fire that made it, if one did.
     pub fire: Option<Fire>,
+    /// 0–9, higher first.
+    pub priority: u8,
+    /// What its kind's per-key limits count it under.
+    pub concurrency_key: Option<String>,
+    /// Its claim, if it is unique.
+    pub unique: Option<Claim>,
+}
+
+impl NewJob {
+    /// A job of `kind` to run now, with no flow settings.
+    pub fn now(kind: &str, payload: Value, payload_version: u32) -> Self {
+        Self {
+            kind: kind.to_owned(),
+            payload,
+            payload_version,
+            schedule: Schedule::Now,
+            trace_id: String::new(),
+            traceparent: None,
+            fire: None,
+            priority: 0,
+            concurrency_key: None,
+            unique: None,
+        }
+    }
+}
+
+/// A unique job's claim: no other job with the same `key` is inserted while the claim holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// `<kind>:<unique key or digest>`.
+    pub key: String,
+    /// Held this long from creation, whatever the job's state; `None`: while it is unfinished.
+    pub within: Option<Duration>,
+}
+
+/// What an insert made of a job.
+#[derive(Debug)]
+pub enum Stored {
+    /// A new job.
+    New(JobRow),
+    /// The unfinished job that holds the same unique claim: nothing was inserted.
+    Duplicate(JobRow),
+}
+
+impl Stored {
+    /// The job, new or not.
+    pub fn row(&self) -> &JobRow {
+        match self {
+            Self::New(row) | Self::Duplicate(row) => row,
+        }
+    }
 }
 
 /// A schedule's fire: at most one job per schedule and fire time.
@@ -55,31 +106,77 @@ pub struct Key<'a> {
 /// What an insert with a key did.
 #[derive(Debug)]
 pub enum Inserted {
-    /// A new job.
-    Created(JobRow),
+    /// A new job, or the duplicate a unique claim answered with.
+    Created(Stored),
     /// The key's job, created by an earlier request with the same body.
     Replayed(JobRow),
     /// The key was used with a different body.
     KeyReused,
 }
 
-/// Inserts jobs in one transaction (one statement), each with its outbox entry; the rows come
-/// back in the order given.
-pub async fn insert(db: &PgPool, jobs: &[NewJob]) -> sqlx::Result<Vec<JobRow>> {
+/// Inserts jobs in one transaction (one statement), each with its outbox entry; what became of
+/// each comes back in the order given.
+pub async fn insert(db: &PgPool, jobs: &[NewJob]) -> sqlx::Result<Vec<Stored>> {
     let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
     let mut tx = db.begin().await?;
-    let mut rows = insert_rows(&mut tx, &ids, jobs).await?;
+    let stored = insert_unique(&mut tx, &ids, jobs).await?;
     tx.commit().await?;
-    // RETURNING promises no order: put the rows back in the order asked.
-    let mut ordered = Vec::with_capacity(ids.len());
-    for id in ids {
-        let at = rows
-            .iter()
-            .position(|j| j.id == id)
-            .expect("one row per id");
-        ordered.push(rows.swap_remove(at));
+    Ok(stored)
+}
+
+/// Inserts `jobs` as `ids`, giving up the unique claims of theirs that lapsed first; a job whose
+/// claim another job holds is not inserted and answers with that job. In the order given.
+async fn insert_unique(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+    jobs: &[NewJob],
+) -> sqlx::Result<Vec<Stored>> {
+    let claims: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.unique.as_ref().map(|c| c.key.as_str()))
+        .collect();
+    if !claims.is_empty() {
+        // A claim lapses when its job ends, or at `unique_until` when the kind keeps it for a
+        // period. Two requests racing here: the second's UPDATE waits for the first's row lock
+        // and then finds the key already moved to the first one's new job.
+        sqlx::query(
+            "UPDATE jobs SET unique_key = NULL WHERE unique_key = ANY($1) \
+             AND CASE WHEN unique_until IS NULL THEN status = ANY($2) ELSE unique_until <= now() END",
+        )
+        .bind(&claims)
+        .bind(&Status::FINAL[..])
+        .execute(&mut **tx)
+        .await?;
     }
-    Ok(ordered)
+    let mut rows = insert_rows(tx, ids, jobs).await?;
+    let holders: Vec<JobRow> = if claims.is_empty() || rows.len() == jobs.len() {
+        Vec::new()
+    } else {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE unique_key = ANY($1)"
+        ))
+        .bind(&claims)
+        .fetch_all(&mut **tx)
+        .await?
+    };
+    // RETURNING promises no order: put the rows back in the order asked.
+    let mut stored = Vec::with_capacity(ids.len());
+    for (id, job) in ids.iter().zip(jobs) {
+        if let Some(at) = rows.iter().position(|j| j.id == *id) {
+            stored.push(Stored::New(rows.swap_remove(at)));
+            continue;
+        }
+        let claim = job.unique.as_ref().map(|c| c.key.as_str());
+        let holder = holders.iter().find(|h| h.unique_key.as_deref() == claim);
+        match holder {
+            Some(row) => stored.push(Stored::Duplicate(row.clone())),
+            // Only a unique claim leaves a job of these out, and its holder is committed.
+            None => return Err(sqlx::Error::RowNotFound),
+        }
+    }
+    Ok(stored)
 }
 
 /// Inserts a job and its idempotency key in one transaction, or finds the key's job. A
@@ -112,10 +209,10 @@ pub async fn insert_keyed(db: &PgPool, job: &NewJob, key: &Key<'_>) -> sqlx::Res
         }
         return Ok(Inserted::Replayed(read::fetch(&mut tx, job_id).await?));
     }
-    let job = insert_rows(&mut tx, &[id], std::slice::from_ref(job))
+    let job = insert_unique(&mut tx, &[id], std::slice::from_ref(job))
         .await?
         .pop()
-        .expect("one row inserted");
+        .expect("one job asked");
     tx.commit().await?;
     Ok(Inserted::Created(job))
 }
@@ -132,7 +229,8 @@ pub async fn insert_fired(
 
 /// The one INSERT of jobs: a row per element of the arrays (`unnest`), its `run_at` resolved
 /// against the database's clock (a past time runs now) and `scheduled` if that is still ahead.
-/// A second job for a schedule's fire time is not inserted (`jobs_schedule_fire`).
+/// A second job for a schedule's fire time (`jobs_schedule_fire`) or for a held unique claim
+/// (`jobs_unique`) is not inserted.
 async fn insert_rows(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[Uuid],
@@ -147,7 +245,19 @@ async fn insert_rows(
     let mut delays: Vec<Option<f64>> = Vec::with_capacity(jobs.len());
     let mut schedules: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
     let mut fire_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(jobs.len());
+    let mut priorities: Vec<i16> = Vec::with_capacity(jobs.len());
+    let mut keys: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
+    let mut claims: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
+    let mut claim_secs: Vec<Option<f64>> = Vec::with_capacity(jobs.len());
     for job in jobs {
+        priorities.push(i16::from(job.priority));
+        keys.push(job.concurrency_key.as_deref());
+        claims.push(job.unique.as_ref().map(|c| c.key.as_str()));
+        claim_secs.push(
+            job.unique
+                .as_ref()
+                .and_then(|c| c.within.map(|d| d.as_secs_f64())),
+        );
         schedules.push(job.fire.as_ref().map(|f| f.schedule.as_str()));
         fire_ats.push(job.fire.as_ref().map(|f| f.at));
         kinds.push(job.kind.as_str());
@@ -166,18 +276,22 @@ async fn insert_rows(
     sqlx::query_as(concat!(
         "WITH ins AS ( \
              INSERT INTO jobs (id, kind, payload, payload_version, trace_id, traceparent, run_at, \
-                               status, schedule_name, fire_at) \
+                               status, schedule_name, fire_at, priority, concurrency_key, \
+                               unique_key, unique_until) \
              SELECT id, kind, payload, payload_version, trace_id, traceparent, due, \
-                    CASE WHEN due > now() THEN $8 ELSE $9 END, schedule_name, fire_at \
+                    CASE WHEN due > now() THEN $8 ELSE $9 END, schedule_name, fire_at, priority, \
+                    concurrency_key, unique_key, now() + make_interval(secs => unique_secs) \
              FROM (SELECT *, GREATEST(now(), COALESCE(run_at, now() + make_interval(secs => delay))) AS due \
                    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], \
                                $6::timestamptz[], $7::float8[], $10::int4[], $11::text[], \
-                               $12::timestamptz[]) \
+                               $12::timestamptz[], $13::int2[], $14::text[], $15::text[], \
+                               $16::float8[]) \
                         AS i(id, kind, payload, trace_id, traceparent, run_at, delay, payload_version, \
-                             schedule_name, fire_at)) AS i \
-             ON CONFLICT (schedule_name, fire_at) WHERE schedule_name IS NOT NULL DO NOTHING \
+                             schedule_name, fire_at, priority, concurrency_key, unique_key, \
+                             unique_secs)) AS i \
+             ON CONFLICT DO NOTHING \
              RETURNING *), \
-         queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM ins) \
+         queued AS (INSERT INTO outbox (job_id, run_at, priority) SELECT id, run_at, priority FROM ins) \
          SELECT ",
         job_columns!(),
         " FROM ins"
@@ -194,6 +308,10 @@ async fn insert_rows(
     .bind(&versions)
     .bind(&schedules)
     .bind(&fire_ats)
+    .bind(&priorities)
+    .bind(&keys)
+    .bind(&claims)
+    .bind(&claim_secs)
     .fetch_all(&mut **tx)
     .await
 }

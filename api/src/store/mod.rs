@@ -16,6 +16,7 @@
 
 pub mod cancel;
 pub mod events;
+pub mod flow;
 pub mod insert;
 pub mod leases;
 pub mod outbox;
@@ -34,8 +35,8 @@ use crate::lifecycle::{Current, PastGeneration, Status};
 
 pub use cancel::{Cancel, cancel};
 pub use events::{Applied, apply_events};
-pub use insert::{Fire, Inserted, Key, NewJob, insert, insert_fired, insert_keyed};
-pub use read::{Cursor, Filter, get, list};
+pub use insert::{Claim, Fire, Inserted, Key, NewJob, Stored, insert, insert_fired, insert_keyed};
+pub use read::{Cursor, Filter, get, held, list};
 pub use redrive::{Redrive, RedriveOne, redrive, redrive_one};
 pub use retention::{Pruned, RETENTION_LOCK, prune};
 
@@ -84,6 +85,14 @@ pub struct JobRow {
     pub schedule_name: Option<String>,
     /// That fire's time.
     pub fire_at: Option<DateTime<Utc>>,
+    /// 0–9, higher first.
+    pub priority: i16,
+    /// What its kind's per-key limits count it under.
+    pub concurrency_key: Option<String>,
+    /// Times its handler snoozed it.
+    pub snoozes: i32,
+    /// Its unique claim, while it holds one.
+    pub unique_key: Option<String>,
 }
 
 /// The columns of [`JobRow`], for `concat!` (sqlx only takes static SQL).
@@ -91,7 +100,8 @@ macro_rules! job_columns {
     () => {
         "id, kind, payload, payload_version, status, progress, attempts, result, error, \
          created_at, run_at, started_at, finished_at, trace_id, generation, history, \
-         heartbeat_at, checkpoint_at, checkpoint_attempt, schedule_name, fire_at"
+         heartbeat_at, checkpoint_at, checkpoint_attempt, schedule_name, fire_at, priority, \
+         concurrency_key, snoozes, unique_key"
     };
 }
 use job_columns;

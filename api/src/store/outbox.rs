@@ -46,10 +46,22 @@ pub struct Unpublished {
     /// Whether the entry outlived its publish: the job has started or ended since (the relay
     /// that published it crashed before it could take it out). Dropped, never published again.
     pub stale: bool,
+    /// 0–9, higher first.
+    pub priority: i16,
+    /// What its kind's per-key limits count it under (`""` without a key).
+    pub concurrency_key: String,
+    /// Why it waited until now, if it was held (`rate`: its token is reserved for now).
+    pub held: Option<String>,
+    /// Its turn in its key's line, if it was held for a slot before.
+    pub turn: Option<i32>,
+    /// Whether its kind is paused.
+    pub paused: bool,
+    /// Times its handler snoozed it.
+    pub snoozes: i32,
 }
 
-/// Locks up to `limit` due outbox entries, oldest first, skipping those another api replica
-/// holds; with their jobs.
+/// Locks up to `limit` due outbox entries, highest priority first and then oldest, skipping
+/// those another api replica holds; with their jobs.
 pub async fn lock_due(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
@@ -60,10 +72,12 @@ pub async fn lock_due(
                 j.attempt_traceparent, j.traceparent, \
                 (SELECT jsonb_object_agg(p.workflow_key, p.result) FROM job_dependencies AS d \
                  JOIN jobs AS p ON p.id = d.depends_on WHERE d.job_id = j.id) AS inputs, \
-                j.status = $2 AS scheduled, j.status <> ALL($3) AS stale \
+                j.status = $2 AS scheduled, j.status <> ALL($3) AS stale, \
+                o.priority, COALESCE(j.concurrency_key, '') AS concurrency_key, o.held, o.turn, j.snoozes, \
+                EXISTS (SELECT 1 FROM paused_kinds AS p WHERE p.kind = j.kind) AS paused \
          FROM outbox AS o JOIN jobs AS j ON j.id = o.job_id \
          WHERE o.run_at <= now() \
-         ORDER BY o.run_at LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
+         ORDER BY o.priority DESC, o.run_at, o.turn LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
     )
     .bind(limit)
     .bind(Status::Scheduled)

@@ -19,6 +19,16 @@ pub async fn get<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<J
     .await
 }
 
+/// Why a job's outbox entry waits past its `run_at`, if it does: `concurrency`, `rate` or
+/// `paused` (see migration 0008).
+pub async fn held<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar("SELECT held FROM outbox WHERE job_id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .map(Option::flatten)
+}
+
 /// A job known to exist (its row is locked or referenced in this transaction).
 pub(super) async fn fetch(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<JobRow> {
     get(&mut **tx, id).await?.ok_or(sqlx::Error::RowNotFound)

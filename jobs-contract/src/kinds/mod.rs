@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use crate::flow::{Limits, Rate, Unique};
 pub use fail::Fail;
 pub use hash::Hash;
 pub use sleep::Sleep;
@@ -39,6 +40,12 @@ pub trait JobKind: 'static {
     /// The payload's version: 1 for a new kind, one more at each change that payloads of jobs
     /// accepted before it do not satisfy (they are then read through [`JobKind::upgrade`]).
     const VERSION: u32 = 1;
+    /// How many of its jobs may run at once and how fast they may start, across every worker
+    /// (default: no limit). Configuration may override it per deployment.
+    const LIMITS: Limits = Limits::NONE;
+    /// Whether a submit that matches an unfinished job of the kind answers with that job
+    /// instead of making another (default: no; a request's `unique_key` still does).
+    const UNIQUE: Option<Unique> = None;
     /// What the kind takes; unknown fields are refused by `#[serde(deny_unknown_fields)]`.
     type Payload: DeserializeOwned + Serialize + JsonSchema + Send;
 
@@ -96,6 +103,8 @@ impl std::error::Error for PayloadError {}
 #[derive(Clone, Copy)]
 struct Entry {
     version: u32,
+    limits: Limits,
+    unique: Option<Unique>,
     read: fn(u32, Value) -> Result<Value, PayloadError>,
     schema: fn() -> Value,
     example: fn() -> Value,
@@ -120,6 +129,8 @@ impl Catalog {
             K::NAME,
             Entry {
                 version: K::VERSION,
+                limits: K::LIMITS,
+                unique: K::UNIQUE,
                 read: read::<K>,
                 schema: schema::<K>,
                 example: || serde_json::to_value(K::example()).expect("payloads serialize"),
@@ -146,6 +157,16 @@ impl Catalog {
         self.read(kind, version, payload.clone())
             .map(drop)
             .map_err(|e| e.to_string())
+    }
+
+    /// `kind`'s declared limits.
+    pub fn limits(&self, kind: &str) -> Option<Limits> {
+        self.kinds.get(kind).map(|e| e.limits)
+    }
+
+    /// `kind`'s declared uniqueness.
+    pub fn unique(&self, kind: &str) -> Option<Unique> {
+        self.kinds.get(kind).and_then(|e| e.unique)
     }
 
     /// `kind`'s payload version.

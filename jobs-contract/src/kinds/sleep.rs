@@ -12,6 +12,8 @@ use super::JobKind;
 pub const MAX_DURATION_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Most steps accepted (one progress report each).
 pub const MAX_STEPS: u32 = 10_000;
+/// The longest snooze: as far ahead as a job may be scheduled (30 days).
+pub const MAX_SNOOZE_MS: u64 = 2_592_000_000;
 
 /// The `sleep` kind.
 #[derive(Debug)]
@@ -27,6 +29,11 @@ pub struct Payload {
     /// In how many equal steps, each reporting progress.
     #[schemars(range(min = 1, max = 10_000))]
     pub steps: u32,
+    /// The first run asks to run again this many milliseconds later, without spending an
+    /// attempt, as a handler does when an upstream answers 429 with `Retry-After` (a snooze).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2_592_000_000_u64))]
+    pub snooze_ms: Option<u64>,
 }
 
 impl JobKind for Sleep {
@@ -40,6 +47,11 @@ impl JobKind for Sleep {
         if !(1..=MAX_STEPS).contains(&p.steps) {
             return Err(format!("steps must be between 1 and {MAX_STEPS}"));
         }
+        if let Some(ms) = p.snooze_ms
+            && !(1..=MAX_SNOOZE_MS).contains(&ms)
+        {
+            return Err(format!("snooze_ms must be between 1 and {MAX_SNOOZE_MS}"));
+        }
         Ok(())
     }
 
@@ -47,6 +59,7 @@ impl JobKind for Sleep {
         Payload {
             duration_ms: 3000,
             steps: 3,
+            snooze_ms: None,
         }
     }
 }

@@ -59,6 +59,9 @@ pub struct Outgoing {
     pub message_id: String,
     /// Headers: trace context and anything else.
     pub headers: FieldTable,
+    /// AMQP priority (0 when not set). RabbitMQ 4's quorum queues deliver 5–9 before 0–4;
+    /// earlier versions ignore it on a quorum queue.
+    pub priority: u8,
 }
 
 impl Outgoing {
@@ -79,7 +82,14 @@ impl Outgoing {
             body,
             message_id: message_id.to_owned(),
             headers,
+            priority: 0,
         }
+    }
+
+    /// Sets the AMQP priority.
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
     }
 
     /// Adds a string header (e.g. why a message was dead-lettered).
@@ -185,6 +195,11 @@ impl Publisher {
             .with_message_id(msg.message_id.into())
             .with_timestamp(chrono::Utc::now().timestamp() as u64)
             .with_headers(msg.headers);
+        // Only when set: a property on every message would cost bytes for nothing.
+        let props = match msg.priority {
+            0 => props,
+            p => props.with_priority(p),
+        };
         self.channel
             .basic_publish(
                 msg.exchange.into(),

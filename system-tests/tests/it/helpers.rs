@@ -66,7 +66,7 @@ impl Worker {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.stop.cancel();
         (&mut self.task)
             .await
@@ -74,7 +74,7 @@ impl Worker {
             .expect("worker exits cleanly");
     }
 
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -130,6 +130,8 @@ pub(crate) struct Options {
     pub(crate) schedules: Vec<api::schedules::ScheduleRequest>,
     /// `SCHEDULE_MISFIRE_GRACE_SECS`.
     pub(crate) misfire_grace: Duration,
+    /// `JOB_LIMITS`.
+    pub(crate) job_limits: &'static str,
 }
 
 impl Default for Options {
@@ -151,6 +153,7 @@ impl Default for Options {
             retention_interval: Duration::from_secs(60),
             schedules: Vec::new(),
             misfire_grace: Duration::from_secs(60),
+            job_limits: "",
         }
     }
 }
@@ -316,6 +319,25 @@ impl TestApp {
                 .is_ok_and(|r| r.status() == StatusCode::OK)
         })
         .await;
+    }
+
+    /// Another worker beside this app's own, with this app's settings at `concurrency`,
+    /// consuming once this returns. Stop it (or drop it: a kill) before the app stops.
+    pub(crate) async fn extra_worker(&self, concurrency: u16) -> Worker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = format!("http://{}/readyz", listener.local_addr().unwrap());
+        let mut config = self.worker_config.clone();
+        config.concurrency = concurrency;
+        let worker = Worker::start(listener, config, self.registry.clone());
+        let http = self.http.clone();
+        self.wait_until(Duration::from_secs(30), "worker consuming", || async {
+            http.get(&admin)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+        worker
     }
 
     /// Stops the worker as SIGTERM does and waits for it to exit (in-flight jobs are asked to
@@ -551,6 +573,7 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
     api_config.retention = opts.retention;
     api_config.retention_interval = opts.retention_interval;
     api_config.misfire_grace = opts.misfire_grace;
+    api_config.job_limits = api::flow::settings::parse(opts.job_limits).expect("valid JOB_LIMITS");
 
     let mut worker_config = worker::Config::from_env().expect("default config");
     worker_config.amqp.url = opts.worker_amqp_url.clone();

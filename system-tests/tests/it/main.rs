@@ -6,6 +6,7 @@ mod accept;
 mod bad_input;
 mod contract;
 mod control;
+mod flow;
 mod helpers;
 mod lifecycle;
 mod listing;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::parse_id;
-use super::view::{Job, JobPage};
+use super::view::{Held, Job, JobPage};
 use crate::AppState;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::Status;
@@ -31,10 +31,17 @@ pub(super) async fn read(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let id = parse_id(&id)?;
-    store::get(&state.db, id)
+    let row = store::get(&state.db, id)
         .await?
-        .map(|row| Json(Job::from(row)))
-        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+        .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    let mut job = Job::from(row);
+    if !job.status.is_final() {
+        job.held = store::held(&state.db, id)
+            .await?
+            .as_deref()
+            .and_then(Held::parse);
+    }
+    Ok(Json(job))
 }
 
 /// Filters and paging for the job list.

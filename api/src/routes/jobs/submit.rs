@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::error::{ApiError, Problem};
 use crate::idempotency;
 use crate::routes::body::{Body, Named};
-use crate::store::{self, Inserted, NewJob};
+use crate::store::{self, Inserted, NewJob, Stored};
 
 /// Accepts a job. The 202 means the job is committed to PostgreSQL and will run, even if
 /// RabbitMQ is down right now. The request body is a `CreateJob`: one of the kinds, each with
@@ -28,6 +28,9 @@ use crate::store::{self, Inserted, NewJob};
         // or an RFC 8941 String (`\"` and `\\` escaped); 1–255 characters either way.
         pattern = r#"^(?:[!#-\[\]-~]{1,255}|"(?:[ !#-\[\]-~]|\\["\\]){1,255}")$"#)),
     responses(
+    (status = 200, description = "a duplicate of a unique job (the same `unique_key`, or what the kind's uniqueness compares): nothing was created; the body is that job", body = Job,
+        headers(("Location" = String, description = "the unique job's URL, `/jobs/{id}`"),
+                ("Unique-Duplicate" = String, description = "`true`"))),
     (status = 202, description = "accepted (or replayed); `Location` names the job", body = Job,
         headers(("Location" = String, description = "the job's URL, `/jobs/{id}`"),
                 ("Idempotent-Replayed" = String, description = "`true` when an earlier request with the same Idempotency-Key created the job"))),
@@ -35,7 +38,7 @@ use crate::store::{self, Inserted, NewJob};
     (status = 408, description = "not answered within `REQUEST_TIMEOUT_SECS`; the job may have been accepted all the same: send the request again with the same Idempotency-Key to learn which", body = Problem, content_type = "application/problem+json"),
     (status = 413, description = "body over the limit", body = Problem, content_type = "application/problem+json"),
     (status = 415, description = "not JSON", body = Problem, content_type = "application/problem+json"),
-    (status = 422, description = "unknown kind, invalid payload, a payload_version the kind cannot read, an invalid schedule, or an Idempotency-Key already used with another body", body = Problem, content_type = "application/problem+json"),
+    (status = 422, description = "unknown kind, invalid payload, a payload_version the kind cannot read, an invalid schedule, priority, concurrency_key or unique_key, or an Idempotency-Key already used with another body", body = Problem, content_type = "application/problem+json"),
     (status = 503, description = "PostgreSQL unavailable, or the api is shutting down: send the same request again after `Retry-After`", body = Problem, content_type = "application/problem+json"),
 ))]
 pub(super) async fn submit(
@@ -46,7 +49,7 @@ pub(super) async fn submit(
     let key = idempotency::key(&headers).map_err(ApiError::BadRequest)?;
     let Body(req) = body?;
     let job = validate(&state, &req)?;
-    let (job, replayed) = match key {
+    let (stored, replayed) = match key {
         None => (state.committer.accept(job).await?, false),
         Some(key) => {
             let fingerprint = idempotency::fingerprint(&req);
@@ -56,11 +59,11 @@ pub(super) async fn submit(
                 ttl: state.config.idempotency_ttl,
             };
             match store::insert_keyed(&state.db, &job, &key).await? {
-                Inserted::Created(job) => {
+                Inserted::Created(stored) => {
                     state.broker.wake_relay.notify_one();
-                    (job, false)
+                    (stored, false)
                 }
-                Inserted::Replayed(job) => (job, true),
+                Inserted::Replayed(job) => (Stored::New(job), true),
                 Inserted::KeyReused => {
                     return Err(ApiError::Unprocessable(
                         "this Idempotency-Key was already used with a different request body; \
@@ -72,18 +75,29 @@ pub(super) async fn submit(
         }
     };
     let mut headers = HeaderMap::new();
+    let (status, job) = match stored {
+        Stored::New(job) => (StatusCode::ACCEPTED, job),
+        // The unique job this one would duplicate: answered as it is, nothing created.
+        Stored::Duplicate(job) => {
+            headers.insert("unique-duplicate", HeaderValue::from_static("true"));
+            tracing::info!(job.id = %job.id, job.kind = %job.kind, "duplicate of a unique job");
+            metrics::counter!("jobstack_jobs_deduplicated_total", "kind" => job.kind.clone())
+                .increment(1);
+            (StatusCode::OK, job)
+        }
+    };
     if let Ok(v) = HeaderValue::from_str(&format!("/jobs/{}", job.id)) {
         headers.insert(header::LOCATION, v);
     }
     if replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
         tracing::info!(job.id = %job.id, job.kind = %job.kind, "job request replayed");
-    } else {
+    } else if status == StatusCode::ACCEPTED {
         // Committed: from here the relay owns publishing it.
         metrics::counter!("jobstack_jobs_created_total", "kind" => job.kind.clone()).increment(1);
         tracing::info!(job.id = %job.id, job.kind = %job.kind, run_at = %job.run_at, "job accepted");
     }
-    Ok((StatusCode::ACCEPTED, headers, Json(Job::from(job))))
+    Ok((status, headers, Json(Job::from(job))))
 }
 
 /// Checks the request against the contract (kind, payload, schedule) and makes the job to
@@ -115,14 +129,17 @@ fn validate(state: &AppState, req: &JobRequest) -> Result<NewJob, ApiError> {
     let schedule = req
         .schedule(Utc::now())
         .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
+    req.check_flow().map_err(ApiError::Unprocessable)?;
     let span = tracing::Span::current();
     Ok(NewJob {
-        kind: req.kind.clone(),
-        payload: req.payload.clone(),
-        payload_version: version,
         schedule,
         trace_id: propagation::trace_id(&span).unwrap_or_default(),
         traceparent: propagation::traceparent(&span),
-        fire: None,
+        priority: req.priority.unwrap_or(0),
+        concurrency_key: req.concurrency_key.clone(),
+        unique: state
+            .flow
+            .claim(&req.kind, &req.payload, req.unique_key.as_deref()),
+        ..NewJob::now(&req.kind, req.payload.clone(), version)
     })
 }

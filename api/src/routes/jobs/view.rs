@@ -26,8 +26,19 @@ pub(crate) struct Job {
     /// Share of the work done, 0.0–1.0.
     #[schema(minimum = 0.0, maximum = 1.0)]
     pub(crate) progress: f64,
-    /// Attempts started in this generation (0 before the first).
+    /// Attempts started in this generation (0 before the first); a run that snoozed is not
+    /// one (see `snoozes`).
     pub(crate) attempts: u32,
+    /// Times the handler asked to run later without spending an attempt.
+    pub(crate) snoozes: u32,
+    /// 0–9, higher first.
+    #[schema(minimum = 0, maximum = 9)]
+    pub(crate) priority: u8,
+    /// What its kind's per-key limits count it under.
+    pub(crate) concurrency_key: Option<String>,
+    /// Why it waits though due, if it does (`GET /jobs/{id}` only): a concurrency limit with no
+    /// free slot, a rate limit (it runs at `run_at`), or its kind is paused.
+    pub(crate) held: Option<Held>,
     /// Its generation: 0, and one more at each re-drive.
     pub(crate) generation: u32,
     /// The handler's output, once succeeded.
@@ -58,6 +69,31 @@ pub(crate) struct Job {
     pub(crate) fired_by: Option<FiredBy>,
 }
 
+/// Why a due job waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Held {
+    /// Its kind (or its key) has as many jobs running as its concurrency limit allows; it
+    /// starts when one ends.
+    Concurrency,
+    /// Its kind's (or key's) rate limit gave it a turn at `run_at`.
+    Rate,
+    /// Its kind is paused.
+    Paused,
+}
+
+impl Held {
+    /// As stored in `outbox.held`.
+    pub(crate) fn parse(stored: &str) -> Option<Self> {
+        match stored {
+            "concurrency" => Some(Self::Concurrency),
+            "rate" => Some(Self::Rate),
+            "paused" => Some(Self::Paused),
+            _ => None,
+        }
+    }
+}
+
 /// The schedule fire that made a job.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct FiredBy {
@@ -85,7 +121,11 @@ impl From<JobRow> for Job {
             payload_version: row.payload_version.max(1) as u32,
             status: row.status,
             progress: row.progress,
-            attempts: row.attempts.max(0) as u32,
+            attempts: (row.attempts - row.snoozes).max(0) as u32,
+            snoozes: row.snoozes.max(0) as u32,
+            priority: row.priority.clamp(0, 9) as u8,
+            concurrency_key: row.concurrency_key,
+            held: None,
             generation: row.generation.max(0) as u32,
             result: row.result,
             error: row.error,
