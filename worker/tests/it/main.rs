@@ -31,6 +31,7 @@ fn message(kind: &str, payload: serde_json::Value) -> JobMessage {
         checkpoint: None,
         previous_attempt: None,
         inputs: Default::default(),
+        snoozes: 0,
     }
 }
 
