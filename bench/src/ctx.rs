@@ -117,6 +117,17 @@ impl Ctx {
         name: &str,
         mode: ApiMode,
     ) -> anyhow::Result<Service> {
+        self.start_api_with(label, name, mode, &[]).await
+    }
+
+    /// [`Ctx::start_api`] with `extra` variables besides the mode's.
+    pub async fn start_api_with(
+        &self,
+        label: &str,
+        name: &str,
+        mode: ApiMode,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
         let port = free_port()?;
         let mut launch = Launch::new(label, self.bin("api"))
             .env("API_LISTEN", format!("127.0.0.1:{port}"))
@@ -139,6 +150,9 @@ impl Ctx {
                     .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink)
             }
         };
+        for (key, value) in extra {
+            launch = launch.env(key, *value);
+        }
         Service::start(&launch, port, "/readyz", &self.work, &self.http).await
     }
 

@@ -6,7 +6,8 @@
 //! - [`limits`]: PostgreSQL inserts (pgbench) and RabbitMQ publish / consume (amqp-bench).
 //! - [`enqueue`]: `POST /jobs` closed and open loop, telemetry off and on; [`drain`]: the worker;
 //!   [`storm`]: a retry storm next to a steady stream; [`fanin`]: a workflow of 1000 jobs joined
-//!   by one; [`lateness`]: schedules firing alone and under load.
+//!   by one; [`lateness`]: schedules firing alone and under load; [`flowcost`]: what flow
+//!   control costs when no limit is hit.
 //! - [`procfs`]: CPU and memory from /proc; [`machine`]: what it is and whether it is quiet.
 //! - [`pg`], [`rabbit`], [`services`]: the servers and processes; [`scratch`]: their removal.
 //! - [`results`]: what was measured; [`targets`]: against what; [`report`]: BENCHMARKS.md.
@@ -16,6 +17,7 @@ pub mod ctx;
 pub mod drain;
 pub mod enqueue;
 pub mod fanin;
+pub mod flowcost;
 pub mod lateness;
 pub mod limits;
 pub mod machine;
@@ -147,6 +149,7 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
     let fanin = fanin::measure(&ctx).await?;
     // Under the load of the half-rate open loop: more than api and worker together finish.
     let lateness = lateness::measure(&ctx, enqueue.half.target).await?;
+    let flow = flowcost::measure(&ctx).await?;
     let mut drain1 = drain.drain1;
     let mut drain16 = drain.drain16;
     drain1.rss.idle = drain.idle_kib;
@@ -173,6 +176,7 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
         storm,
         fanin,
         lateness,
+        flow,
         noisy: ctx.noisy.into_inner().expect("not poisoned"),
     })
 }

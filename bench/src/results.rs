@@ -283,6 +283,8 @@ pub struct Results {
     pub fanin: FanIn,
     /// Schedule fire lateness.
     pub lateness: Lateness,
+    /// Flow control's cost when no limit is hit.
+    pub flow: FlowCost,
     /// Steps that started on a busy machine, with its idle share.
     pub noisy: Vec<String>,
 }
@@ -369,6 +371,47 @@ pub struct Lateness {
     pub idle: Late,
     /// Under load.
     pub loaded: Late,
+}
+
+/// One run of the flow-control comparison.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowRun {
+    /// The mechanism switched on.
+    pub label: String,
+    /// 202s per second.
+    pub accepted: f64,
+    /// Jobs succeeded per second, from the first accept to the last end.
+    pub finished: f64,
+    /// Accept p99, ms.
+    pub p99_ms: f64,
+}
+
+/// Flow control's cost when no limit is hit: the unlimited run first, then one per mechanism.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FlowCost {
+    /// Each run's load length.
+    pub seconds: u64,
+    /// The runs, unlimited first.
+    pub runs: Vec<FlowRun>,
+}
+
+impl FlowCost {
+    /// Each mechanism's cost: the share of the unlimited run's end-to-end rate it lost, percent.
+    pub fn costs(&self) -> Vec<(&str, f64)> {
+        let Some((base, rest)) = self.runs.split_first() else {
+            return Vec::new();
+        };
+        rest.iter()
+            .map(|r| {
+                let cost = if base.finished > 0.0 {
+                    (1.0 - r.finished / base.finished) * 100.0
+                } else {
+                    0.0
+                };
+                (r.label.as_str(), cost)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

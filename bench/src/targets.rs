@@ -27,6 +27,9 @@ pub const FANIN_GAP_MAX_MS: f64 = 100.0;
 /// Schedule fire lateness p99 under load, ms: a tenth of the shortest period measured (1 s).
 pub const SCHEDULE_LATE_P99_MAX_MS: f64 = 100.0;
 
+/// What a flow-control mechanism may cost end to end when no limit is hit, percent.
+pub const FLOW_COST_MAX_PCT: f64 = 10.0;
+
 /// How a figure compares with its target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -168,7 +171,32 @@ pub fn targets(r: &Results) -> Vec<Target> {
         storm_target(&r.storm),
         fanin_target(&r.fanin),
         lateness_target(&r.lateness),
+        flow_target(&r.flow),
     ]
+}
+
+/// Every flow-control mechanism costs at most [`FLOW_COST_MAX_PCT`] when no limit is hit.
+fn flow_target(f: &crate::results::FlowCost) -> Target {
+    let costs = f.costs();
+    let worst = costs
+        .iter()
+        .map(|(_, c)| *c)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let named: Vec<String> = costs
+        .iter()
+        .map(|(l, c)| format!("{l} {c:+.1} %"))
+        .collect();
+    Target {
+        goal: format!(
+            "each flow-control mechanism costs ≤ {FLOW_COST_MAX_PCT:.0} % of end-to-end throughput when no limit is hit"
+        ),
+        measured: named.join("; "),
+        verdict: if costs.is_empty() {
+            Verdict::Inconclusive("no flow-control run measured")
+        } else {
+            Verdict::of(worst <= FLOW_COST_MAX_PCT)
+        },
+    }
 }
 
 /// The parent of a fan-in of 1000 starts within [`FANIN_GAP_MAX_MS`] of its last child's end.
@@ -278,7 +306,8 @@ mod tests {
                 "met",
                 "inconclusive: no stream jobs measured",
                 "inconclusive: no fan-in measured",
-                "inconclusive: no schedule measured"
+                "inconclusive: no schedule measured",
+                "inconclusive: no flow-control run measured"
             ]
         );
         assert_eq!(t[0].measured, "62 % (4960 of 8000/s)");

@@ -51,6 +51,15 @@ pub struct Args {
     /// fail: percentage of fail jobs that are transient (retried) rather than permanent.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub fail_transient_pct: u8,
+    /// Every job's `priority`, drawn from this range (0..9; none by default).
+    #[arg(long)]
+    pub priority: Option<Range>,
+    /// Every job's `concurrency_key`: one of this many (`k0`, `k1`, …; 0: none).
+    #[arg(long, default_value_t = 0)]
+    pub keys: u64,
+    /// A distinct `unique_key` on every job (exercises the unique claim without a duplicate).
+    #[arg(long)]
+    pub unique: bool,
     /// Follow every accepted job (GET /jobs/{id}) to its end state and report end-to-end latency.
     #[arg(long)]
     pub track: bool,
@@ -215,6 +224,11 @@ impl Args {
             sleep_steps: self.sleep_steps,
             hash_rounds: self.hash_rounds,
             fail_transient_pct: self.fail_transient_pct,
+            flow: crate::mix::FlowFields {
+                priority: self.priority,
+                keys: self.keys,
+                unique: self.unique,
+            },
         }
     }
 }

@@ -129,6 +129,19 @@ pub struct Payloads {
     pub hash_rounds: Range,
     /// fail: share of transient failures, in percent.
     pub fail_transient_pct: u8,
+    /// Flow-control fields every request carries.
+    pub flow: FlowFields,
+}
+
+/// What a request says about flow control (none by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowFields {
+    /// `priority`, drawn from this range.
+    pub priority: Option<Range>,
+    /// `concurrency_key` = `k<n>` with `n` drawn below this (0: no key).
+    pub keys: u64,
+    /// A distinct `unique_key` on every request.
+    pub unique: bool,
 }
 
 impl Payloads {
@@ -146,7 +159,11 @@ impl Payloads {
         };
         within("sleep-ms", self.sleep_ms, 0, 300_000)?;
         within("sleep-steps", self.sleep_steps, 1, 100)?;
-        within("hash-rounds", self.hash_rounds, 1, 10_000_000)
+        within("hash-rounds", self.hash_rounds, 1, 10_000_000)?;
+        if let Some(p) = self.flow.priority {
+            within("priority", p, 0, 9)?;
+        }
+        Ok(())
     }
 
     /// The `POST /jobs` body for one job of `kind`.
@@ -163,7 +180,17 @@ impl Payloads {
             // Any other kind of the contract: its example payload.
             other => CATALOG.example(other).unwrap_or_else(|| json!({})),
         };
-        json!({ "kind": kind, "payload": payload })
+        let mut body = json!({ "kind": kind, "payload": payload });
+        if let Some(range) = self.flow.priority {
+            body["priority"] = json!(range.pick(rng.next_u64()));
+        }
+        if self.flow.keys > 0 {
+            body["concurrency_key"] = json!(format!("k{}", rng.next_u64() % self.flow.keys));
+        }
+        if self.flow.unique {
+            body["unique_key"] = json!(format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64()));
+        }
+        body
     }
 }
 
@@ -246,6 +273,7 @@ mod tests {
             sleep_steps: "1".parse().unwrap(),
             hash_rounds: "10..20".parse().unwrap(),
             fail_transient_pct: 100,
+            flow: FlowFields::default(),
         };
         let mut rng = Rng::new(1);
         let sleep = p.body("sleep", &mut rng);
@@ -266,5 +294,20 @@ mod tests {
             .validate()
             .is_err()
         );
+        let flow = Payloads {
+            flow: FlowFields {
+                priority: Some(Range { lo: 9, hi: 9 }),
+                keys: 1,
+                unique: true,
+            },
+            ..p
+        };
+        let a = flow.body("sleep", &mut rng);
+        let b = flow.body("sleep", &mut rng);
+        assert_eq!(
+            (&a["priority"], &a["concurrency_key"]),
+            (&json!(9), &json!("k0"))
+        );
+        assert_ne!(a["unique_key"], b["unique_key"]);
     }
 }

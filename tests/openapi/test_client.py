@@ -22,6 +22,7 @@ from jobstack_client.api.health import healthz, metrics, openapi, readyz  # noqa
 from jobstack_client.api.jobs import (  # noqa: E402
     cancel_job, create_job, get_job, list_jobs, redrive_job, redrive_jobs,
 )
+from jobstack_client.api.kinds import list_kinds, pause_kind, resume_kind  # noqa: E402
 from jobstack_client.api.schedules import (  # noqa: E402
     change_schedule, create_schedule, delete_schedule, get_schedule, list_schedules, pause_schedule,
     resume_schedule,
@@ -30,7 +31,7 @@ from jobstack_client.api.workflows import (  # noqa: E402
     cancel_workflow, create_workflow, get_workflow, list_workflows,
 )
 from jobstack_client.models import (  # noqa: E402
-    Alive, Job, JobPage, Kind, Missed, Problem, Ready, Redrivable, RedriveMany, Redriven, Schedule,
+    Alive, Held, Job, JobPage, Kind, KindStatus, Missed, Problem, Ready, Redrivable, RedriveMany, Redriven, Schedule,
     SchedulePatch, Status, Workflow, WorkflowPage, WorkflowRequest, WorkflowStatus,
 )
 
@@ -256,6 +257,24 @@ def test_a_workflow_runs_in_order_and_a_cancel_stops_one(client):
         time.sleep(0.2)
     assert w.status == WorkflowStatus.CANCELLED
     assert call(get_workflow, 404, Problem, client, id=uuid.uuid4()).parsed.status == 404
+
+
+def test_a_paused_kind_holds_its_jobs_until_resumed(client):
+    model, example = kinds()["sleep"]
+    paused = call(pause_kind, 200, KindStatus, client, kind=Kind.SLEEP).parsed
+    assert paused.paused_at is not None
+    try:
+        body = dict(example, payload={"duration_ms": 10, "steps": 1}, priority=9,
+                    concurrency_key="customer-1")
+        job = submit(client, model, body).parsed
+        held = wait(client, job.id, lambda j: j.held == Held.PAUSED)
+        assert (held.priority, held.concurrency_key) == (9, "customer-1")
+        status = {k.kind: k for k in call(list_kinds, 200, list, client).parsed}
+        assert status["sleep"].held.additional_properties.get("paused", 0) >= 1
+    finally:
+        resumed = call(resume_kind, 200, KindStatus, client, kind=Kind.SLEEP).parsed
+    assert resumed.paused_at is None
+    assert wait(client, job.id, lambda j: j.status in FINAL).status == Status.SUCCEEDED
 
 
 def test_every_operation_was_driven():

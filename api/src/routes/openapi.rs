@@ -248,8 +248,8 @@ fn formatted(property: &mut Value, format: &str) {
     }
 }
 
-/// `Kind`, the contract's kinds, as the schema of the parameters that filter by kind (which
-/// refuse any other). A job's own `kind` stays a string: a stored job may be of a kind that a
+/// `Kind`, the contract's kinds, as the schema of the parameters that filter by kind or name
+/// one (which refuse any other). A job's own `kind` stays a string: a stored job may be of a kind that a
 /// later build dropped, and a client must still read it.
 fn kind_enum(doc: &mut Value, kinds: &Catalog) {
     let names: Vec<&str> = kinds.names().collect();
@@ -259,13 +259,20 @@ fn kind_enum(doc: &mut Value, kinds: &Catalog) {
         "enum": names,
     });
     let kind = json!({ "$ref": "#/components/schemas/Kind" });
-    for param in doc["paths"]["/jobs"]["get"]["parameters"]
-        .as_array_mut()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["name"] == "kind")
-    {
-        param["schema"] = kind.clone();
+    let takes_a_kind = [
+        ("/jobs", "get"),
+        ("/kinds/{kind}/pause", "post"),
+        ("/kinds/{kind}/resume", "post"),
+    ];
+    for (path, method) in takes_a_kind {
+        for param in doc["paths"][path][method]["parameters"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"] == "kind")
+        {
+            param["schema"] = kind.clone();
+        }
     }
     doc["components"]["schemas"]["RedriveMany"]["properties"]["kind"] = json!({
         "description": "Only jobs of this kind.",

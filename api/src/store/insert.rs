@@ -213,6 +213,14 @@ pub async fn insert_keyed(db: &PgPool, job: &NewJob, key: &Key<'_>) -> sqlx::Res
         .await?
         .pop()
         .expect("one job asked");
+    if let Stored::Duplicate(holder) = &job {
+        // No job was made: the key answers with the unique job it duplicates from now on.
+        sqlx::query("UPDATE idempotency_keys SET job_id = $2 WHERE key = $1")
+            .bind(key.key)
+            .bind(holder.id)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(Inserted::Created(job))
 }

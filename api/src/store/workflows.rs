@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::JobRow;
+use super::{JobRow, job_columns};
 use crate::lifecycle::Status;
 use crate::workflows::NewWorkflow;
 
@@ -163,11 +163,8 @@ pub async fn get(
                 COALESCE(ARRAY(SELECT p.workflow_key FROM job_dependencies AS d \
                                JOIN jobs AS p ON p.id = d.depends_on \
                                WHERE d.job_id = j.id ORDER BY p.workflow_key), '{}') AS depends_on, ",
-        "j.id, j.kind, j.payload, j.payload_version, j.status, j.progress, j.attempts, j.result, \
-         j.error, j.created_at, j.run_at, j.started_at, j.finished_at, j.trace_id, j.generation, \
-         j.history, j.heartbeat_at, j.checkpoint_at, j.checkpoint_attempt, j.schedule_name, \
-         j.fire_at \
-         FROM jobs AS j WHERE j.workflow_id = $1 ORDER BY j.id"
+        job_columns!(),
+        " FROM jobs AS j WHERE j.workflow_id = $1 ORDER BY j.id"
     ))
     .bind(id)
     .fetch_all(db)

@@ -55,6 +55,11 @@ pub(super) fn text(r: &Results) -> String {
          `fire_at`. One window of {s}s with nothing else running, then one of {s}s while loadgen offers the\n  \
          half-peak rate (open loop, no-op jobs) and the worker runs every job: more than api and worker\n  \
          together finish, so PostgreSQL and the api are as busy as they get.\n\
+         - **Flow control, no limit hit**: a fresh api (`JOB_LIMITS` as named) and worker at concurrency\n  \
+         16 per run; `loadgen --rate max --max-in-flight 64 --duration {s}s` of no-op jobs (with\n  \
+         `--priority 0..9`, `--unique` or `--keys 100` where named), then every job to its end:\n  \
+         \"finished/s\" is the jobs succeeded over the span from the first accept to the last end. One\n  \
+         round per mechanism; the cost is the share of the unlimited run's finished/s lost.\n\
          - Before each measured step: `VACUUM ANALYZE` and `CHECKPOINT`, then a bounded wait for the\n  \
          machine to be quiet (BENCH_STEP_WAIT); the run itself first waits for a quiet machine\n  \
          (BENCH_QUIET_WAIT).\n\

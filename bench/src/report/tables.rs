@@ -224,6 +224,23 @@ pub(super) fn results_table(r: &Results) -> String {
         empty(),
         empty(),
     ]);
+    let flow = &r.flow;
+    if let Some(base) = flow.runs.first() {
+        for (run, (_, cost)) in flow.runs.iter().skip(1).zip(flow.costs()) {
+            t.row([
+                format!(
+                    "flow control, no limit hit: {} (closed loop 64, api + worker, {}s)",
+                    run.label, flow.seconds
+                ),
+                format!(
+                    "{:.0} finished/s end to end ({cost:+.1} % cost), {:.0} accepted/s, accept p99 {:.1} ms",
+                    run.finished, run.accepted, run.p99_ms
+                ),
+                format!("unlimited: {:.0} finished/s, {:.0} accepted/s", base.finished, base.accepted),
+                fixed(ratio(run.finished, base.finished), 2),
+            ]);
+        }
+    }
     t.render()
 }
 

@@ -416,11 +416,13 @@ async fn a_paused_kind_runs_nothing_until_resumed_then_the_highest_priority_firs
         0.0,
         "nothing of a paused kind started"
     );
-    assert_eq!(
+    // The relay refreshes the gauge at most once a second.
+    app.wait_until(Duration::from_secs(10), "the paused gauge at 1", || async {
         app.metric_sum("jobstack_kind_paused", "kind=\"sleep\"")
-            .await,
-        1.0
-    );
+            .await
+            == 1.0
+    })
+    .await;
     let (status, resumed) = app.post_path("/kinds/sleep/resume", None).await;
     assert_eq!(status, StatusCode::OK, "{resumed}");
     assert!(resumed["paused_at"].is_null());
@@ -467,5 +469,34 @@ async fn bad_flow_fields_are_422_and_store_nothing() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
     }
     assert_eq!(app.count_jobs().await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotent_duplicate_of_a_unique_job_answers_with_that_job_every_time() {
+    let app = TestApp::with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let body =
+        json!({"kind": "sleep", "payload": {"duration_ms": 1, "steps": 1}, "unique_key": "u"});
+    let (status, _, first) = app.post(body.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let keyed = || {
+        app.http
+            .post(format!("{}/jobs", app.url))
+            .header("idempotency-key", "k1")
+            .json(&body)
+            .send()
+    };
+    let dup = keyed().await.unwrap();
+    assert_eq!(dup.status(), StatusCode::OK);
+    assert_eq!(dup.headers()["unique-duplicate"], "true");
+    assert_eq!(dup.json::<Value>().await.unwrap()["id"], first["id"]);
+    let replay = keyed().await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap()["id"], first["id"]);
+    assert_eq!(app.count_jobs().await, 1);
     app.stop().await;
 }

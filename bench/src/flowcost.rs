@@ -1,0 +1,135 @@
+//! What flow control costs when no limit is hit: the same closed loop of no-op jobs through api
+//! and worker together, once unlimited and once with each mechanism switched on at a level the
+//! load never reaches (a priority on every job, a unique key on every job, a concurrency limit
+//! per kind and per key, a rate limit). Peers report halving their throughput with such
+//! features on (river#1145); the target here is under 10 %.
+
+use std::time::Duration;
+
+use crate::ctx::{ApiMode, Ctx};
+use crate::results::{FlowCost, FlowRun};
+
+/// The worker's concurrency (the bench's drain figure uses the same).
+const CONCURRENCY: u16 = 16;
+/// Requests in flight from loadgen.
+const IN_FLIGHT: &str = "64";
+
+/// One mechanism: its label, the api's `JOB_LIMITS`, loadgen's extra arguments.
+struct Mode {
+    label: &'static str,
+    limits: &'static str,
+    args: &'static [&'static str],
+}
+
+const MODES: [Mode; 6] = [
+    Mode {
+        label: "unlimited",
+        limits: "",
+        args: &[],
+    },
+    Mode {
+        label: "priority 0–9 on every job",
+        limits: "",
+        args: &["--priority", "0..9"],
+    },
+    Mode {
+        label: "a unique_key on every job",
+        limits: "",
+        args: &["--unique"],
+    },
+    Mode {
+        label: "concurrency limit per kind (100000)",
+        limits: "sleep:concurrency=100000",
+        args: &[],
+    },
+    Mode {
+        label: "concurrency limit per key (100000; 100 keys)",
+        limits: "sleep:concurrency_per_key=100000",
+        args: &["--keys", "100"],
+    },
+    Mode {
+        label: "rate limit per kind (1000000/s)",
+        limits: "sleep:rate=1000000/s",
+        args: &[],
+    },
+];
+
+/// Runs every mode once, each on a fresh api, worker and database.
+pub async fn measure(ctx: &Ctx) -> anyhow::Result<FlowCost> {
+    let mut runs = Vec::new();
+    for (i, mode) in MODES.iter().enumerate() {
+        let name = ctx.scratch.name(&format!("flow{i}"));
+        ctx.pg.create(&name).await?;
+        let env: Vec<(&str, &str)> = if mode.limits.is_empty() {
+            Vec::new()
+        } else {
+            vec![("JOB_LIMITS", mode.limits)]
+        };
+        let api = ctx
+            .start_api_with(&format!("api_flow{i}"), &name, ApiMode::Off, &env)
+            .await?;
+        let worker = ctx
+            .start_worker(&format!("worker_flow{i}"), &name, CONCURRENCY)
+            .await?;
+        ctx.quiet(&format!("flow control: {}", mode.label)).await;
+        let mut conn = ctx.pg.open(&name).await?;
+        let seconds = ctx.cfg.seconds;
+        let args: Vec<String> = ["--rate", "max", "--max-in-flight", IN_FLIGHT, "--duration"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain([format!("{seconds}s")])
+            .chain(mode.args.iter().map(|s| (*s).to_owned()))
+            .collect();
+        let load = ctx
+            .loadgen(
+                &api,
+                &format!("load_flow{i}"),
+                &args,
+                Duration::from_secs(seconds + 60),
+            )
+            .await?;
+        // Every accepted job ends, then the span from the first accept to the last end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let open: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM jobs WHERE finished_at IS NULL")
+                    .fetch_one(&mut conn)
+                    .await?;
+            if open == 0 {
+                break;
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{}: {open} jobs unfinished after 120 s",
+                mode.label
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (jobs, span): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), extract(epoch FROM max(finished_at) - min(created_at))::float8 \
+             FROM jobs WHERE status = 'succeeded'",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        let finished = span.filter(|s| *s > 0.0).map_or(0.0, |s| jobs as f64 / s);
+        crate::log(&format!(
+            "  {}: {:.0} accepted/s, {finished:.0} finished/s end to end",
+            mode.label, load.achieved_rate
+        ));
+        runs.push(FlowRun {
+            label: mode.label.to_owned(),
+            accepted: load.achieved_rate,
+            finished,
+            p99_ms: load.latency_ms.p99,
+        });
+        drop(conn);
+        worker.stop().await?;
+        api.stop().await?;
+        ctx.pg.wait_disconnected(&name).await?;
+        ctx.scratch.remove(&ctx.pg, &ctx.rabbit, &name).await?;
+    }
+    Ok(FlowCost {
+        seconds: ctx.cfg.seconds,
+        runs,
+    })
+}
