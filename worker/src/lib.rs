@@ -126,7 +126,7 @@ fn describe_metrics(registry: &kinds::Registry) {
         metrics::counter!("jobstack_jobs_started_total", "kind" => kind).absolute(0);
         metrics::counter!("jobstack_job_retries_total", "kind" => kind).absolute(0);
         metrics::gauge!("jobstack_jobs_in_flight", "kind" => kind).set(0.0);
-        for outcome in ["succeeded", "failed", "cancelled", "released"] {
+        for outcome in ["succeeded", "failed", "cancelled", "released", "snoozed"] {
             metrics::counter!("jobstack_jobs_finished_total", "kind" => kind, "outcome" => outcome)
                 .absolute(0);
         }
