@@ -81,6 +81,7 @@ LEAN = [
     ("edit", "README.md", "document and loadgen's `--mix resize=…` (posting the kind's example) include it",
      "document includes it"),
     ("edit", "README.md", " `make bench` measures a storm of 500 jobs failing together\n   next to a steady stream (BENCHMARKS.md).", ""),
+    ("cut", "README.md", "- Cost when no limit is hit: `make bench`", None),
     ("cut", "README.md", "| `loadgen/` |", None),
     ("cut", "README.md", "| `bench/` |", None),
 ]

@@ -39,8 +39,8 @@ const BATCH: i64 = 100;
 
 /// The shortest wait between two ticks that found nothing more to do. Only a fire time that came
 /// due during the tick is already past when the scheduler goes to sleep, so the floor is short:
-/// it only bounds a spin if that ever stopped being true. (It was 50 ms, and every schedule due
-/// within 50 ms of another fired up to 50 ms late: `make bench` measured lateness p50 50 ms.)
+/// it only bounds a spin if that ever stopped being true. (At 50 ms, every schedule due within
+/// 50 ms of another fired up to 50 ms late.)
 const FLOOR: Duration = Duration::from_millis(2);
 
 /// What a tick did.

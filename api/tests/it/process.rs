@@ -233,6 +233,9 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("DATABASE_URL", "mysql://root@127.0.0.1/x"),
         ("AMQP_URL", "http://guest:secret@rabbitmq:5672"),
         ("AMQP_URL", "amqps://guest:secret@rabbitmq"),
+        ("JOB_LIMITS", "hash:concurrency=0"),
+        ("JOB_LIMITS", "hash:rate=10/fortnight"),
+        ("JOB_LIMITS", "resize:concurrency=1"),
     ] {
         let mut cmd = Command::new(API);
         cmd.env("API_LISTEN", "127.0.0.1:0").env(var, value);

@@ -29,11 +29,12 @@ pub struct Payload {
     /// In how many equal steps, each reporting progress.
     #[schemars(range(min = 1, max = 10_000))]
     pub steps: u32,
-    /// The first run asks to run again this many milliseconds later, without spending an
-    /// attempt, as a handler does when an upstream answers 429 with `Retry-After` (a snooze).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 2_592_000_000_u64))]
-    pub snooze_ms: Option<u64>,
+    /// When more than 0, the first run asks to run again this many milliseconds later, without
+    /// spending an attempt, as a handler does when an upstream answers 429 with `Retry-After`
+    /// (a snooze).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(max = 2_592_000_000_u64))]
+    pub snooze_ms: u64,
 }
 
 impl JobKind for Sleep {
@@ -47,10 +48,8 @@ impl JobKind for Sleep {
         if !(1..=MAX_STEPS).contains(&p.steps) {
             return Err(format!("steps must be between 1 and {MAX_STEPS}"));
         }
-        if let Some(ms) = p.snooze_ms
-            && !(1..=MAX_SNOOZE_MS).contains(&ms)
-        {
-            return Err(format!("snooze_ms must be between 1 and {MAX_SNOOZE_MS}"));
+        if p.snooze_ms > MAX_SNOOZE_MS {
+            return Err(format!("snooze_ms must be at most {MAX_SNOOZE_MS}"));
         }
         Ok(())
     }
@@ -59,7 +58,11 @@ impl JobKind for Sleep {
         Payload {
             duration_ms: 3000,
             steps: 3,
-            snooze_ms: None,
+            snooze_ms: 0,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -35,11 +35,9 @@ impl Handler for Sleep {
     const DEADLINE: Option<Duration> = None;
 
     async fn run(ctx: JobContext, p: Payload) -> Result<Value, JobError> {
-        if let Some(ms) = p.snooze_ms
-            && ctx.snoozes() == 0
-        {
+        if p.snooze_ms > 0 && ctx.snoozes() == 0 {
             // The stand-in for an upstream's 429 with `Retry-After`: run again later, for free.
-            return Err(JobError::snooze(Duration::from_millis(ms)));
+            return Err(JobError::snooze(Duration::from_millis(p.snooze_ms)));
         }
         let step = Duration::from_millis(p.duration_ms) / p.steps;
         let resumed = ctx.resume::<Done>()?.map_or(0, |d| d.steps.min(p.steps));
