@@ -115,7 +115,8 @@ pub async fn mark_queued(db: &PgPool, ids: &[Uuid]) -> sqlx::Result<()> {
 pub struct Backlog {
     /// Entries due now, not yet published.
     pub due: i64,
-    /// Entries waiting for their `run_at` (delayed jobs and retries).
+    /// Entries waiting for their `run_at` (delayed jobs, retries, snoozes); not those flow
+    /// control holds (`jobstack_jobs_held` counts them).
     pub scheduled: i64,
 }
 
@@ -123,7 +124,7 @@ pub struct Backlog {
 pub async fn backlog(db: &PgPool) -> sqlx::Result<Backlog> {
     sqlx::query_as(
         "SELECT count(*) FILTER (WHERE run_at <= now()) AS due, \
-                count(*) FILTER (WHERE run_at > now()) AS scheduled \
+                count(*) FILTER (WHERE run_at > now() AND held IS NULL) AS scheduled \
          FROM outbox",
     )
     .fetch_one(db)

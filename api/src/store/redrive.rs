@@ -81,8 +81,8 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow
              result = NULL, error = NULL, started_at = NULL, finished_at = NULL, \
              cancel_requested = false, cancel_outbox = false, run_at = now() \
          FROM picked WHERE j.id = picked.picked_id RETURNING j.*), \
-         queued AS (INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM up \
-                    ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at), \
+         queued AS (INSERT INTO outbox (job_id, run_at, priority) SELECT id, run_at, priority FROM up \
+                    ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at, held = NULL), \
          blocked AS (SELECT id AS blocked_id FROM jobs WHERE blocked_by IN (SELECT id FROM up) \
                      UNION SELECT j.id FROM jobs AS j JOIN blocked AS b ON j.blocked_by = b.blocked_id), \
          resumed AS (UPDATE jobs AS j SET status = $7, finished_at = NULL, error = NULL, \
