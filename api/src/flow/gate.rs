@@ -90,11 +90,9 @@ pub async fn admit(
     store::take_slots(tx, &slots.0, &kinds, &keys).await?;
     store::save_rates(tx, &state).await?;
     store::hold(tx, &holds).await?;
-    if !holds.is_empty() {
-        for h in &holds {
-            metrics::counter!("jobstack_jobs_held_total", "kind" => h.kind.clone(), "reason" => h.reason)
-                .increment(1);
-        }
+    for h in &holds {
+        metrics::counter!("jobstack_jobs_held_total", "kind" => h.kind.clone(), "reason" => h.reason)
+            .increment(1);
     }
     // Back in the batch's order: priority, then due time.
     free.extend(publish);
