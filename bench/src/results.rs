@@ -346,7 +346,8 @@ pub fn median(xs: &[f64]) -> f64 {
 pub struct Late {
     /// Fires due in the window that made their job.
     pub fires: u64,
-    /// Fires due in the window (schedules × seconds).
+    /// Fires due in the window: each schedule's seconds from its first fire in it to its last
+    /// (all of the window for a schedule that made none).
     pub expected: u64,
     /// Median lateness, ms.
     pub p50_ms: f64,
