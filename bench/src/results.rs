@@ -440,6 +440,21 @@ mod tests {
     }
 
     #[test]
+    fn a_mechanism_costs_what_it_loses_of_the_unlimited_rate() {
+        let run = |label: &str, finished| FlowRun {
+            label: label.into(),
+            finished,
+            ..FlowRun::default()
+        };
+        let f = FlowCost {
+            seconds: 15,
+            runs: vec![run("unlimited", 2000.0), run("a", 1900.0), run("b", 2100.0)],
+        };
+        assert_eq!(f.costs(), vec![("a", 5.0), ("b", -5.0)]);
+        assert!(FlowCost::default().costs().is_empty());
+    }
+
+    #[test]
     fn memory_keeps_the_worst_round() {
         let a = Rss {
             idle: 10,
