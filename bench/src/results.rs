@@ -285,6 +285,8 @@ pub struct Results {
     pub lateness: Lateness,
     /// Flow control's cost when no limit is hit.
     pub flow: FlowCost,
+    /// Priorities when work waits.
+    pub priority: Priority,
     /// Steps that started on a busy machine, with its idle share.
     pub noisy: Vec<String>,
 }
@@ -372,6 +374,30 @@ pub struct Lateness {
     pub idle: Late,
     /// Under load.
     pub loaded: Late,
+}
+
+/// Priorities when work waits: accept → start of a backlog at priority 0 and of jobs at
+/// priority 9 submitted after it, behind one concurrency limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Priority {
+    /// Priority-0 jobs, submitted first.
+    pub low: u32,
+    /// Priority-9 jobs, submitted after them.
+    pub high: u32,
+    /// The kind's concurrency limit.
+    pub slots: u16,
+    /// Each job's run time, ms.
+    pub job_ms: u64,
+    /// Priority 0: median wait, ms.
+    pub low_p50_ms: f64,
+    /// Priority 0: 99th percentile, ms.
+    pub low_p99_ms: f64,
+    /// Priority 0: the longest, ms.
+    pub low_max_ms: f64,
+    /// Priority 9: median wait, ms.
+    pub high_p50_ms: f64,
+    /// Priority 9: 99th percentile, ms.
+    pub high_p99_ms: f64,
 }
 
 /// One run of the flow-control comparison.

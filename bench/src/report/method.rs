@@ -60,6 +60,9 @@ pub(super) fn text(r: &Results) -> String {
          `--priority 0..9`, `--unique` or `--keys 100` where named), then every job to its end:\n  \
          \"finished/s\" is the jobs succeeded over the span from the first accept to the last end. One\n  \
          round per mechanism; the cost is the share of the unlimited run's finished/s lost.\n\
+         - **Priorities**: an api with `JOB_LIMITS=sleep:concurrency=16` and a worker at 16; 2000 sleep\n  \
+         jobs of 5 ms at priority 0 submitted (32 requests in flight), then 50 at priority 9; each job's\n  \
+         wait is its `started_at` minus its `created_at`.\n\
          - Before each measured step: `VACUUM ANALYZE` and `CHECKPOINT`, then a bounded wait for the\n  \
          machine to be quiet (BENCH_STEP_WAIT); the run itself first waits for a quiet machine\n  \
          (BENCH_QUIET_WAIT).\n\

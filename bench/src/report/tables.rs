@@ -224,6 +224,19 @@ pub(super) fn results_table(r: &Results) -> String {
         empty(),
         empty(),
     ]);
+    let pr = &r.priority;
+    t.row([
+        format!(
+            "priorities when work waits: {} jobs at priority 0 ({} ms each) behind a concurrency limit of {}, then {} at priority 9",
+            pr.low, pr.job_ms, pr.slots, pr.high
+        ),
+        format!(
+            "accept → start p50/p99: priority 9 {:.0} / {:.0} ms; priority 0 {:.0} / {:.0} ms (longest {:.0} ms)",
+            pr.high_p50_ms, pr.high_p99_ms, pr.low_p50_ms, pr.low_p99_ms, pr.low_max_ms
+        ),
+        empty(),
+        empty(),
+    ]);
     let flow = &r.flow;
     if let Some(base) = flow.runs.first() {
         for (run, (_, cost)) in flow.runs.iter().skip(1).zip(flow.costs()) {
