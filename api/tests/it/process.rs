@@ -235,7 +235,7 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("AMQP_URL", "amqps://guest:secret@rabbitmq"),
         ("JOB_LIMITS", "hash:concurrency=0"),
         ("JOB_LIMITS", "hash:rate=10/fortnight"),
-        ("JOB_LIMITS", "resize:concurrency=1"),
+        ("JOB_LIMITS", "no-such-kind:concurrency=1"),
     ] {
         let mut cmd = Command::new(API);
         cmd.env("API_LISTEN", "127.0.0.1:0").env(var, value);
