@@ -54,82 +54,96 @@ const MODES: [Mode; 6] = [
     },
 ];
 
-/// Runs every mode once, each on a fresh api, worker and database.
+/// Runs every mode `BENCH_ROUNDS` times, the modes in turn within each round (so a noisy
+/// stretch of the machine does not fall on one mode only), each run on a fresh api, worker and
+/// database; keeps each mode's best run (noise only ever lowers throughput).
 pub async fn measure(ctx: &Ctx) -> anyhow::Result<FlowCost> {
-    let mut runs = Vec::new();
-    for (i, mode) in MODES.iter().enumerate() {
-        let name = ctx.scratch.name(&format!("flow{i}"));
-        ctx.pg.create(&name).await?;
-        let env: Vec<(&str, &str)> = if mode.limits.is_empty() {
-            Vec::new()
-        } else {
-            vec![("JOB_LIMITS", mode.limits)]
-        };
-        let api = ctx
-            .start_api_with(&format!("api_flow{i}"), &name, ApiMode::Off, &env)
-            .await?;
-        let worker = ctx
-            .start_worker(&format!("worker_flow{i}"), &name, CONCURRENCY)
-            .await?;
-        ctx.quiet(&format!("flow control: {}", mode.label)).await;
-        let mut conn = ctx.pg.open(&name).await?;
-        let seconds = ctx.cfg.seconds;
-        let args: Vec<String> = ["--rate", "max", "--max-in-flight", IN_FLIGHT, "--duration"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .chain([format!("{seconds}s")])
-            .chain(mode.args.iter().map(|s| (*s).to_owned()))
-            .collect();
-        let load = ctx
-            .loadgen(
-                &api,
-                &format!("load_flow{i}"),
-                &args,
-                Duration::from_secs(seconds + 60),
-            )
-            .await?;
-        // Every accepted job ends, then the span from the first accept to the last end.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let open: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM jobs WHERE finished_at IS NULL")
-                    .fetch_one(&mut conn)
-                    .await?;
-            if open == 0 {
-                break;
+    let mut best: Vec<Option<FlowRun>> = vec![None; MODES.len()];
+    for round in 1..=ctx.cfg.rounds {
+        for (i, mode) in MODES.iter().enumerate() {
+            let run = measure_one(ctx, i, mode, round).await?;
+            let kept = &mut best[i];
+            if kept.as_ref().is_none_or(|k| run.finished > k.finished) {
+                *kept = Some(run);
             }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "{}: {open} jobs unfinished after 120 s",
-                mode.label
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (jobs, span): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), extract(epoch FROM max(finished_at) - min(created_at))::float8 \
-             FROM jobs WHERE status = 'succeeded'",
-        )
-        .fetch_one(&mut conn)
-        .await?;
-        let finished = span.filter(|s| *s > 0.0).map_or(0.0, |s| jobs as f64 / s);
-        crate::log(&format!(
-            "  {}: {:.0} accepted/s, {finished:.0} finished/s end to end",
-            mode.label, load.achieved_rate
-        ));
-        runs.push(FlowRun {
-            label: mode.label.to_owned(),
-            accepted: load.achieved_rate,
-            finished,
-            p99_ms: load.latency_ms.p99,
-        });
-        drop(conn);
-        worker.stop().await?;
-        api.stop().await?;
-        ctx.pg.wait_disconnected(&name).await?;
-        ctx.scratch.remove(&ctx.pg, &ctx.rabbit, &name).await?;
     }
     Ok(FlowCost {
         seconds: ctx.cfg.seconds,
-        runs,
+        rounds: ctx.cfg.rounds,
+        runs: best.into_iter().flatten().collect(),
+    })
+}
+
+/// One run of `mode`.
+async fn measure_one(ctx: &Ctx, i: usize, mode: &Mode, round: u32) -> anyhow::Result<FlowRun> {
+    let name = ctx.scratch.name(&format!("flow{i}_{round}"));
+    ctx.pg.create(&name).await?;
+    let env: Vec<(&str, &str)> = if mode.limits.is_empty() {
+        Vec::new()
+    } else {
+        vec![("JOB_LIMITS", mode.limits)]
+    };
+    let api = ctx
+        .start_api_with(&format!("api_flow{i}"), &name, ApiMode::Off, &env)
+        .await?;
+    let worker = ctx
+        .start_worker(&format!("worker_flow{i}"), &name, CONCURRENCY)
+        .await?;
+    ctx.quiet(&format!("flow control: {} (round {round})", mode.label))
+        .await;
+    let mut conn = ctx.pg.open(&name).await?;
+    let seconds = ctx.cfg.seconds;
+    let args: Vec<String> = ["--rate", "max", "--max-in-flight", IN_FLIGHT, "--duration"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([format!("{seconds}s")])
+        .chain(mode.args.iter().map(|s| (*s).to_owned()))
+        .collect();
+    let load = ctx
+        .loadgen(
+            &api,
+            &format!("load_flow{i}"),
+            &args,
+            Duration::from_secs(seconds + 60),
+        )
+        .await?;
+    // Every accepted job ends, then the span from the first accept to the last end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE finished_at IS NULL")
+            .fetch_one(&mut conn)
+            .await?;
+        if open == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{}: {open} jobs unfinished after 120 s",
+            mode.label
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (jobs, span): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM max(finished_at) - min(created_at))::float8 \
+             FROM jobs WHERE status = 'succeeded'",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let finished = span.filter(|s| *s > 0.0).map_or(0.0, |s| jobs as f64 / s);
+    crate::log(&format!(
+        "  {} (round {round}): {:.0} accepted/s, {finished:.0} finished/s end to end",
+        mode.label, load.achieved_rate
+    ));
+    drop(conn);
+    worker.stop().await?;
+    api.stop().await?;
+    ctx.pg.wait_disconnected(&name).await?;
+    ctx.scratch.remove(&ctx.pg, &ctx.rabbit, &name).await?;
+    Ok(FlowRun {
+        label: mode.label.to_owned(),
+        accepted: load.achieved_rate,
+        finished,
+        p99_ms: load.latency_ms.p99,
     })
 }

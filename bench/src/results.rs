@@ -418,7 +418,9 @@ pub struct FlowRun {
 pub struct FlowCost {
     /// Each run's load length.
     pub seconds: u64,
-    /// The runs, unlimited first.
+    /// Runs per mechanism (the best is kept).
+    pub rounds: u32,
+    /// Each mechanism's best run, unlimited first.
     pub runs: Vec<FlowRun>,
 }
 
@@ -474,6 +476,7 @@ mod tests {
         };
         let f = FlowCost {
             seconds: 15,
+            rounds: 1,
             runs: vec![run("unlimited", 2000.0), run("a", 1900.0), run("b", 2100.0)],
         };
         let costs = f.costs();

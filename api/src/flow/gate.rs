@@ -69,6 +69,8 @@ pub async fn admit(
             kind: row.kind.clone(),
             key: row.concurrency_key.clone(),
             turn: row.turn,
+            // Still marked held: the recheck timer brought it here, not a freed slot.
+            age: reason == "concurrency" && row.held.as_deref() == Some("concurrency"),
         };
         match decision {
             Decision::Publish { take_slot } => {

@@ -13,8 +13,10 @@ use uuid::Uuid;
 use crate::flow::admit::State;
 
 /// How long a held entry waits before the relay looks at it again even if nothing woke it: a
-/// freed slot and a resume wake what they free at once, so this only bounds what a crash
-/// between the two could leave waiting.
+/// freed slot and a resume wake what they free at once, so this bounds what a crash between the
+/// two could leave waiting; and each such look raises a job waiting for a slot by one priority
+/// (its job's own priority does not change), so a priority-0 job competes at the top within
+/// 9 × 5 minutes however many higher ones keep coming.
 pub const RECHECK: Duration = Duration::from_secs(300);
 
 /// Takes the flow lock of each kind (the same the slot-freeing trigger takes), in name order so
@@ -153,6 +155,9 @@ pub struct Hold {
     pub key: String,
     /// Its turn in its key's line (concurrency only).
     pub turn: Option<i32>,
+    /// It waited a whole [`RECHECK`] for a slot without being woken: its place in the line
+    /// rises by one priority (ageing), so no priority waits behind higher ones for ever.
+    pub age: bool,
 }
 
 /// Holds entries: out of the relay's way until `until`, with the reason `GET /jobs/{id}` shows.
@@ -166,11 +171,14 @@ pub async fn hold(tx: &mut Transaction<'_, Postgres>, holds: &[Hold]) -> sqlx::R
     let kinds: Vec<&str> = holds.iter().map(|h| h.kind.as_str()).collect();
     let keys: Vec<&str> = holds.iter().map(|h| h.key.as_str()).collect();
     let turns: Vec<Option<i32>> = holds.iter().map(|h| h.turn).collect();
+    let ages: Vec<bool> = holds.iter().map(|h| h.age).collect();
     sqlx::query(
         "UPDATE outbox AS o SET held = h.reason, held_kind = h.kind, held_key = h.key, \
-             turn = h.turn, run_at = COALESCE(h.until, now() + make_interval(secs => $7)) \
-         FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::int4[]) \
-              AS h(id, reason, until, kind, key, turn) \
+             turn = h.turn, run_at = COALESCE(h.until, now() + make_interval(secs => $7)), \
+             priority = CASE WHEN h.age THEN least(o.priority + 1, 9) ELSE o.priority END \
+         FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::int4[], \
+                     $8::bool[]) \
+              AS h(id, reason, until, kind, key, turn, age) \
          WHERE o.job_id = h.id",
     )
     .bind(&ids)
@@ -180,6 +188,7 @@ pub async fn hold(tx: &mut Transaction<'_, Postgres>, holds: &[Hold]) -> sqlx::R
     .bind(&keys)
     .bind(&turns)
     .bind(RECHECK.as_secs_f64())
+    .bind(&ages)
     .execute(&mut **tx)
     .await
     .map(drop)

@@ -74,15 +74,6 @@ pub enum Stored {
     Duplicate(JobRow),
 }
 
-impl Stored {
-    /// The job, new or not.
-    pub fn row(&self) -> &JobRow {
-        match self {
-            Self::New(row) | Self::Duplicate(row) => row,
-        }
-    }
-}
-
 /// A schedule's fire: at most one job per schedule and fire time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fire {
@@ -124,32 +115,51 @@ pub async fn insert(db: &PgPool, jobs: &[NewJob]) -> sqlx::Result<Vec<Stored>> {
     Ok(stored)
 }
 
-/// Inserts `jobs` as `ids`, giving up the unique claims of theirs that lapsed first; a job whose
-/// claim another job holds is not inserted and answers with that job. In the order given.
+/// Inserts `jobs` as `ids`; a job whose unique claim another job holds is not inserted and
+/// answers with that job. In the order given.
+///
+/// Optimistic: the insert comes first, and only the jobs it left out pay for the rest. Their
+/// claims that lapsed (the job holding it ended, or its period passed) are given up and those
+/// jobs inserted again; the others answer with the claim's holder. Two requests racing for one
+/// lapsed claim: the second's insert waits for the first's transaction and then conflicts with
+/// the first one's new job, which holds the claim from then on.
 async fn insert_unique(
     tx: &mut Transaction<'_, Postgres>,
     ids: &[Uuid],
     jobs: &[NewJob],
 ) -> sqlx::Result<Vec<Stored>> {
-    let claims: Vec<&str> = jobs
-        .iter()
-        .filter_map(|j| j.unique.as_ref().map(|c| c.key.as_str()))
-        .collect();
-    if !claims.is_empty() {
-        // A claim lapses when its job ends, or at `unique_until` when the kind keeps it for a
-        // period. Two requests racing here: the second's UPDATE waits for the first's row lock
-        // and then finds the key already moved to the first one's new job.
-        sqlx::query(
+    let mut rows = insert_rows(tx, ids, jobs).await?;
+    if rows.len() < jobs.len() {
+        let (left_ids, left_jobs): (Vec<Uuid>, Vec<NewJob>) = ids
+            .iter()
+            .zip(jobs)
+            .filter(|(id, _)| !rows.iter().any(|r| r.id == **id))
+            .map(|(id, job)| (*id, job.clone()))
+            .unzip();
+        let claims: Vec<&str> = left_jobs
+            .iter()
+            .filter_map(|j| j.unique.as_ref().map(|c| c.key.as_str()))
+            .collect();
+        let released: u64 = sqlx::query(
             "UPDATE jobs SET unique_key = NULL WHERE unique_key = ANY($1) \
              AND CASE WHEN unique_until IS NULL THEN status = ANY($2) ELSE unique_until <= now() END",
         )
         .bind(&claims)
         .bind(&Status::FINAL[..])
         .execute(&mut **tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if released > 0 {
+            rows.extend(insert_rows(tx, &left_ids, &left_jobs).await?);
+        }
     }
-    let mut rows = insert_rows(tx, ids, jobs).await?;
-    let holders: Vec<JobRow> = if claims.is_empty() || rows.len() == jobs.len() {
+    let claims: Vec<&str> = ids
+        .iter()
+        .zip(jobs)
+        .filter(|(id, _)| !rows.iter().any(|r| r.id == **id))
+        .filter_map(|(_, j)| j.unique.as_ref().map(|c| c.key.as_str()))
+        .collect();
+    let holders: Vec<JobRow> = if claims.is_empty() {
         Vec::new()
     } else {
         sqlx::query_as(concat!(
@@ -169,8 +179,7 @@ async fn insert_unique(
             continue;
         }
         let claim = job.unique.as_ref().map(|c| c.key.as_str());
-        let holder = holders.iter().find(|h| h.unique_key.as_deref() == claim);
-        match holder {
+        match holders.iter().find(|h| h.unique_key.as_deref() == claim) {
             Some(row) => stored.push(Stored::Duplicate(row.clone())),
             // Only a unique claim leaves a job of these out, and its holder is committed.
             None => return Err(sqlx::Error::RowNotFound),

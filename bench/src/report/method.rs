@@ -58,8 +58,9 @@ pub(super) fn text(r: &Results) -> String {
          - **Flow control, no limit hit**: a fresh api (`JOB_LIMITS` as named) and worker at concurrency\n  \
          16 per run; `loadgen --rate max --max-in-flight 64 --duration {s}s` of no-op jobs (with\n  \
          `--priority 0..9`, `--unique` or `--keys 100` where named), then every job to its end:\n  \
-         \"finished/s\" is the jobs succeeded over the span from the first accept to the last end. One\n  \
-         round per mechanism; the cost is the share of the unlimited run's finished/s lost.\n\
+         \"finished/s\" is the jobs succeeded over the span from the first accept to the last end. {rounds}\n  \
+         rounds, the mechanisms in turn within each; each keeps its best; the cost is the share of the\n  \
+         unlimited run's finished/s lost.\n\
          - **Priorities**: an api with `JOB_LIMITS=sleep:concurrency=16` and a worker at 16; 2000 sleep\n  \
          jobs of 5 ms at priority 0 submitted (32 requests in flight), then 50 at priority 9; each job's\n  \
          wait is its `started_at` minus its `created_at`.\n\

@@ -242,8 +242,8 @@ pub(super) fn results_table(r: &Results) -> String {
         for (run, (_, cost)) in flow.runs.iter().skip(1).zip(flow.costs()) {
             t.row([
                 format!(
-                    "flow control, no limit hit: {} (closed loop 64, api + worker, {}s)",
-                    run.label, flow.seconds
+                    "flow control, no limit hit: {} (closed loop 64, api + worker, {}s, best of {})",
+                    run.label, flow.seconds, flow.rounds
                 ),
                 format!(
                     "{:.0} finished/s end to end ({cost:+.1} % cost), {:.0} accepted/s, accept p99 {:.1} ms",

@@ -586,3 +586,65 @@ async fn two_relays_deciding_at_once_wait_for_each_other_on_the_kinds_lock() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_job_kept_waiting_for_a_slot_rises_a_priority_each_recheck_and_one_woken_does_not() {
+    let app = TestApp::with(Options {
+        worker: false,
+        job_limits: "sleep:concurrency=1",
+        ..Default::default()
+    })
+    .await;
+    let flow = app.api_config.flow(&app.catalog).unwrap();
+    let db = app.db().await;
+    // One job holds the kind's only slot.
+    let running = entry(&db, "sleep").await;
+    sqlx::query("INSERT INTO slots (job_id, kind) VALUES ($1, 'sleep')")
+        .bind(running.id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let mut rechecked = entry(&db, "sleep").await;
+    let mut woken = entry(&db, "sleep").await;
+    for (e, held) in [(&mut rechecked, Some("concurrency")), (&mut woken, None)] {
+        e.held = held.map(str::to_owned);
+        e.priority = 2;
+        // Due in an hour: the api's own relay leaves these entries to the test.
+        sqlx::query(
+            "INSERT INTO outbox (job_id, run_at, priority, held) VALUES ($1, now() + interval '1 hour', 2, $2)",
+        )
+        .bind(e.id)
+        .bind(held)
+        .execute(&db)
+        .await
+        .unwrap();
+    }
+    let (rechecked_id, woken_id) = (rechecked.id, woken.id);
+    let mut tx = db.begin().await.unwrap();
+    let published = api::flow::gate::admit(&mut tx, vec![rechecked, woken], &flow)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(published.is_empty(), "the slot is taken");
+    let priority = |id: Uuid| {
+        let db = db.clone();
+        async move {
+            sqlx::query_scalar::<_, i16>("SELECT priority FROM outbox WHERE job_id = $1")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        priority(rechecked_id).await,
+        3,
+        "a whole recheck waited: one up"
+    );
+    assert_eq!(
+        priority(woken_id).await,
+        2,
+        "woken by a freed slot: no change"
+    );
+    app.stop().await;
+}
