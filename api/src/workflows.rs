@@ -20,9 +20,9 @@ pub const MAX_EDGES: usize = 10_000;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkflowRequest {
-    /// A name for people (not unique).
+    /// A name for people (not unique): at most 200 characters, no control characters.
     #[serde(default)]
-    #[schema(max_length = 200)]
+    #[schema(max_length = 200, pattern = r"^[^\u0000-\u001F\u007F]*$")]
     pub name: Option<String>,
     /// Its jobs, at least one, at most 1000.
     #[schema(min_items = 1, max_items = 1000)]
@@ -152,6 +152,14 @@ impl WorkflowRequest {
         }
         if self.name.as_ref().is_some_and(|n| n.chars().count() > 200) {
             return Err(refuse("name", "at most 200 characters"));
+        }
+        // PostgreSQL's text takes no NUL (the schema's pattern says the same).
+        if self
+            .name
+            .as_ref()
+            .is_some_and(|n| n.chars().any(|c| c <= '\u{1f}' || c == '\u{7f}'))
+        {
+            return Err(refuse("name", "no control characters"));
         }
         let edges: usize = self.jobs.iter().map(|j| j.depends_on.len()).sum();
         if edges > MAX_EDGES {
@@ -314,6 +322,16 @@ mod tests {
                 ("c".to_owned(), OnFailure::Ignore)
             ]
         );
+    }
+
+    #[test]
+    fn a_name_with_a_control_character_is_refused() {
+        let kinds = jobs_contract::kinds::catalog();
+        let mut w = request(json!([hash("a", json!([]))]));
+        w.name = Some("night\u{0}ly".into());
+        assert_eq!(w.check(&kinds).unwrap_err().field, "name");
+        w.name = Some("nightly report".into());
+        assert!(w.check(&kinds).is_ok());
     }
 
     #[test]

@@ -35,15 +35,22 @@ pub struct JobRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 9))]
     pub priority: Option<u8>,
-    /// What the kind's per-key limits count the job under (e.g. a customer id): 1–128 characters.
+    /// What the kind's per-key limits count the job under (e.g. a customer id): 1–128 characters,
+    /// no control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[^\u0000-\u001F\u007F]+$")
+    )]
     pub concurrency_key: Option<String>,
     /// Makes the job unique: while a job of the same kind and `unique_key` is unfinished (or
     /// within the kind's unique period), a submit answers with it instead of making another.
-    /// 1–255 characters. Overrides what the kind declares.
+    /// 1–255 characters, no control characters. Overrides what the kind declares.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 255))]
+    #[schemars(
+        length(min = 1, max = 255),
+        regex(pattern = r"^[^\u0000-\u001F\u007F]+$")
+    )]
     pub unique_key: Option<String>,
 }
 
@@ -121,6 +128,13 @@ impl JobRequest {
                 && (v.is_empty() || v.chars().count() > max)
             {
                 return Err(format!("{field} must be 1 to {max} characters"));
+            }
+            // PostgreSQL's text takes no NUL; the rest of C0 and DEL have no place in a key
+            // either (the schema's pattern says the same).
+            if let Some(v) = value
+                && v.chars().any(|c| c <= '\u{1f}' || c == '\u{7f}')
+            {
+                return Err(format!("{field} must not contain control characters"));
             }
         }
         Ok(())

@@ -450,6 +450,8 @@ async fn bad_flow_fields_are_422_and_store_nothing() {
         (json!({"concurrency_key": ""}), "concurrency_key"),
         (json!({"unique_key": "x".repeat(256)}), "unique_key"),
         (json!({"concurrency_key": 5}), "concurrency_key"),
+        (json!({"concurrency_key": "a\u{0}b"}), "concurrency_key"),
+        (json!({"unique_key": "tab\there"}), "unique_key"),
     ] {
         let mut body = json!({"kind": "sleep", "payload": payload});
         body.as_object_mut()
