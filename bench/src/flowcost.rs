@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use chrono::DateTime;
+
 use crate::ctx::{ApiMode, Ctx};
 use crate::results::{FlowCost, FlowRun};
 
@@ -109,21 +111,13 @@ async fn measure_one(ctx: &Ctx, i: usize, mode: &Mode, round: u32) -> anyhow::Re
         )
         .await?;
     // Every accepted job ends, then the span from the first accept to the last end.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE finished_at IS NULL")
-            .fetch_one(&mut conn)
-            .await?;
-        if open == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{}: {open} jobs unfinished after 120 s",
-            mode.label
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::pg::Pg::wait_ended(
+        &mut conn,
+        DateTime::UNIX_EPOCH,
+        Duration::from_secs(120),
+        mode.label,
+    )
+    .await?;
     let (jobs, span): (i64, Option<f64>) = sqlx::query_as(
         "SELECT count(*), extract(epoch FROM max(finished_at) - min(created_at))::float8 \
              FROM jobs WHERE status = 'succeeded'",

@@ -153,6 +153,33 @@ impl Pg {
             .with_context(|| format!("connecting to database {db}"))
     }
 
+    /// Waits until every job created since `since` has ended, polling `conn`; `what` names the
+    /// step in the error when `limit` passes first.
+    pub async fn wait_ended(
+        conn: &mut PgConnection,
+        since: chrono::DateTime<chrono::Utc>,
+        limit: Duration,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE created_at >= $1 AND finished_at IS NULL",
+            )
+            .bind(since)
+            .fetch_one(&mut *conn)
+            .await?;
+            if open == 0 {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{what}: {open} jobs still unfinished after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `server_version`, and the settings that decide durability and size.
     pub async fn describe(&self) -> anyhow::Result<(String, String)> {
         let version: String = sqlx::query_scalar("SHOW server_version")

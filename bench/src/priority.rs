@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use chrono::DateTime;
+
 use futures_util::StreamExt as _;
 use serde_json::json;
 
@@ -41,20 +43,13 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Priority> {
     submit(ctx, &api, LOW, 0).await?;
     submit(ctx, &api, HIGH, 9).await?;
     let mut conn = ctx.pg.open(&name).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        let open: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE finished_at IS NULL")
-            .fetch_one(&mut conn)
-            .await?;
-        if open == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "priorities: {open} jobs unfinished after 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::pg::Pg::wait_ended(
+        &mut conn,
+        DateTime::UNIX_EPOCH,
+        Duration::from_secs(300),
+        "priorities",
+    )
+    .await?;
     let waits: Vec<(i16, f64, f64, f64)> = sqlx::query_as(
         "SELECT priority, \
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at)), \

@@ -83,23 +83,7 @@ async fn window(
     storm?;
     // Every job of the window ended: the stream's succeeded, the failing ones failed after
     // their retries (a back-off of at most 1 s, then 2 s, with the default RETRY_BASE_MS).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE created_at >= $1 AND finished_at IS NULL",
-        )
-        .bind(from)
-        .fetch_one(&mut conn)
-        .await?;
-        if open == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{label}: {open} jobs still unfinished after 120 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::pg::Pg::wait_ended(&mut conn, from, Duration::from_secs(120), label).await?;
     let (jobs, p50, p99): (i64, Option<f64>, Option<f64>) = sqlx::query_as(
         "SELECT count(*), \
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)), \

@@ -76,11 +76,6 @@ impl Flow {
         Ok(Self { kinds })
     }
 
-    /// `kind`'s settings (none for a kind this build does not know).
-    pub fn kind(&self, kind: &str) -> KindFlow {
-        self.kinds.get(kind).cloned().unwrap_or_default()
-    }
-
     /// `kind`'s limits.
     pub fn limits(&self, kind: &str) -> Limits {
         self.kinds.get(kind).map(|k| k.limits).unwrap_or_default()

@@ -304,30 +304,21 @@ impl TestApp {
 
     /// Starts a worker (again) with this app's settings.
     pub(crate) async fn start_worker(&mut self) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = format!("http://{}/readyz", listener.local_addr().unwrap());
-        self.worker = Some(Worker::start(
-            listener,
-            self.worker_config.clone(),
-            self.registry.clone(),
-        ));
-        let http = self.http.clone();
-        self.wait_until(Duration::from_secs(30), "worker consuming", || async {
-            http.get(&admin)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        })
-        .await;
+        self.worker = Some(self.launch_worker(self.worker_config.clone()).await);
     }
 
     /// Another worker beside this app's own, with this app's settings at `concurrency`,
     /// consuming once this returns. Stop it (or drop it: a kill) before the app stops.
     pub(crate) async fn extra_worker(&self, concurrency: u16) -> Worker {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = format!("http://{}/readyz", listener.local_addr().unwrap());
         let mut config = self.worker_config.clone();
         config.concurrency = concurrency;
+        self.launch_worker(config).await
+    }
+
+    /// A worker with `config` and this app's handlers, once its readiness check answers 200.
+    async fn launch_worker(&self, config: worker::Config) -> Worker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = format!("http://{}/readyz", listener.local_addr().unwrap());
         let worker = Worker::start(listener, config, self.registry.clone());
         let http = self.http.clone();
         self.wait_until(Duration::from_secs(30), "worker consuming", || async {
