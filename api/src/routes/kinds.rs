@@ -61,6 +61,7 @@ async fn status(state: &AppState, only: Option<&str>) -> Result<Vec<KindStatus>,
     let paused: HashMap<String, DateTime<Utc>> =
         store::paused(&state.db).await?.into_iter().collect();
     let mut usage = store::usage(&state.db).await?;
+    let mut keys = store::top_keys(&state.db).await?;
     Ok(state
         .flow
         .iter()
@@ -77,8 +78,9 @@ async fn status(state: &AppState, only: Option<&str>) -> Result<Vec<KindStatus>,
                 unique_fields: flow.unique.as_ref().map(|u| u.fields.clone()),
                 running: u.running,
                 held: u.held,
-                top_keys: u
-                    .top_keys
+                top_keys: keys
+                    .remove(kind)
+                    .unwrap_or_default()
                     .into_iter()
                     .map(|(key, held)| KeyHeld { key, held })
                     .collect(),

@@ -279,11 +279,9 @@ pub struct Usage {
     pub running: i64,
     /// Entries held, by reason.
     pub held: HashMap<String, i64>,
-    /// The keys with the most entries held, most first (at most 10).
-    pub top_keys: Vec<(String, i64)>,
 }
 
-/// Slots in use and held entries of every kind.
+/// Slots in use and held entries of every kind (the relay's gauges read this every second).
 pub async fn usage(db: &PgPool) -> sqlx::Result<HashMap<String, Usage>> {
     let mut out: HashMap<String, Usage> = HashMap::new();
     let running: Vec<(String, i64)> =
@@ -301,6 +299,12 @@ pub async fn usage(db: &PgPool) -> sqlx::Result<HashMap<String, Usage>> {
     for (kind, reason, n) in held {
         out.entry(kind).or_default().held.insert(reason, n);
     }
+    Ok(out)
+}
+
+/// Per kind, the keys with the most entries held, most first (at most 10 a kind).
+pub async fn top_keys(db: &PgPool) -> sqlx::Result<HashMap<String, Vec<(String, i64)>>> {
+    let mut out: HashMap<String, Vec<(String, i64)>> = HashMap::new();
     let keys: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT held_kind, held_key, n FROM ( \
              SELECT held_kind, held_key, count(*) AS n, \
@@ -311,7 +315,7 @@ pub async fn usage(db: &PgPool) -> sqlx::Result<HashMap<String, Usage>> {
     .fetch_all(db)
     .await?;
     for (kind, key, n) in keys {
-        out.entry(kind).or_default().top_keys.push((key, n));
+        out.entry(kind).or_default().push((key, n));
     }
     Ok(out)
 }

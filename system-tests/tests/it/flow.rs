@@ -149,6 +149,18 @@ async fn a_job_waiting_for_a_slot_says_so() {
     assert_eq!(job["status"], "queued", "{job}");
     assert_eq!(job["priority"], 3);
     assert_eq!(job["concurrency_key"], "acme");
+    let (_, kinds) = app.get("/kinds").await;
+    let sleep = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "sleep")
+        .unwrap();
+    assert_eq!(
+        sleep["top_keys"],
+        json!([{"key": "acme", "held": 1}]),
+        "{sleep}"
+    );
     // The gauge counts it (the relay refreshes it at most once a second).
     app.wait_until(Duration::from_secs(10), "the held gauge at 1", || async {
         app.metric_sum(
