@@ -53,6 +53,17 @@ pub struct Config {
     /// `JOB_LIMITS`: overrides of the kinds' declared limits and uniqueness (see
     /// `flow::settings`); checked against the kinds at start-up.
     pub job_limits: Vec<crate::flow::Override>,
+    /// `API_AUTH`: `keys` (the default) or `off` (local development only).
+    pub auth: crate::access::Mode,
+    /// `API_DEMO_KEY`: an admin key registered at start-up (the loopback demo's; unset it in a
+    /// deployment). Never logged.
+    pub demo_key: Option<String>,
+    /// `CLIENT_SUBMIT_RATE` and `CLIENT_MAX_IN_FLIGHT`: each client's quota unless its key sets
+    /// its own; `0` is unlimited.
+    pub client_quota: crate::access::quota::Defaults,
+    /// `CONSOLE_JAEGER_URL` and `CONSOLE_GRAFANA_URL`: where the console's job pages link to
+    /// the job's trace and its logs.
+    pub console: crate::console::Links,
 }
 
 impl Config {
@@ -87,7 +98,62 @@ impl Config {
                 .expect("zero is refused"),
             misfire_grace: config::seconds("SCHEDULE_MISFIRE_GRACE_SECS", 60)?,
             job_limits: Self::job_limits()?,
+            auth: Self::auth()?,
+            demo_key: Self::demo_key()?,
+            client_quota: crate::access::quota::Defaults {
+                submit_rate: Some(config::ranged("CLIENT_SUBMIT_RATE", 2000.0, 0.0, 1e6)?)
+                    .filter(|r| *r > 0.0),
+                max_in_flight: Some(config::ranged("CLIENT_MAX_IN_FLIGHT", 256, 0, 100_000)?)
+                    .filter(|n| *n > 0),
+            },
+            console: crate::console::Links {
+                jaeger: Self::http_url("CONSOLE_JAEGER_URL", "http://127.0.0.1:16686")?,
+                grafana: Self::http_url("CONSOLE_GRAFANA_URL", "http://127.0.0.1:3000")?,
+            },
         })
+    }
+
+    fn http_url(var: &'static str, default: &str) -> Result<String, ConfigError> {
+        let url = config::string(var, default);
+        if url.starts_with("http://") || url.starts_with("https://") {
+            Ok(url)
+        } else {
+            Err(ConfigError {
+                var,
+                value: url,
+                reason: "expected an http:// or https:// URL".into(),
+            })
+        }
+    }
+
+    fn auth() -> Result<crate::access::Mode, ConfigError> {
+        use crate::access::Mode;
+        match config::string("API_AUTH", "keys").as_str() {
+            "keys" => Ok(Mode::Keys),
+            "off" => Ok(Mode::Off),
+            other => Err(ConfigError {
+                var: "API_AUTH",
+                value: other.to_owned(),
+                reason: "expected `keys`, or `off` for local development".into(),
+            }),
+        }
+    }
+
+    fn demo_key() -> Result<Option<String>, ConfigError> {
+        let key = config::string("API_DEMO_KEY", "");
+        if key.is_empty() {
+            return Ok(None);
+        }
+        if !crate::access::keys::well_formed(&key) {
+            return Err(ConfigError {
+                var: "API_DEMO_KEY",
+                // A near-miss of a real key is still a secret.
+                value: "<redacted>".into(),
+                reason: "expected `jsk_` and 64 lowercase hex digits (`make api-key` prints one)"
+                    .into(),
+            });
+        }
+        Ok(Some(key))
     }
 
     /// The exchanges and queues, under `AMQP_PREFIX`.

@@ -76,6 +76,12 @@ fn sf_string(rest: &str) -> Result<String, String> {
     Err(bad())
 }
 
+/// The key as stored: `<client>/<key>`. A client name has no `/`, so two clients' keys never
+/// meet, whatever they contain.
+pub fn scoped(client: &str, key: &str) -> String {
+    format!("{client}/{key}")
+}
+
 /// A digest of what the request asks for: the same job in a different key order or spacing
 /// has the same fingerprint.
 pub fn fingerprint(request: &JobRequest) -> String {

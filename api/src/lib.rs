@@ -15,12 +15,16 @@
 //! - [`retention`]: deletes old finished jobs and expired idempotency keys.
 //! - [`schedules`]: periodic schedules; [`scheduler`] fires them.
 //! - [`workflows`]: jobs that run after other jobs (a DAG in one request).
+//! - [`access`]: API keys, roles, per-client quotas and the audit trail; [`console`]: the
+//!   operator console under `/ui`.
 //! - [`flow`]: priorities, concurrency and rate limits, unique jobs, paused kinds: what the
 //!   relay holds back, and why.
 
 pub mod accept;
+pub mod access;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod error;
 pub mod events;
@@ -63,4 +67,6 @@ pub struct AppState {
     pub committer: accept::Committer,
     /// Wakes the scheduler when a schedule changes.
     pub schedules_changed: Arc<tokio::sync::Notify>,
+    /// Who may do what: keys, roles, quotas.
+    pub guard: access::Guard,
 }

@@ -10,7 +10,27 @@ fn main() -> ExitCode {
     if let Some(code) = shared::probe::run_if_requested(Config::listen_addr) {
         return code;
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(request) = api::access::cli::requested(&args) {
+        return create_key(request);
+    }
     serve()
+}
+
+/// `api create-key`: a deployment's first API key.
+#[tokio::main]
+async fn create_key(request: Result<api::access::cli::Request, String>) -> ExitCode {
+    let made = async {
+        let request = request.map_err(anyhow::Error::msg)?;
+        api::access::cli::create(&Config::from_env()?, request).await
+    };
+    match made.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("api create-key: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[tokio::main]

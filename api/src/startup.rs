@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accept::{self, Closer, Committer};
 use crate::scheduler::{self, Scheduler};
 use crate::schedules::{ScheduleRequest, declared};
-use crate::{AppState, Config, broker, db, relay, retention, routes, store};
+use crate::{AppState, Config, access, broker, db, relay, retention, routes, store};
 
 /// Serves the contract's kinds and the declared schedules on `listener` until `shutdown` is
 /// cancelled, then stops everything it started.
@@ -150,6 +150,7 @@ async fn start(
         removed = synced.removed,
         "declared schedules synced"
     );
+    let guard = guard(&config, &db).await?;
     relay::record_backlog(&db).await;
     relay::record_flow(&db, &flow).await;
     let broker = broker::Broker::default();
@@ -162,6 +163,7 @@ async fn start(
         flow: Arc::new(flow),
         committer,
         schedules_changed: Arc::default(),
+        guard,
     };
     let session = {
         let (state, shutdown) = (state.clone(), shutdown.clone());
@@ -195,6 +197,41 @@ async fn start(
         scheduler,
     };
     Ok((state, background))
+}
+
+/// The access layer: API keys (the demo key registered if there is one), or, with `API_AUTH=off`,
+/// no checks at all, said once at start-up.
+async fn guard(config: &Config, db: &sqlx::PgPool) -> anyhow::Result<access::Guard> {
+    if config.auth == access::Mode::Off {
+        tracing::warn!(
+            "API_AUTH=off: authentication is disabled and every caller is an admin; \
+             for local development only"
+        );
+    }
+    if let Some(secret) = &config.demo_key {
+        let digest = access::keys::digest(secret);
+        let hint = access::keys::hint(secret);
+        store::keys::ensure(
+            db,
+            &store::keys::NewKey {
+                name: "demo",
+                role: access::Role::Admin,
+                digest: &digest,
+                hint: &hint,
+                submit_rate: None,
+                max_in_flight: None,
+                expires_at: None,
+                created_by: store::keys::FROM_CONFIG,
+            },
+        )
+        .await?;
+        tracing::info!(key = %hint, "demo key registered (API_DEMO_KEY; unset it in a deployment)");
+    }
+    Ok(access::Guard::new(
+        access::Keys::new(db.clone()),
+        access::Quotas::new(config.client_quota),
+        config.auth,
+    ))
 }
 
 /// Serves until `shutdown`, then lets open requests finish within `grace`, and no longer: a

@@ -55,8 +55,10 @@ pub struct Ctx {
     pub rabbit: Rabbit,
     /// The run's names and their removal.
     pub scratch: Arc<Scratch>,
-    /// For readiness checks and /metrics.
+    /// For readiness checks and /metrics, and requests of its own (with [`Ctx::key`]).
     pub http: reqwest::Client,
+    /// The admin API key every api of the run is started with (`API_DEMO_KEY`).
+    pub key: String,
     /// Logs of every process started.
     pub work: PathBuf,
     /// The OTLP sink's URL, once it runs.
@@ -134,7 +136,11 @@ impl Ctx {
             .env("DATABASE_URL", self.pg.url(name))
             .env("AMQP_URL", &self.cfg.amqp_url)
             .env("AMQP_PREFIX", name)
-            .env("LOG_FORMAT", "json");
+            .env("LOG_FORMAT", "json")
+            .env("API_DEMO_KEY", &self.key)
+            // The bench measures the path; per-client quotas have a step of their own.
+            .env("CLIENT_SUBMIT_RATE", "0")
+            .env("CLIENT_MAX_IN_FLIGHT", "0");
         launch = match mode {
             ApiMode::Off => launch.env("RUST_LOG", "warn"),
             ApiMode::Pool => launch
@@ -183,7 +189,7 @@ impl Ctx {
         args: &[String],
         limit: Duration,
     ) -> anyhow::Result<LoadSummary> {
-        let mut launch = Launch::new(label, self.bin("loadgen"));
+        let mut launch = Launch::new(label, self.bin("loadgen")).env("API_KEY", &self.key);
         launch.args = ["--url", api.url.as_str()]
             .into_iter()
             .chain(NOOP_JOBS)

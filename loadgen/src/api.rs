@@ -51,15 +51,29 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client for the api at `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: &str, timeout: Duration, pool: usize) -> anyhow::Result<Self> {
+    /// A client for the api at `base` (e.g. `http://127.0.0.1:8080`) that sends `key`.
+    pub fn new(
+        base: &str,
+        key: Option<&str>,
+        timeout: Duration,
+        pool: usize,
+    ) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/');
         let parsed = reqwest::Url::parse(base).map_err(|e| anyhow::anyhow!("--url {base}: {e}"))?;
         anyhow::ensure!(
             parsed.scheme() == "http",
             "--url {base}: only http:// is supported"
         );
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = key {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|_| anyhow::anyhow!("--api-key: not a valid header value"))?;
+            // Kept out of reqwest's debug output.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let client = reqwest::Client::builder()
+            .default_headers(headers)
             .timeout(timeout)
             .pool_max_idle_per_host(pool)
             .tcp_nodelay(true)

@@ -17,6 +17,9 @@ pub struct Args {
     /// Base URL of the api.
     #[arg(long, env = "LOADGEN_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// The API key to send (`Authorization: Bearer`); the demo's is `API_DEMO_KEY` in `.env`.
+    #[arg(long = "api-key", env = "API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
     /// A preset load shape for the dashboards (rate, duration and mix can still be overridden).
     #[arg(long, value_enum)]
     pub scenario: Option<Scenario>,

@@ -61,14 +61,15 @@ def client(stack, work):
     step("the generated client drives every operation (test_client.py)", 300,
          [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", HERE,
           os.path.join(HERE, "test_client.py")],
-         env={**env, "OPENAPI_URL": stack.url, "OPENAPI_CLIENT": work})
+         env={**env, "OPENAPI_URL": stack.url, "OPENAPI_CLIENT": work, "OPENAPI_KEY": stack.key})
 
 
 def fuzz(stack, work, cases, min_cases, seconds):
     report = os.path.join(work, "schemathesis.json")
     cmd = [os.path.join(BIN, "schemathesis"), "--config-file", os.path.join(HERE, "schemathesis.toml"), "run",
            stack.url + "/openapi.json", "--checks", "all", "--max-examples", str(cases),
-           "--report", "json", "--report-json-path", report, "--no-color"]
+           "--report", "json", "--report-json-path", report, "--no-color",
+           "--header", f"Authorization: Bearer {stack.key}"]
     if os.environ.get("FUZZ_SEED"):
         cmd += ["--seed", os.environ["FUZZ_SEED"]]
     # Run in the scratch directory: schemathesis and Hypothesis keep their caches in the cwd.

@@ -9,7 +9,7 @@ payload does not have that version's shape (the document states the current vers
 schemathesis.toml lets `positive_data_acceptance` take a 422 from `POST /jobs`; this check takes
 back everything else: a schema-valid request refused with 422 must be one of those three,
 and the refusal must be true. It also holds a replay (`Idempotent-Replayed: true`) to the job the
-key created."""
+key was first answered with (the one it created, or the unique job it duplicated)."""
 import datetime
 import json
 import re
@@ -108,7 +108,8 @@ def create_job_refusals_are_true(ctx, response, case):
     headers = {k.lower(): v for k, v in (case.headers or {}).items()}
     key = _key(headers["idempotency-key"]) if isinstance(headers.get("idempotency-key"), str) else None
     body = case.body if isinstance(case.body, dict) else None
-    if response.status_code == 202 and key is not None and body is not None:
+    # A duplicate of a unique job (200) binds its key to that job, as a created one (202) does.
+    if response.status_code in (200, 202) and key is not None and body is not None:
         job = response.json()["id"]
         with _lock:
             first = _created.setdefault(key, (_canonical(body), job))

@@ -4,6 +4,7 @@ the run ends: a failed check, an exception, Ctrl-C or a SIGTERM from `timeout`."
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -52,6 +53,8 @@ class Stack:
         self.logs = tempfile.mkdtemp(prefix="jobstack-openapi-")
         api_port = _free_port()
         self.url = f"http://127.0.0.1:{api_port}"
+        # The api's demo key (an admin's): every check runs with it.
+        self.key = "jsk_" + secrets.token_hex(32)
         base = {
             **os.environ,
             "DATABASE_URL": _with_database(DATABASE_URL, self.database),
@@ -62,7 +65,11 @@ class Stack:
             "OTEL_EXPORTER_OTLP_ENDPOINT": "",
             "SHUTDOWN_GRACE_SECS": "2",
         }
-        self.commands = [("api", [os.path.join(bin_dir, "api")], {**base, "API_LISTEN": f"127.0.0.1:{api_port}"})]
+        self.commands = [("api", [os.path.join(bin_dir, "api")], {
+            **base, "API_LISTEN": f"127.0.0.1:{api_port}", "API_DEMO_KEY": self.key,
+            # The fuzzer sends thousands of requests as one client: quotas are tested elsewhere.
+            "CLIENT_SUBMIT_RATE": "0", "CLIENT_MAX_IN_FLIGHT": "0",
+        })]
         if worker:
             # One job at a time: the fuzzer submits thousands, and the machine runs the api too.
             self.commands.append(("worker", [os.path.join(bin_dir, "worker")], {

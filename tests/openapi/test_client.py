@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 sys.path.insert(0, os.environ["OPENAPI_CLIENT"])
-from jobstack_client import Client  # noqa: E402
+from jobstack_client import AuthenticatedClient, Client  # noqa: E402
+from jobstack_client.api.audit import list_audit  # noqa: E402
+from jobstack_client.api.keys import create_key, list_keys, revoke_key  # noqa: E402
 from jobstack_client.api.health import healthz, metrics, openapi, readyz  # noqa: E402
 from jobstack_client.api.jobs import (  # noqa: E402
     cancel_job, create_job, get_job, list_jobs, redrive_job, redrive_jobs,
@@ -31,11 +33,13 @@ from jobstack_client.api.workflows import (  # noqa: E402
     cancel_workflow, create_workflow, get_workflow, list_workflows,
 )
 from jobstack_client.models import (  # noqa: E402
-    Alive, Held, Job, JobPage, Kind, KindStatus, Missed, Problem, Ready, Redrivable, RedriveMany, Redriven, Schedule,
-    SchedulePatch, Status, Workflow, WorkflowPage, WorkflowRequest, WorkflowStatus,
+    Alive, AuditEntry, Held, Job, JobPage, Key, KeyRequest, Kind, KindStatus, Missed, NewKeyAnswer, Problem, Ready,
+    Redrivable, RedriveMany, Redriven, Role, Schedule, SchedulePatch, Status, Workflow, WorkflowPage, WorkflowRequest,
+    WorkflowStatus,
 )
 
 URL = os.environ["OPENAPI_URL"]
+KEY = os.environ["OPENAPI_KEY"]  # the api's demo key, an admin's
 FINAL = {Status.SUCCEEDED, Status.FAILED, Status.CANCELLED}
 driven = set()  # the operations' modules this run called
 earlier = {}  # jobs the first test cancelled, which the second re-drives
@@ -43,7 +47,8 @@ earlier = {}  # jobs the first test cancelled, which the second re-drives
 
 @pytest.fixture(scope="module")
 def client():
-    with Client(base_url=URL, raise_on_unexpected_status=True, timeout=httpx.Timeout(15)) as c:
+    with AuthenticatedClient(base_url=URL, token=KEY, raise_on_unexpected_status=True,
+                             timeout=httpx.Timeout(15)) as c:
         yield c
 
 
@@ -275,6 +280,30 @@ def test_a_paused_kind_holds_its_jobs_until_resumed(client):
         resumed = call(resume_kind, 200, KindStatus, client, kind=Kind.SLEEP).parsed
     assert resumed.paused_at is None
     assert wait(client, job.id, lambda j: j.status in FINAL).status == Status.SUCCEEDED
+
+
+def test_keys_roles_and_the_audit_trail(client):
+    made = call(create_key, 201, NewKeyAnswer, client, body=KeyRequest(name="viewer-1", role=Role.VIEWER)).parsed
+    assert re.fullmatch(r"jsk_[0-9a-f]{64}", made.secret) and made.role == Role.VIEWER
+    listed_keys = call(list_keys, 200, list, client).parsed
+    mine = [k for k in listed_keys if k.id == made.id]
+    assert len(mine) == 1 and isinstance(mine[0], Key) and made.secret not in str(mine[0].to_dict())
+    # A viewer reads, and may not act: 403, as the document says.
+    with AuthenticatedClient(base_url=URL, token=made.secret, raise_on_unexpected_status=True) as viewer:
+        assert isinstance(list_kinds.sync_detailed(client=viewer).parsed, list)
+        refused = pause_kind.sync_detailed(client=viewer, kind=Kind.HASH)
+        assert refused.status_code == 403 and isinstance(refused.parsed, Problem), refused.content
+    # No key at all: 401.
+    with Client(base_url=URL, raise_on_unexpected_status=True) as anonymous:
+        refused = list_jobs.sync_detailed(client=anonymous)
+        assert refused.status_code == 401 and isinstance(refused.parsed, Problem), refused.content
+    call(revoke_key, 204, type(None), client, id=made.id)
+    with AuthenticatedClient(base_url=URL, token=made.secret, raise_on_unexpected_status=True) as revoked:
+        assert list_kinds.sync_detailed(client=revoked).status_code == 401
+    trail = call(list_audit, 200, list, client, limit=5).parsed
+    assert all(isinstance(e, AuditEntry) for e in trail)
+    assert [e.action for e in trail[:2]] == ["key.revoke", "key.create"], [e.action for e in trail]
+    assert trail[0].target == str(made.id) and trail[0].actor == "demo"
 
 
 def test_every_operation_was_driven():

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -13,6 +13,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::AppState;
 use crate::error::{ApiError, Problem};
+use crate::access::{Audit, Caller};
 use crate::store::flow::{self as store, Usage};
 
 /// The routes, each documented where it is registered.
@@ -27,37 +28,38 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct KindStatus {
     /// The kind.
-    kind: String,
+    pub(crate) kind: String,
     /// Whether it is paused, and since when.
-    paused_at: Option<DateTime<Utc>>,
+    pub(crate) paused_at: Option<DateTime<Utc>>,
     /// Most of its jobs running at once, across every worker.
-    concurrency: Option<u32>,
+    pub(crate) concurrency: Option<u32>,
     /// Most of one key's jobs running at once.
-    concurrency_per_key: Option<u32>,
+    pub(crate) concurrency_per_key: Option<u32>,
     /// Most jobs started per period (`<count>/<seconds>s`).
-    rate: Option<String>,
+    pub(crate) rate: Option<String>,
     /// Most of one key's jobs started per period.
-    rate_per_key: Option<String>,
+    pub(crate) rate_per_key: Option<String>,
     /// What makes two of its jobs the same job: payload fields (empty: the whole payload).
-    unique_fields: Option<Vec<String>>,
+    pub(crate) unique_fields: Option<Vec<String>>,
     /// Jobs holding a concurrency slot (published, not ended).
-    running: i64,
+    pub(crate) running: i64,
     /// Due jobs waiting: `concurrency` (no free slot), `rate` (a turn reserved), `paused`.
-    held: HashMap<String, i64>,
+    pub(crate) held: HashMap<String, i64>,
     /// The keys with the most jobs waiting, most first (at most 10).
-    top_keys: Vec<KeyHeld>,
+    pub(crate) top_keys: Vec<KeyHeld>,
 }
 
 /// A key's waiting jobs.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct KeyHeld {
     /// The `concurrency_key` (`""`: jobs without one).
-    key: String,
+    pub(crate) key: String,
     /// Its jobs waiting.
-    held: i64,
+    pub(crate) held: i64,
 }
 
-async fn status(state: &AppState, only: Option<&str>) -> Result<Vec<KindStatus>, ApiError> {
+/// Every kind's (or `only` one's) flow control right now (also the console's kinds page).
+pub(crate) async fn status(state: &AppState, only: Option<&str>) -> Result<Vec<KindStatus>, ApiError> {
     let paused: HashMap<String, DateTime<Utc>> =
         store::paused(&state.db).await?.into_iter().collect();
     let mut usage = store::usage(&state.db).await?;
@@ -118,10 +120,13 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Vec<KindS
 ))]
 pub(super) async fn pause(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(kind): Path<String>,
 ) -> Result<Json<KindStatus>, ApiError> {
     known(&state, &kind)?;
-    if store::pause(&state.db, &kind).await? {
+    let audit = Audit::new(&caller, "kind.pause", kind.clone());
+    if store::pause(&state.db, &kind, &audit).await? {
+        audit.logged(0);
         tracing::info!(job.kind = %kind, "kind paused");
     }
     one(&state, &kind).await
@@ -137,10 +142,13 @@ pub(super) async fn pause(
 ))]
 pub(super) async fn resume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(kind): Path<String>,
 ) -> Result<Json<KindStatus>, ApiError> {
     known(&state, &kind)?;
-    if store::resume(&state.db, &kind).await? {
+    let audit = Audit::new(&caller, "kind.resume", kind.clone());
+    if store::resume(&state.db, &kind, &audit).await? {
+        audit.logged(0);
         tracing::info!(job.kind = %kind, "kind resumed");
     }
     state.broker.wake_relay.notify_one();

@@ -1,9 +1,11 @@
 //! The HTTP app: each module owns its routes; [`app`] assembles them with the middleware.
 
+mod audit;
 mod body;
 mod health;
 mod jobs;
-mod kinds;
+mod keys;
+pub(crate) mod kinds;
 mod openapi;
 mod schedules;
 mod workflows;
@@ -21,6 +23,9 @@ use crate::{AppState, observe};
 
 pub use openapi::ApiDoc;
 
+/// Checks a job request against the contract (the console submits through it too).
+pub(crate) use jobs::validate as validate_job;
+
 /// Every documented route: a route is registered here, with its documentation, or not at all.
 fn documented() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -28,6 +33,8 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(schedules::router())
         .merge(workflows::router())
         .merge(kinds::router())
+        .merge(keys::router())
+        .merge(audit::router())
         .merge(health::router())
 }
 
@@ -47,10 +54,17 @@ pub fn app(state: AppState) -> Router {
         serde_json::to_vec(&openapi::document(paths, &state.kinds)).expect("documents serialize"),
     );
     routes
+        // After routing, so it sees the route template its rule is written for.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::access::check,
+        ))
         .route(
             "/openapi.json",
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
         )
+        // The console: its own sessions and CSRF checks, the same roles and audit trail.
+        .merge(crate::console::router(state.clone()))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(body_limit))
         // Layers run outside-in from the last one: observe sees the final status of everything.

@@ -100,6 +100,7 @@ pub(super) fn document(paths: utoipa::openapi::OpenApi, kinds: &Catalog) -> Valu
     schedule_variants(&mut doc, kinds);
     workflow_job_variants(&mut doc, kinds);
     kind_enum(&mut doc, kinds);
+    security(&mut doc);
     headers(&mut doc);
     // The lifecycle's own doc comment speaks of storage; the public schema says what it means.
     doc["components"]["schemas"]["Status"]["description"] = json!(
@@ -278,6 +279,66 @@ fn kind_enum(doc: &mut Value, kinds: &Catalog) {
         "description": "Only jobs of this kind.",
         "oneOf": [kind, { "type": "null" }],
     });
+}
+
+/// Who may call what, from `access::RULES` (the table the access layer enforces): the bearer
+/// scheme, each operation's roles (one requirement per role: any of them will do), and the
+/// answers the layer gives before a handler runs: 401, 403 where some role is refused, and 429
+/// when a submit is over its client's quota.
+fn security(doc: &mut Value) {
+    doc["components"]["securitySchemes"] = json!({
+        "apiKey": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`jsk_` and 64 hex digits) as `Authorization: Bearer <key>`. \
+                            An admin makes keys with `POST /keys` (the first one with `make api-key`). \
+                            The roles an operation admits are listed as its requirements' scopes.",
+        }
+    });
+    let problem = |description: &str| {
+        json!({ "description": description,
+                "content": { "application/problem+json": {
+                    "schema": { "$ref": "#/components/schemas/Problem" } } } })
+    };
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    for (path, item) in paths.iter_mut() {
+        for (method, op) in item.as_object_mut().into_iter().flatten() {
+            let verb = axum::http::Method::from_bytes(method.to_uppercase().as_bytes())
+                .expect("documented methods are methods");
+            let access = crate::access::rule(&verb, path)
+                .unwrap_or_else(|| panic!("{verb} {path} has no rule in access::RULES"));
+            if access == crate::access::Access::Public {
+                op["security"] = json!([]);
+                continue;
+            }
+            let roles = access.roles();
+            op["security"] = Value::Array(
+                roles
+                    .iter()
+                    .map(|r| json!({ "apiKey": [r.as_str()] }))
+                    .collect(),
+            );
+            let responses = &mut op["responses"];
+            let mut unauthorized = problem("no API key, or not a valid one (unknown, revoked or expired)");
+            unauthorized["headers"]["WWW-Authenticate"] =
+                json!({ "description": "`Bearer realm=\"jobstack\"`", "schema": { "type": "string" } });
+            responses["401"] = unauthorized;
+            if roles.len() < crate::access::Role::ALL.len() {
+                let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+                responses["403"] = problem(&format!(
+                    "a valid key whose role may not do this (it takes {})",
+                    names.join(", ")
+                ));
+            }
+            let mut over = problem(if access == crate::access::Access::Submit {
+                "over the client's submit rate or in-flight cap: send it again after `Retry-After`"
+            } else {
+                "over the client's in-flight cap: send it again after `Retry-After`"
+            });
+            over["headers"]["Retry-After"] = json!({ "$ref": "#/components/headers/Retry-After" });
+            responses["429"] = over;
+        }
+    }
 }
 
 /// The headers the layers add: `traceparent` on every answer that went through

@@ -3,7 +3,7 @@
 //! paused and resumed here, and changed only in the code.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -16,6 +16,7 @@ use crate::AppState;
 use crate::error::{ApiError, Problem};
 use crate::routes::body::{Body, Named};
 use crate::schedules::{Invalid, Missed, ScheduleRequest};
+use crate::access::{Audit, Caller};
 use crate::store::schedules::{self as store, Changed, ScheduleRow};
 
 /// The routes, each documented where it is registered.
@@ -145,16 +146,20 @@ fn declared(name: &str) -> ApiError {
 ))]
 pub(super) async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Body(req): Body<ScheduleRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let new = req.check(&state.kinds, Utc::now()).map_err(unprocessable)?;
-    let Some(row) = store::create(&state.db, &new).await? else {
+    let audit = Audit::new(&caller, "schedule.create", new.name.clone())
+        .with(serde_json::json!({ "kind": new.kind, "cron": new.cron, "interval_secs": new.interval_secs }));
+    let Some(row) = store::create(&state.db, &new, &audit).await? else {
         return Err(ApiError::Conflict(format!(
             "a schedule named {:?} exists",
             new.name
         )));
     };
     state.schedules_changed.notify_one();
+    audit.logged(0);
     tracing::info!(schedule = %row.name, next_fire_at = %row.next_fire_at, "schedule created");
     Ok((StatusCode::CREATED, Json(Schedule::from(row))))
 }
@@ -204,6 +209,7 @@ pub(super) async fn read(
 ))]
 pub(super) async fn change(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Body(patch): Body<SchedulePatch>,
 ) -> Result<Json<Schedule>, ApiError> {
@@ -215,13 +221,18 @@ pub(super) async fn change(
     }
     let (req, retimed) = merge(&row, patch);
     let new = req.check(&state.kinds, Utc::now()).map_err(unprocessable)?;
-    let row = match store::replace(&state.db, &new, retimed, row.updated_at).await? {
+    let audit = Audit::new(&caller, "schedule.change", name.clone()).with(serde_json::json!({
+        "cron": new.cron, "interval_secs": new.interval_secs, "time_zone": new.time_zone,
+        "enabled": new.enabled,
+    }));
+    let row = match store::replace(&state.db, &new, retimed, row.updated_at, &audit).await? {
         Changed::Done(row) => *row,
         Changed::NotFound => return Err(not_found(&name)),
         Changed::Declared => return Err(declared(&name)),
         Changed::Moved => return Err(moved(&name)),
     };
     state.schedules_changed.notify_one();
+    audit.logged(0);
     tracing::info!(schedule = %name, retimed, "schedule changed");
     Ok(Json(Schedule::from(row)))
 }
@@ -263,11 +274,14 @@ fn merge(row: &ScheduleRow, patch: SchedulePatch) -> (ScheduleRequest, bool) {
 ))]
 pub(super) async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match store::delete(&state.db, named(&name)?).await? {
+    let audit = Audit::new(&caller, "schedule.delete", name.clone());
+    match store::delete(&state.db, named(&name)?, &audit).await? {
         Changed::Done(_) => {
             state.schedules_changed.notify_one();
+            audit.logged(0);
             tracing::info!(schedule = %name, "schedule deleted");
             Ok(StatusCode::NO_CONTENT)
         }
@@ -287,12 +301,15 @@ pub(super) async fn delete(
 ))]
 pub(super) async fn pause(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Schedule>, ApiError> {
-    let row = store::set_enabled(&state.db, named(&name)?, None)
+    let audit = Audit::new(&caller, "schedule.pause", name.clone());
+    let row = store::set_enabled(&state.db, named(&name)?, None, &audit)
         .await?
         .ok_or_else(|| not_found(&name))?;
     state.schedules_changed.notify_one();
+    audit.logged(0);
     tracing::info!(schedule = %name, "schedule paused");
     Ok(Json(Schedule::from(row)))
 }
@@ -309,6 +326,7 @@ pub(super) async fn pause(
 ))]
 pub(super) async fn resume(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> Result<Json<Schedule>, ApiError> {
     let row = store::get(&state.db, named(&name)?)
@@ -319,7 +337,8 @@ pub(super) async fn resume(
         .ok()
         .and_then(|t| t.first(Utc::now()))
         .ok_or_else(|| ApiError::Conflict(format!("schedule {name:?} never fires again")))?;
-    let Some(row) = store::set_enabled(&state.db, &name, Some((next, row.updated_at))).await?
+    let audit = Audit::new(&caller, "schedule.resume", name.clone());
+    let Some(row) = store::set_enabled(&state.db, &name, Some((next, row.updated_at)), &audit).await?
     else {
         return Err(match store::get(&state.db, &name).await? {
             Some(_) => moved(&name),
@@ -327,6 +346,7 @@ pub(super) async fn resume(
         });
     };
     state.schedules_changed.notify_one();
+    audit.logged(0);
     tracing::info!(schedule = %name, next_fire_at = %row.next_fire_at, "schedule resumed");
     Ok(Json(Schedule::from(row)))
 }

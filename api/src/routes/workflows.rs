@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::jobs::view::Job;
 use crate::AppState;
+use crate::access::{Audit, Caller};
 use crate::error::{ApiError, Problem};
 use crate::routes::body::{Body, Named};
 use crate::store::{self, Cancel, workflows as store_wf};
@@ -127,9 +128,11 @@ pub(crate) struct WorkflowPage {
     items: Vec<WorkflowSummary>,
 }
 
-async fn workflow(state: &AppState, id: Uuid) -> Result<Workflow, ApiError> {
+/// A workflow as `caller` may see it: a submitter's view has only its own.
+async fn workflow(state: &AppState, id: Uuid, caller: &Caller) -> Result<Workflow, ApiError> {
     let (row, jobs) = store_wf::get(&state.db, id)
         .await?
+        .filter(|(row, _)| caller.only_own().is_none_or(|own| row.client.as_deref() == Some(own)))
         .ok_or_else(|| ApiError::NotFound(format!("no workflow {id}")))?;
     Ok(Workflow {
         summary: row.into(),
@@ -166,6 +169,7 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
 ))]
 pub(super) async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Body(req): Body<WorkflowRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let new = req
@@ -178,12 +182,13 @@ pub(super) async fn create(
         &new,
         &trace_id,
         propagation::traceparent(&span).as_deref(),
+        Some(&caller.client),
     )
     .await?;
     state.broker.wake_relay.notify_one();
     metrics::counter!("jobstack_workflows_created_total").increment(1);
     tracing::info!(workflow.id = %id, jobs = new.jobs.len(), "workflow accepted");
-    Ok((StatusCode::CREATED, Json(workflow(&state, id).await?)))
+    Ok((StatusCode::CREATED, Json(workflow(&state, id, &caller).await?)))
 }
 
 /// Filters and paging for the workflow list.
@@ -206,6 +211,7 @@ pub(super) struct ListQuery {
 ))]
 pub(super) async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<WorkflowPage>, ApiError> {
     let Query(q) = query?;
@@ -213,7 +219,8 @@ pub(super) async fn list(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be from 1 to 100".into()));
     }
-    let rows = store_wf::list(&state.db, q.status.map(WorkflowStatus::as_str), limit).await?;
+    let status = q.status.map(WorkflowStatus::as_str);
+    let rows = store_wf::list(&state.db, status, caller.only_own(), limit).await?;
     Ok(Json(WorkflowPage {
         items: rows.into_iter().map(WorkflowSummary::from).collect(),
     }))
@@ -230,9 +237,10 @@ pub(super) async fn list(
 ))]
 pub(super) async fn read(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Workflow>, ApiError> {
-    Ok(Json(workflow(&state, parse_id(&id)?).await?))
+    Ok(Json(workflow(&state, parse_id(&id)?, &caller).await?))
 }
 
 /// Cancels a workflow: every job of it not final yet is cancelled (a running one stops at its
@@ -247,21 +255,24 @@ pub(super) async fn read(
 ))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let jobs = store_wf::cancel(&state.db, id)
+    let audit = Audit::new(&caller, "workflow.cancel", id.to_string());
+    let jobs = store_wf::cancel(&state.db, id, &audit)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no workflow {id}")))?;
     let mut cancelled = 0;
     for job in &jobs {
         // One transaction per job, as a cancel of each would be; a job the trigger cancelled
         // meanwhile (its dependency was cancelled first) is already final.
-        if let Cancel::Accepted(_) = store::cancel(&state.db, *job).await? {
+        if let Cancel::Accepted(_) = store::cancel(&state.db, *job, &audit).await? {
             cancelled += 1;
         }
     }
     state.broker.wake_relay.notify_one();
+    audit.logged(cancelled);
     tracing::info!(workflow.id = %id, cancelled, "workflow cancel accepted");
-    Ok((StatusCode::ACCEPTED, Json(workflow(&state, id).await?)))
+    Ok((StatusCode::ACCEPTED, Json(workflow(&state, id, &caller).await?)))
 }

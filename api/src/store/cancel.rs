@@ -3,7 +3,8 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{JobRow, StateRow, job_columns, read, state_columns};
+use super::{JobRow, StateRow, audit, job_columns, read, state_columns};
+use crate::access::Audit;
 use crate::lifecycle::Status;
 
 /// What a cancel request did.
@@ -24,7 +25,8 @@ pub enum Cancel {
 /// a job. A relay publishing the job right now holds its outbox entry: the delete waits for it.
 /// The outbox entry is locked before the job row, in the relay's order, so the two never
 /// deadlock (the relay updates a delayed job's row while it holds the entry).
-pub async fn cancel(db: &PgPool, id: Uuid) -> sqlx::Result<Cancel> {
+/// The cancel is recorded by `audit` in the same transaction.
+pub async fn cancel(db: &PgPool, id: Uuid, audit: &Audit) -> sqlx::Result<Cancel> {
     let mut tx = db.begin().await?;
     let unpublished = sqlx::query("DELETE FROM outbox WHERE job_id = $1")
         .bind(id)
@@ -62,6 +64,7 @@ pub async fn cancel(db: &PgPool, id: Uuid) -> sqlx::Result<Cancel> {
     .bind(Status::Cancelled)
     .fetch_one(&mut *tx)
     .await?;
+    audit::record(&mut tx, audit, &[id]).await?;
     tx.commit().await?;
     Ok(Cancel::Accepted(job))
 }

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::access::Audit;
 use crate::flow::admit::State;
 
 /// How long a held entry waits before the relay looks at it again even if nothing woke it: a
@@ -227,26 +228,39 @@ pub async fn wake_held(db: &PgPool) -> sqlx::Result<u64> {
         .map(|r| r.rows_affected())
 }
 
-/// Pauses `kind`; false if it already was.
-pub async fn pause(db: &PgPool, kind: &str) -> sqlx::Result<bool> {
-    sqlx::query("INSERT INTO paused_kinds (kind) VALUES ($1) ON CONFLICT DO NOTHING")
+/// Pauses `kind`, recorded by `audit`; false if it already was (and nothing is recorded).
+pub async fn pause(db: &PgPool, kind: &str, audit: &Audit) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
+    let paused = sqlx::query("INSERT INTO paused_kinds (kind) VALUES ($1) ON CONFLICT DO NOTHING")
         .bind(kind)
-        .execute(db)
-        .await
-        .map(|r| r.rows_affected() == 1)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
+    if paused {
+        super::audit::record(&mut tx, audit, &[]).await?;
+    }
+    tx.commit().await?;
+    Ok(paused)
 }
 
 /// Resumes `kind` and wakes its held entries; false if it was not paused. Two transactions: the
 /// first ends the pause, so no relay holds for it from then on; the second waits for the row
 /// locks of every relay batch that saw the pause before that (`FOR UPDATE` over the kind's
 /// entries) and then wakes what they held.
-pub async fn resume(db: &PgPool, kind: &str) -> sqlx::Result<bool> {
+/// The first transaction records `audit` when it resumed the kind.
+pub async fn resume(db: &PgPool, kind: &str, audit: &Audit) -> sqlx::Result<bool> {
+    let mut tx = db.begin().await?;
     let resumed = sqlx::query("DELETE FROM paused_kinds WHERE kind = $1")
         .bind(kind)
-        .execute(db)
+        .execute(&mut *tx)
         .await?
         .rows_affected()
         == 1;
+    if resumed {
+        super::audit::record(&mut tx, audit, &[]).await?;
+    }
+    tx.commit().await?;
     let mut tx = db.begin().await?;
     sqlx::query(
         "SELECT o.job_id FROM outbox AS o JOIN jobs AS j ON j.id = o.job_id \

@@ -36,6 +36,8 @@ pub struct NewJob {
     pub concurrency_key: Option<String>,
     /// Its claim, if it is unique.
     pub unique: Option<Claim>,
+    /// The client that submitted it.
+    pub client: Option<String>,
 }
 
 impl NewJob {
@@ -52,6 +54,7 @@ impl NewJob {
             priority: 0,
             concurrency_key: None,
             unique: None,
+            client: None,
         }
     }
 }
@@ -266,7 +269,9 @@ async fn insert_rows(
     let mut keys: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
     let mut claims: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
     let mut claim_secs: Vec<Option<f64>> = Vec::with_capacity(jobs.len());
+    let mut clients: Vec<Option<&str>> = Vec::with_capacity(jobs.len());
     for job in jobs {
+        clients.push(job.client.as_deref());
         priorities.push(i16::from(job.priority));
         keys.push(job.concurrency_key.as_deref());
         claims.push(job.unique.as_ref().map(|c| c.key.as_str()));
@@ -294,18 +299,19 @@ async fn insert_rows(
         "WITH ins AS ( \
              INSERT INTO jobs (id, kind, payload, payload_version, trace_id, traceparent, run_at, \
                                status, schedule_name, fire_at, priority, concurrency_key, \
-                               unique_key, unique_until) \
+                               unique_key, unique_until, client) \
              SELECT id, kind, payload, payload_version, trace_id, traceparent, due, \
                     CASE WHEN due > now() THEN $8 ELSE $9 END, schedule_name, fire_at, priority, \
-                    concurrency_key, unique_key, now() + make_interval(secs => unique_secs) \
+                    concurrency_key, unique_key, now() + make_interval(secs => unique_secs), \
+                    client \
              FROM (SELECT *, GREATEST(now(), COALESCE(run_at, now() + make_interval(secs => delay))) AS due \
                    FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], \
                                $6::timestamptz[], $7::float8[], $10::int4[], $11::text[], \
                                $12::timestamptz[], $13::int2[], $14::text[], $15::text[], \
-                               $16::float8[]) \
+                               $16::float8[], $17::text[]) \
                         AS i(id, kind, payload, trace_id, traceparent, run_at, delay, payload_version, \
                              schedule_name, fire_at, priority, concurrency_key, unique_key, \
-                             unique_secs)) AS i \
+                             unique_secs, client)) AS i \
              ON CONFLICT DO NOTHING \
              RETURNING *), \
          queued AS (INSERT INTO outbox (job_id, run_at, priority) SELECT id, run_at, priority FROM ins) \
@@ -329,6 +335,7 @@ async fn insert_rows(
     .bind(&keys)
     .bind(&claims)
     .bind(&claim_secs)
+    .bind(&clients)
     .fetch_all(&mut **tx)
     .await
 }

@@ -13,11 +13,14 @@
 //! - [`retention`]: deleting old finished jobs and expired keys.
 //! - [`schedules`]: periodic schedules, and the jobs their fires make.
 //! - [`workflows`]: workflows, their jobs and dependencies.
+//! - [`keys`]: API keys and console sessions; [`audit`]: the audit trail.
 
+pub mod audit;
 pub mod cancel;
 pub mod events;
 pub mod flow;
 pub mod insert;
+pub mod keys;
 pub mod leases;
 pub mod outbox;
 pub mod read;
@@ -93,6 +96,8 @@ pub struct JobRow {
     pub snoozes: i32,
     /// Its unique claim, while it holds one.
     pub unique_key: Option<String>,
+    /// The client (API key name) that submitted it; `None` for a schedule's fire.
+    pub client: Option<String>,
 }
 
 /// The columns of [`JobRow`], for `concat!` (sqlx only takes static SQL).
@@ -101,7 +106,7 @@ macro_rules! job_columns {
         "id, kind, payload, payload_version, status, progress, attempts, result, error, \
          created_at, run_at, started_at, finished_at, trace_id, generation, history, \
          heartbeat_at, checkpoint_at, checkpoint_attempt, schedule_name, fire_at, priority, \
-         concurrency_key, snoozes, unique_key"
+         concurrency_key, snoozes, unique_key, client"
     };
 }
 use job_columns;

@@ -29,6 +29,35 @@ pub async fn held<'e>(db: impl PgExecutor<'e>, id: Uuid) -> sqlx::Result<Option<
         .map(Option::flatten)
 }
 
+/// How many dependencies a workflow's job still waits for (0 for any other job).
+pub async fn waiting_on(db: &PgPool, id: Uuid) -> sqlx::Result<i32> {
+    sqlx::query_scalar("SELECT pending_deps FROM jobs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await
+        .map(Option::unwrap_or_default)
+}
+
+/// How many jobs `filter` takes (at most `cap`: a count is for a confirmation, not a census).
+pub async fn count(db: &PgPool, filter: Filter<'_>, cap: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM jobs \
+         WHERE ($1::job_status IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2) \
+           AND ($3::text IS NULL OR schedule_name = $3) AND ($4::text IS NULL OR client = $4) \
+           AND ($5::uuid IS NULL OR workflow_id = $5) AND ($6::timestamptz IS NULL OR created_at >= $6) \
+         LIMIT $7) AS matching",
+    )
+    .bind(filter.status)
+    .bind(filter.kind)
+    .bind(filter.schedule)
+    .bind(filter.client)
+    .bind(filter.workflow)
+    .bind(filter.since)
+    .bind(cap)
+    .fetch_one(db)
+    .await
+}
+
 /// A job known to exist (its row is locked or referenced in this transaction).
 pub(super) async fn fetch(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx::Result<JobRow> {
     get(&mut **tx, id).await?.ok_or(sqlx::Error::RowNotFound)
@@ -72,6 +101,12 @@ pub struct Filter<'a> {
     pub kind: Option<&'a str>,
     /// Made by this schedule.
     pub schedule: Option<&'a str>,
+    /// Submitted by this client.
+    pub client: Option<&'a str>,
+    /// Of this workflow.
+    pub workflow: Option<Uuid>,
+    /// Created at or after this time.
+    pub since: Option<DateTime<Utc>>,
 }
 
 /// A page of jobs, newest first, and the cursor of the next page.
@@ -86,7 +121,8 @@ pub async fn list(
         job_columns!(),
         " FROM jobs \
          WHERE ($1::job_status IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2) \
-           AND ($6::text IS NULL OR schedule_name = $6) \
+           AND ($6::text IS NULL OR schedule_name = $6) AND ($7::text IS NULL OR client = $7) \
+           AND ($8::uuid IS NULL OR workflow_id = $8) AND ($9::timestamptz IS NULL OR created_at >= $9) \
            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4)) \
          ORDER BY created_at DESC, id DESC LIMIT $5"
     ))
@@ -96,6 +132,9 @@ pub async fn list(
     .bind(after.map(|c| c.id))
     .bind(i64::from(limit) + 1)
     .bind(filter.schedule)
+    .bind(filter.client)
+    .bind(filter.workflow)
+    .bind(filter.since)
     .fetch_all(db)
     .await?;
     let next = if jobs.len() > limit as usize {

@@ -3,7 +3,8 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{JobRow, job_columns, read};
+use super::{JobRow, audit, job_columns, read};
+use crate::access::Audit;
 use crate::lifecycle::Status;
 
 /// Which jobs to re-drive.
@@ -11,6 +12,8 @@ use crate::lifecycle::Status;
 pub enum Redrive<'a> {
     /// This one.
     One(Uuid),
+    /// These (the ones among them that are failed or cancelled).
+    Ids(&'a [Uuid]),
     /// Up to `limit` in `status`, of `kind` if given, most recently finished first.
     Many {
         /// `failed` or `cancelled`.
@@ -55,21 +58,24 @@ pub const REDRIVABLE: [Status; 2] = [Status::Failed, Status::Cancelled];
 ///
 /// A workflow's job resumes its workflow: the jobs its failure cancelled (`blocked_by`, and
 /// theirs) wait again for their dependencies. A bulk re-drive leaves those out (they resume
-/// with the job that blocked them); re-driving one by its id runs it without them.
-pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow>> {
-    let (id, status, kind, limit) = match which {
-        Redrive::One(id) => (Some(id), None, None, 1),
+/// with the job that blocked them); re-driving one by its id runs it without them. When it
+/// re-drove any, `audit` records it (and which) in the same transaction.
+pub async fn redrive(db: &PgPool, which: Redrive<'_>, audit: &Audit) -> sqlx::Result<Vec<JobRow>> {
+    let (ids, status, kind, limit) = match which {
+        Redrive::One(id) => (Some(vec![id]), None, None, 1),
+        Redrive::Ids(ids) => (Some(ids.to_vec()), None, None, ids.len() as i64),
         Redrive::Many {
             status,
             kind,
             limit,
         } => (None, Some(status), kind, i64::from(limit)),
     };
-    sqlx::query_as(concat!(
+    let mut tx = db.begin().await?;
+    let jobs: Vec<JobRow> = sqlx::query_as(concat!(
         "WITH RECURSIVE picked AS ( \
              SELECT id AS picked_id FROM jobs \
              WHERE status = ANY($5) AND NOT cancel_outbox \
-               AND ($1::uuid IS NULL OR id = $1) AND ($1::uuid IS NOT NULL OR blocked_by IS NULL) \
+               AND ($1::uuid[] IS NULL OR id = ANY($1)) AND ($1::uuid[] IS NOT NULL OR blocked_by IS NULL) \
                AND ($2::job_status IS NULL OR status = $2) AND ($3::text IS NULL OR kind = $3) \
              ORDER BY finished_at DESC NULLS LAST LIMIT $4 FOR UPDATE SKIP LOCKED), \
          up AS (UPDATE jobs AS j SET \
@@ -95,7 +101,7 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow
         job_columns!(),
         " FROM up"
     ))
-    .bind(id)
+    .bind(ids)
     .bind(status)
     .bind(kind)
     .bind(limit)
@@ -103,14 +109,20 @@ pub async fn redrive(db: &PgPool, which: Redrive<'_>) -> sqlx::Result<Vec<JobRow
     .bind(Status::Queued)
     .bind(Status::Scheduled)
     .bind(Status::Succeeded)
-    .fetch_all(db)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    if !jobs.is_empty() {
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+        audit::record(&mut tx, audit, &ids).await?;
+    }
+    tx.commit().await?;
+    Ok(jobs)
 }
 
 /// Re-drives one job, telling a missing job from one in another state, one whose cancel is not
 /// out yet, and one another request holds right now (it was skipped, not refused).
-pub async fn redrive_one(db: &PgPool, id: Uuid) -> sqlx::Result<RedriveOne> {
-    if let Some(job) = redrive(db, Redrive::One(id)).await?.pop() {
+pub async fn redrive_one(db: &PgPool, id: Uuid, audit: &Audit) -> sqlx::Result<RedriveOne> {
+    if let Some(job) = redrive(db, Redrive::One(id), audit).await?.pop() {
         return Ok(RedriveOne::Requeued(job));
     }
     // Why was it not taken? Looked at under the row's lock, without waiting for it: a row held

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use crate::access::Audit;
 use crate::schedules::{Invalid, Missed, NewSchedule, Timing};
 
 /// Identifies the scheduler's lock among PostgreSQL advisory locks ("jobsched" in ASCII). Taken
@@ -95,9 +96,14 @@ pub async fn get(db: &PgPool, name: &str) -> sqlx::Result<Option<ScheduleRow>> {
     .await
 }
 
-/// Creates a schedule made through the api; `None` if the name is taken.
-pub async fn create(db: &PgPool, s: &NewSchedule) -> sqlx::Result<Option<ScheduleRow>> {
-    sqlx::query_as(concat!(
+/// Creates a schedule made through the api, recorded by `audit`; `None` if the name is taken.
+pub async fn create(
+    db: &PgPool,
+    s: &NewSchedule,
+    audit: &Audit,
+) -> sqlx::Result<Option<ScheduleRow>> {
+    let mut tx = db.begin().await?;
+    let row: Option<ScheduleRow> = sqlx::query_as(concat!(
         "INSERT INTO schedules (name, kind, payload, payload_version, cron, interval_secs, \
                                 time_zone, missed, enabled, next_fire_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -115,8 +121,22 @@ pub async fn create(db: &PgPool, s: &NewSchedule) -> sqlx::Result<Option<Schedul
     .bind(s.missed.as_str())
     .bind(s.enabled)
     .bind(s.first)
-    .fetch_optional(db)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    recorded(tx, audit, row).await
+}
+
+/// Commits `tx`, with `audit` recorded in it if `row` says something changed.
+async fn recorded<T>(
+    mut tx: Transaction<'_, Postgres>,
+    audit: &Audit,
+    row: Option<T>,
+) -> sqlx::Result<Option<T>> {
+    if row.is_some() {
+        super::audit::record(&mut tx, audit, &[]).await?;
+    }
+    tx.commit().await?;
+    Ok(row)
 }
 
 /// What a change of a schedule made through the api found.
@@ -140,7 +160,9 @@ pub async fn replace(
     s: &NewSchedule,
     retimed: bool,
     read_at: DateTime<Utc>,
+    audit: &Audit,
 ) -> sqlx::Result<Changed> {
+    let mut tx = db.begin().await?;
     let row: Option<ScheduleRow> = sqlx::query_as(concat!(
         "UPDATE schedules SET kind = $2, payload = $3, payload_version = $4, cron = $5, \
                 interval_secs = $6, time_zone = $7, missed = $8, enabled = $9, \
@@ -161,9 +183,9 @@ pub async fn replace(
     .bind(s.first)
     .bind(retimed)
     .bind(read_at)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    match row {
+    match recorded(tx, audit, row).await? {
         Some(row) => Ok(Changed::Done(Box::new(row))),
         None => not_changed(db, &s.name).await,
     }
@@ -176,8 +198,10 @@ pub async fn set_enabled(
     db: &PgPool,
     name: &str,
     resume_at: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    audit: &Audit,
 ) -> sqlx::Result<Option<ScheduleRow>> {
-    sqlx::query_as(concat!(
+    let mut tx = db.begin().await?;
+    let row: Option<ScheduleRow> = sqlx::query_as(concat!(
         "UPDATE schedules SET enabled = $2, updated_at = now(), \
                 next_fire_at = CASE WHEN $2 AND NOT enabled THEN $3 ELSE next_fire_at END \
          WHERE name = $1 AND ($4::timestamptz IS NULL OR updated_at = $4) RETURNING ",
@@ -188,21 +212,23 @@ pub async fn set_enabled(
     .bind(resume_at.is_some())
     .bind(resume_at.map_or_else(Utc::now, |(at, _)| at))
     .bind(resume_at.map(|(_, read_at)| read_at))
-    .fetch_optional(db)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    recorded(tx, audit, row).await
 }
 
-/// Deletes a schedule made through the api. The jobs it made stay.
-pub async fn delete(db: &PgPool, name: &str) -> sqlx::Result<Changed> {
+/// Deletes a schedule made through the api, recorded by `audit`. The jobs it made stay.
+pub async fn delete(db: &PgPool, name: &str, audit: &Audit) -> sqlx::Result<Changed> {
+    let mut tx = db.begin().await?;
     let row: Option<ScheduleRow> = sqlx::query_as(concat!(
         "DELETE FROM schedules WHERE name = $1 AND NOT declared RETURNING ",
         columns!(),
         ""
     ))
     .bind(name)
-    .fetch_optional(db)
+    .fetch_optional(&mut *tx)
     .await?;
-    match row {
+    match recorded(tx, audit, row).await? {
         Some(row) => Ok(Changed::Done(Box::new(row))),
         None => not_changed(db, name).await,
     }

@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{JobRow, job_columns};
+use crate::access::Audit;
 use crate::lifecycle::Status;
 use crate::workflows::NewWorkflow;
 
@@ -19,6 +20,8 @@ pub struct WorkflowRow {
     pub name: Option<String>,
     /// The trace of the request that created it.
     pub trace_id: String,
+    /// The client that submitted it.
+    pub client: Option<String>,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// `running`, `succeeded`, `failed` or `cancelled` (see [`STATUS`]).
@@ -34,7 +37,7 @@ pub struct WorkflowRow {
 /// A workflow's status from its jobs: `running` while one is not final; then `cancelled` if the
 /// workflow was cancelled, `failed` if a job failed or was cancelled and no dependent ignores it
 /// (a failure every dependent ignores does not fail the workflow), `succeeded` otherwise.
-const STATUS: &str = "SELECT w.id, w.name, w.trace_id, w.created_at, \
+const STATUS: &str = "SELECT w.id, w.name, w.trace_id, w.client, w.created_at, \
         count(j.id) AS jobs, \
         count(j.id) FILTER (WHERE j.status = 'succeeded') AS succeeded, \
         count(j.id) FILTER (WHERE j.status NOT IN ('succeeded', 'failed', 'cancelled')) AS unfinished, \
@@ -55,6 +58,7 @@ pub async fn insert(
     workflow: &NewWorkflow,
     trace_id: &str,
     traceparent: Option<&str>,
+    client: Option<&str>,
 ) -> sqlx::Result<Uuid> {
     let id = Uuid::now_v7();
     let ids: Vec<Uuid> = workflow.jobs.iter().map(|_| Uuid::now_v7()).collect();
@@ -87,18 +91,19 @@ pub async fn insert(
         .collect();
 
     let mut tx = db.begin().await?;
-    sqlx::query("INSERT INTO workflows (id, name, trace_id) VALUES ($1, $2, $3)")
+    sqlx::query("INSERT INTO workflows (id, name, trace_id, client) VALUES ($1, $2, $3, $4)")
         .bind(id)
         .bind(&workflow.name)
         .bind(trace_id)
+        .bind(client)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
         "WITH ins AS ( \
              INSERT INTO jobs (id, kind, payload, payload_version, trace_id, traceparent, run_at, \
-                               status, workflow_id, workflow_key, pending_deps) \
+                               status, workflow_id, workflow_key, pending_deps, client) \
              SELECT i.id, i.kind, i.payload, i.payload_version, $6, $7, now(), \
-                    CASE WHEN i.pending > 0 THEN $9 ELSE $10 END, $8, i.key, i.pending \
+                    CASE WHEN i.pending > 0 THEN $9 ELSE $10 END, $8, i.key, i.pending, $12 \
              FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int4[], $5::text[], $11::int4[]) \
                   AS i(id, kind, payload, payload_version, key, pending) \
              RETURNING id, run_at, pending_deps) \
@@ -115,6 +120,7 @@ pub async fn insert(
     .bind(Status::Scheduled)
     .bind(Status::Queued)
     .bind(&pending)
+    .bind(client)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
@@ -172,30 +178,39 @@ pub async fn get(
     Ok(Some((workflow, jobs)))
 }
 
-/// The newest `limit` workflows, in `status` if given.
-pub async fn list(db: &PgPool, status: Option<&str>, limit: u32) -> sqlx::Result<Vec<WorkflowRow>> {
+/// The newest `limit` workflows, in `status` and of `client` if given.
+pub async fn list(
+    db: &PgPool,
+    status: Option<&str>,
+    client: Option<&str>,
+    limit: u32,
+) -> sqlx::Result<Vec<WorkflowRow>> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT * FROM ({STATUS} GROUP BY w.id) AS w \
+        "SELECT * FROM ({STATUS} WHERE ($3::text IS NULL OR w.client = $3) GROUP BY w.id) AS w \
          WHERE ($1::text IS NULL OR w.status = $1) \
          ORDER BY w.created_at DESC, w.id DESC LIMIT $2"
     )))
     .bind(status)
     .bind(i64::from(limit))
+    .bind(client)
     .fetch_all(db)
     .await
 }
 
 /// Marks a workflow cancelled and returns its jobs that are not final yet (the caller cancels
-/// each); `None` if there is no such workflow.
-pub async fn cancel(db: &PgPool, id: Uuid) -> sqlx::Result<Option<Vec<Uuid>>> {
+/// each, recorded by the same `audit`); `None` if there is no such workflow.
+pub async fn cancel(db: &PgPool, id: Uuid, audit: &Audit) -> sqlx::Result<Option<Vec<Uuid>>> {
+    let mut tx = db.begin().await?;
     let found = sqlx::query("UPDATE workflows SET cancel_requested = true WHERE id = $1")
         .bind(id)
-        .execute(db)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
     if found == 0 {
         return Ok(None);
     }
+    super::audit::record(&mut tx, audit, &[]).await?;
+    tx.commit().await?;
     let ids = sqlx::query_scalar(
         "SELECT id FROM jobs WHERE workflow_id = $1 AND status <> ALL($2) ORDER BY id",
     )

@@ -35,12 +35,15 @@ struct ApiProcess {
     url: String,
     config: api::Config,
     http: reqwest::Client,
+    /// The demo key it was started with (an admin's).
+    key: String,
 }
 
 impl ApiProcess {
     /// Starts the binary with `env` on top of an isolated configuration; waits until ready.
     async fn start(env: &[(&str, &str)]) -> Self {
         let config = isolated_config();
+        let key = api::access::keys::generate();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -53,6 +56,7 @@ impl ApiProcess {
             .env("DATABASE_URL", &config.database_url)
             .env("AMQP_URL", &config.amqp.url)
             .env("AMQP_PREFIX", &config.amqp.prefix)
+            .env("API_DEMO_KEY", &key)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -63,6 +67,7 @@ impl ApiProcess {
             url: format!("http://127.0.0.1:{port}"),
             config,
             http: reqwest::Client::new(),
+            key,
         };
         let start = Instant::now();
         // Ready and connected: the api is also ready (degraded) before its broker session is up.
@@ -89,6 +94,7 @@ impl ApiProcess {
         let res = self
             .http
             .post(format!("{}/jobs", self.url))
+            .bearer_auth(&self.key)
             .json(&json!({"kind": "hash", "payload": {"rounds": 1}}))
             .send()
             .await

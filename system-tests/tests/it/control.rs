@@ -475,7 +475,8 @@ async fn retention_runs_in_one_replica_at_a_time_and_expires_keys() {
     let key = json!({"kind": "sleep", "payload": {"duration_ms": 10, "steps": 1}});
     post_keyed(&app, "kept", &key).await;
     post_keyed(&app, "expired", &key).await;
-    sqlx::query("UPDATE idempotency_keys SET expires_at = now() - interval '1 minute' WHERE key = 'expired'")
+    // Stored under the client's name: each client has its own keys.
+    sqlx::query("UPDATE idempotency_keys SET expires_at = now() - interval '1 minute' WHERE key = 'demo/expired'")
         .execute(&db)
         .await
         .unwrap();
@@ -504,7 +505,7 @@ async fn retention_runs_in_one_replica_at_a_time_and_expires_keys() {
         .fetch_all(&db)
         .await
         .unwrap();
-    assert_eq!(keys, ["kept"]);
+    assert_eq!(keys, ["demo/kept"]);
 
     // Batches of one: both old jobs, and the key of one with it.
     sqlx::query("UPDATE jobs SET status = 'succeeded', finished_at = now() - interval '2 days'")

@@ -161,7 +161,11 @@ impl Default for Options {
 /// A running api (and worker) with its own database and queue names.
 pub(crate) struct TestApp {
     pub(crate) url: String,
+    /// A client that sends the api's demo key (an admin's): what most tests are about is not
+    /// who may do it.
     pub(crate) http: reqwest::Client,
+    /// That key.
+    pub(crate) admin_key: String,
     pub(crate) api_config: Config,
     pub(crate) worker_config: worker::Config,
     api_stop: CancellationToken,
@@ -214,7 +218,8 @@ impl TestApp {
             registry: worker::kinds::registry(),
             schedules: opts.schedules.clone(),
             url,
-            http: reqwest::Client::new(),
+            http: authorized(api_config.demo_key.as_deref().expect("a demo key")),
+            admin_key: api_config.demo_key.clone().expect("a demo key"),
             api_config,
             worker_config,
             api_stop,
@@ -565,6 +570,13 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
     api_config.retention_interval = opts.retention_interval;
     api_config.misfire_grace = opts.misfire_grace;
     api_config.job_limits = api::flow::settings::parse(opts.job_limits).expect("valid JOB_LIMITS");
+    api_config.auth = api::access::Mode::Keys;
+    api_config.demo_key = Some(api::access::keys::generate());
+    // Tests send bursts; the quota tests set their own.
+    api_config.client_quota = api::access::quota::Defaults {
+        submit_rate: None,
+        max_in_flight: None,
+    };
 
     let mut worker_config = worker::Config::from_env().expect("default config");
     worker_config.amqp.url = opts.worker_amqp_url.clone();
@@ -573,6 +585,18 @@ pub(crate) fn configs(opts: &Options) -> (String, Config, worker::Config) {
     worker_config.grace = opts.grace;
     worker_config.concurrency = opts.concurrency;
     (name, api_config, worker_config)
+}
+
+/// An HTTP client that sends `key` with every request.
+pub(crate) fn authorized(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).unwrap();
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 /// Removes a test's queues, exchanges and database.

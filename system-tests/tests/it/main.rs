@@ -3,6 +3,7 @@
 //! parallel; each cleans up on drop, also when it fails.
 
 mod accept;
+mod access;
 mod bad_input;
 mod contract;
 mod control;

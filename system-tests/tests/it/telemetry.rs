@@ -164,7 +164,7 @@ async fn check_one_trace(broker_down_at_first: bool) {
     let worker = Isolated::spawn("worker", exporter.clone(), move |l, stop| {
         worker::run(l, worker_config, stop)
     });
-    let http = reqwest::Client::new();
+    let http = crate::helpers::authorized(api_config.demo_key.as_deref().unwrap());
     let start = Instant::now();
     while http.get(format!("{api_url}/healthz")).send().await.is_err() {
         assert!(

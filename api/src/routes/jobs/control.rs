@@ -2,7 +2,7 @@
 //! and running failed or cancelled ones again.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use super::parse_id;
 use super::view::{Job, Redriven};
 use crate::AppState;
+use crate::access::{Audit, Caller};
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::Status;
 use crate::routes::body::{Body, Named};
@@ -33,10 +34,12 @@ const MAX_REDRIVE: u32 = 1000;
 ))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let job = match store::cancel(&state.db, id).await? {
+    let audit = Audit::new(&caller, "job.cancel", id.to_string());
+    let job = match store::cancel(&state.db, id, &audit).await? {
         Cancel::NotFound => return Err(ApiError::NotFound(format!("no job {id}"))),
         Cancel::AlreadyFinal(job) => {
             return Err(ApiError::Conflict(format!(
@@ -48,6 +51,7 @@ pub(super) async fn cancel(
     };
     // Committed: the relay broadcasts it if a worker may hold the job.
     state.broker.wake_relay.notify_one();
+    audit.logged(1);
     tracing::info!(job.id = %id, status = %job.status, "cancel accepted");
     Ok((StatusCode::ACCEPTED, Json(Job::from(job))))
 }
@@ -68,10 +72,12 @@ pub(super) async fn cancel(
 ))]
 pub(super) async fn redrive(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&id)?;
-    let job = match store::redrive_one(&state.db, id).await? {
+    let audit = Audit::new(&caller, "job.redrive", id.to_string());
+    let job = match store::redrive_one(&state.db, id, &audit).await? {
         RedriveOne::NotFound => return Err(ApiError::NotFound(format!("no job {id}"))),
         RedriveOne::Refused(job) => {
             return Err(ApiError::Conflict(format!(
@@ -94,6 +100,7 @@ pub(super) async fn redrive(
         RedriveOne::Requeued(job) => job,
     };
     state.broker.wake_relay.notify_one();
+    audit.logged(1);
     log_redrive(&job);
     Ok((StatusCode::ACCEPTED, Json(Job::from(job))))
 }
@@ -149,6 +156,7 @@ impl Named for RedriveMany {
 ))]
 pub(super) async fn redrive_many(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Body(req): Body<RedriveMany>,
 ) -> Result<Json<Redriven>, ApiError> {
     if let Some(k) = &req.kind
@@ -168,9 +176,13 @@ pub(super) async fn redrive_many(
         kind: req.kind.as_deref(),
         limit,
     };
-    let jobs = store::redrive(&state.db, which).await?;
+    let target = format!("status={status} kind={}", req.kind.as_deref().unwrap_or("*"));
+    let audit = Audit::new(&caller, "jobs.redrive", target)
+        .with(serde_json::json!({ "status": status, "kind": req.kind, "limit": limit }));
+    let jobs = store::redrive(&state.db, which, &audit).await?;
     if !jobs.is_empty() {
         state.broker.wake_relay.notify_one();
+        audit.logged(jobs.len());
     }
     jobs.iter().for_each(log_redrive);
     tracing::info!(requeued = jobs.len(), %status, kind = req.kind.as_deref().unwrap_or("*"), "bulk re-drive");

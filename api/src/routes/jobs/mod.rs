@@ -6,6 +6,8 @@ mod read;
 mod submit;
 pub(crate) mod view;
 
+pub(crate) use submit::validate;
+
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 

@@ -2,13 +2,14 @@
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::parse_id;
 use super::view::{Held, Job, JobPage};
 use crate::AppState;
+use crate::access::Caller;
 use crate::error::{ApiError, Problem};
 use crate::lifecycle::Status;
 use crate::store::{self, Cursor};
@@ -28,11 +29,14 @@ const MAX_LIMIT: u32 = 100;
 ))]
 pub(super) async fn read(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let id = parse_id(&id)?;
+    // A submitter's view has only its own jobs: another client's is as absent as a missing one.
     let row = store::get(&state.db, id)
         .await?
+        .filter(|row| caller.only_own().is_none_or(|own| row.client.as_deref() == Some(own)))
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
     let mut job = Job::from(row);
     if !job.status.is_final() {
@@ -55,6 +59,13 @@ pub(super) struct ListQuery {
     /// Only jobs made by this schedule's fires.
     #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     schedule: Option<String>,
+    /// Only jobs submitted by this client (an API key's name); a submitter sees only its own.
+    #[param(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
+    client: Option<String>,
+    /// Only jobs of this workflow.
+    workflow: Option<uuid::Uuid>,
+    /// Only jobs created at or after this time (RFC 3339).
+    since: Option<chrono::DateTime<chrono::Utc>>,
     /// Page size (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
@@ -82,9 +93,17 @@ fn cursor(raw: &str) -> Option<Cursor> {
 ))]
 pub(super) async fn list(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
     let Query(q) = query?;
+    if let Some(c) = &q.client
+        && !crate::access::keys::valid_name(c)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "client {c:?}: an API key's name is 1-64 of A-Z a-z 0-9 . _ -"
+        )));
+    }
     if let Some(k) = &q.kind
         && !state.kinds.contains(k)
     {
@@ -108,6 +127,9 @@ pub(super) async fn list(
         status: q.status,
         kind: q.kind.as_deref(),
         schedule: q.schedule.as_deref(),
+        client: caller.only_own().or(q.client.as_deref()),
+        workflow: q.workflow,
+        since: q.since,
     };
     let (rows, next) = store::list(&state.db, filter, cursor, limit).await?;
     Ok(Json(JobPage {

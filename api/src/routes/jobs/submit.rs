@@ -1,7 +1,7 @@
 //! `POST /jobs`: accept a job.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::Utc;
@@ -11,6 +11,7 @@ use shared::telemetry::propagation;
 
 use super::view::Job;
 use crate::AppState;
+use crate::access::Caller;
 use crate::error::{ApiError, Problem};
 use crate::idempotency;
 use crate::routes::body::{Body, Named};
@@ -43,16 +44,23 @@ use crate::store::{self, Inserted, NewJob, Stored};
 ))]
 pub(super) async fn submit(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Result<Body<JobRequest>, ApiError>,
 ) -> Result<impl IntoResponse, ApiError> {
     let key = idempotency::key(&headers).map_err(ApiError::BadRequest)?;
     let Body(req) = body?;
-    let job = validate(&state, &req)?;
+    let job = NewJob {
+        client: Some(caller.client.clone()),
+        ..validate(&state, &req)?
+    };
     let (stored, replayed) = match key {
         None => (state.committer.accept(job).await?, false),
         Some(key) => {
             let fingerprint = idempotency::fingerprint(&req);
+            // Each client has its own keys: another client's same key is another request, and
+            // never answers with this client's job.
+            let key = idempotency::scoped(&caller.client, &key);
             let key = store::Key {
                 key: &key,
                 fingerprint: &fingerprint,
@@ -106,7 +114,7 @@ impl Named for JobRequest {
     const WHAT: &'static str = "job";
 }
 
-fn validate(state: &AppState, req: &JobRequest) -> Result<NewJob, ApiError> {
+pub(crate) fn validate(state: &AppState, req: &JobRequest) -> Result<NewJob, ApiError> {
     if !state.kinds.contains(&req.kind) {
         let known: Vec<_> = state.kinds.names().collect();
         return Err(ApiError::Unprocessable(format!(

@@ -67,6 +67,8 @@ pub(crate) struct Job {
     pub(crate) checkpoint: Option<CheckpointInfo>,
     /// The schedule fire that made it, if one did.
     pub(crate) fired_by: Option<FiredBy>,
+    /// The client (API key name) that submitted it; `null` for a schedule's fire.
+    pub(crate) client: Option<String>,
 }
 
 /// Why a due job waits.
@@ -147,6 +149,7 @@ impl From<JobRow> for Job {
                 .schedule_name
                 .zip(row.fire_at)
                 .map(|(schedule, fire_at)| FiredBy { schedule, fire_at }),
+            client: row.client,
         }
     }
 }
