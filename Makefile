@@ -11,12 +11,17 @@ help: ## list the verbs
 test: services ## run every test: workspace tests against RabbitMQ + PostgreSQL, then the OpenAPI, stack and Kubernetes checks
 	$(CARGO) nextest run --workspace --no-fail-fast
 	$(MAKE) openapi-check
+	$(MAKE) console-check
 	$(MAKE) stack-check
 	$(MAKE) k8s-check
 
 .PHONY: openapi-check
 openapi-check: services ## api/openapi.json valid OpenAPI 3.1; a generated client drives every operation; a short schemathesis run
 	bash tests/openapi/run.sh
+
+.PHONY: console-check
+console-check: services ## the operator console in a real headless Chromium (Debian's chromium + playwright-core); SCREENSHOTS_DIR=docs/console refreshes the README's pictures
+	bash tests/console/run.sh
 
 .PHONY: mutants
 mutants: services ## mutation testing of the core modules, score per module (MODULES="lifecycle relay" for some; slow, not in CI)
@@ -60,6 +65,10 @@ lint: ## rustfmt check and clippy with warnings denied
 .PHONY: fmt
 fmt: ## format the code
 	$(CARGO) fmt --all
+
+.PHONY: api-key
+api-key: ## make an API key in the api's database and print its secret once (NAME=ops ROLE=admin [LIFETIME=90d])
+	@$(CARGO) run -q -p api -- create-key "$(or $(NAME),admin)" "$(or $(ROLE),admin)" $(LIFETIME)
 
 .PHONY: run-api
 run-api: ## run the api against local RabbitMQ and PostgreSQL (LOG_FORMAT=pretty)

@@ -81,10 +81,11 @@ fn method_label(m: &Method) -> &'static str {
 /// caught panic's 500) into problem+json, so clients parse one error shape.
 pub async fn problem_bodies(res: Response) -> Response {
     let status = res.status();
-    let is_problem = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    // A problem already, or a console page (HTML for people, e.g. a refused login).
+    let is_problem = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/problem+json")
+            || v.as_bytes().starts_with(b"text/html")
+    });
     if !(status.is_client_error() || status.is_server_error()) || is_problem {
         return res;
     }

@@ -16,7 +16,7 @@ export async function launch() {
   const browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
-    // playwright-core 1.65 passes both itself (with --headless); said here so that stays true.
+    // playwright-core passes both itself (with --headless); said here so that stays true.
     args: [
       '--no-sandbox', // as root (containers, CI) Chromium's sandbox fails and it will not start
       '--disable-dev-shm-usage', // a container's /dev/shm is often 64 MB: shared memory in /tmp

@@ -2,15 +2,16 @@
 # Browser tests of the api's operator console (/ui): tests/console/console.mjs drives a real
 # headless Chromium (Debian's package) through playwright-core, which speaks CDP to it, so no
 # browser of Playwright's own is downloaded. Installs what is missing (as root, with apt-get and
-# npm), is idempotent, and passes its arguments through; so is the environment (CONSOLE_URL, the
-# console under test; SCREENSHOTS_DIR, where screenshots go; CHROMIUM, another browser binary).
+# npm), is idempotent, and passes its arguments through; so is the environment (SCREENSHOTS_DIR,
+# where screenshots go; CHROMIUM, another browser binary).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 # playwright-core has no dependencies, so the exact version pins the whole tree. Checked by
-# launching Debian's chromium 156 (bookworm); it needs Node.js >= 20.
-PLAYWRIGHT=1.65.2
+# launching Debian's chromium 156 (bookworm); it needs Node.js >= 18.
+# The newest playwright-core that runs on Debian bookworm's own Node.js 18 (1.62 wants 20).
+PLAYWRIGHT=1.60.0
 
 # As in tests/stack/tools.sh (not sourced: that one also installs the stack checks' tools).
 apt_install() { # PACKAGE...: apt-get update only when the package lists do not know them yet
@@ -29,14 +30,14 @@ if [[ ! -x $CHROMIUM ]]; then
   apt_install chromium fonts-dejavu-core
 fi
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  if ! can_apt; then echo "tests/console needs Node.js >= 20 and npm" >&2; exit 2; fi
+  if ! can_apt; then echo "tests/console needs Node.js >= 18 and npm" >&2; exit 2; fi
   echo "# installing nodejs (and npm)"
   command -v node >/dev/null || apt_install nodejs
   # NodeSource's nodejs (where its apt source is set up) carries npm and conflicts with Debian's.
   command -v npm >/dev/null || apt_install npm
 fi
-if (( $(node -p 'process.versions.node.split(".")[0]') < 20 )); then
-  echo "tests/console needs Node.js >= 20 for playwright-core $PLAYWRIGHT; found $(node --version)" >&2
+if (( $(node -p 'process.versions.node.split(".")[0]') < 18 )); then
+  echo "tests/console needs Node.js >= 18 for playwright-core $PLAYWRIGHT; found $(node --version)" >&2
   exit 2
 fi
 
@@ -52,4 +53,11 @@ fi
 echo "# $("$CHROMIUM" --version 2>/dev/null), node $(node --version), playwright-core $PLAYWRIGHT"
 # lib.mjs loads playwright-core with require(), which honours NODE_PATH (import does not).
 export NODE_PATH=$PW/node_modules
-exec timeout 300 node tests/console/console.mjs "$@"
+echo "# cargo build -p api -p worker"
+cargo build -q -p api -p worker
+TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+# drive.py starts an api and a worker on the tests' PostgreSQL and RabbitMQ, makes the keys and
+# the jobs the flow needs, and runs console.mjs against them.
+# (With tests/openapi's Python modules: its venv, made there if missing.)
+VENV=$(bash tests/openapi/run.sh venv | tail -n 1)
+exec timeout 400 "$VENV/bin/python" tests/console/drive.py --bin-dir "$TARGET/debug" "$@"

@@ -37,6 +37,9 @@ if [[ ! -f $VENV/.complete ]]; then
   touch "$VENV/.complete"
 fi
 
+# `run.sh venv`: only the venv's path (tests/console runs its stack with these modules).
+if [[ ${1:-} == venv ]]; then echo "$VENV"; exit 0; fi
+
 echo "# cargo build -p api -p worker"
 cargo build -q -p api -p worker
 TARGET=$(cargo metadata --format-version 1 --no-deps | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')

@@ -71,9 +71,14 @@ def note(msg):
     print(f"# {msg}", flush=True)
 
 
+# The api's demo key for this run (an admin's): every request of the checks sends it.
+API_KEY = "jsk_" + "".join(random.choice("0123456789abcdef") for _ in range(64))
+
+
 def curl(method, url, body=None, timeout=10):
     """One HTTP request with curl: (status, body text, headers text)."""
-    cmd = ["curl", "-sS", "-m", str(timeout), "-X", method, "-D", "-", "-o", os.path.join(STATE, "curl.body"), url]
+    cmd = ["curl", "-sS", "-m", str(timeout), "-X", method, "-D", "-", "-o", os.path.join(STATE, "curl.body"), url,
+           "-H", f"authorization: Bearer {API_KEY}"]
     if body is not None:
         cmd += ["-H", "content-type: application/json", "--data-binary", json.dumps(body)]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -313,7 +318,7 @@ def main():
                     OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp.server_address[1]}", OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
     database_url = urllib.parse.urlsplit(example.get("DATABASE_URL", ""))._replace(path=f"/{DB}").geturl()
     api = start("api", [api_bin], dict(base_env, OTEL_SERVICE_NAME="api", API_LISTEN=f"127.0.0.1:{ports['api']}",
-                                        DATABASE_URL=database_url))
+                                        DATABASE_URL=database_url, API_DEMO_KEY=API_KEY))
     worker = start("worker", [worker_bin], dict(base_env, OTEL_SERVICE_NAME="worker", WORKER_LISTEN=f"127.0.0.1:{ports['worker']}",
                                                  WORKER_CONCURRENCY=str(WORKER_CONCURRENCY)))
     API = f"http://127.0.0.1:{ports['api']}"

@@ -60,10 +60,16 @@ def short(x, n=240):
     return s if len(s) <= n else s[:n] + "…"
 
 
+# The demo's admin key from .env (the api's API_DEMO_KEY); set in main().
+API_KEY = ""
+
+
 def http(method, url, body=None, timeout=10.0):
     """One request: (status, headers, JSON or text); status 0 when nothing came back."""
     data = None if body is None else json.dumps(body).encode()
     headers = {"accept": "application/json"} | ({"content-type": "application/json"} if data else {})
+    if API_KEY:
+        headers["authorization"] = f"Bearer {API_KEY}"
     try:
         with OPENER.open(urllib.request.Request(url, data, headers, method=method), timeout=timeout) as r:
             status, hdrs, raw = r.status, r.headers, r.read()
@@ -349,6 +355,8 @@ def check_list(value):
 
 def main():
     env = read_env()
+    global API_KEY
+    API_KEY = env.get("API_DEMO_KEY", "")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=f"checks: {', '.join(CHECKS)}. "
                                  "jaeger-trace and loki-logs follow the job check's trace: --only adds job "
                                  "for them, --skip job skips them.")
