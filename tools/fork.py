@@ -42,6 +42,7 @@ LEAN = [
      "(+256 MiB per extra worker).\n# They"),
     ("cut", "docker-compose.yml", "  # loadgen: ", "  # rabbitmq: "),
     ("edit", ".env", "bounded under loadgen;", "bounded under load;"),
+    ("edit", ".env", "(http://127.0.0.1:8080/ui) and loadgen log in with it", "(http://127.0.0.1:8080/ui) logs in with it"),
     ("cut", ".dockerignore", ".bench", None),
     ("cut", ".gitignore", "/.bench/", None),
     ("edit", "observability/images.yml", "adds our three binaries", "adds our two binaries"),
@@ -73,10 +74,12 @@ LEAN = [
     ("edit", "README.md", "(+256 MiB per extra worker, +128 MiB for\nloadgen). They are ceilings,",
      "(+256 MiB per extra worker). They are\nceilings,"),
     ("edit", "README.md", "bounded under `loadgen`;", "bounded under load;"),
+    ("edit", "README.md", "the console and `loadgen` use it", "the console uses it"),
     ("edit", "README.md", "(api, worker and loadgen)", "(api and worker)"),
     ("edit", "README.md", "(plain, with the Alloy override, with `--profile load`)", "(plain and with the Alloy override)"),
     ("edit", "README.md", "cargo run --release -p loadgen -- --rate 20 --duration 5m --mix sleep=100 --sleep-ms 2000..5000\n",
-     "for i in $(seq 6000); do curl -s -o /dev/null localhost:8080/jobs -H 'content-type: application/json' \\\n"
+     "for i in $(seq 6000); do curl -s -o /dev/null localhost:8080/jobs -H \"authorization: Bearer $API_KEY\" \\\n"
+     "  -H 'content-type: application/json' \\\n"
      "  -d '{\"kind\":\"sleep\",\"payload\":{\"duration_ms\":4000,\"steps\":4}}'; done\n"),
     ("edit", "README.md", "document and loadgen's `--mix resize=…` (posting the kind's example) include it",
      "document includes it"),

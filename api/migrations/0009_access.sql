@@ -12,7 +12,7 @@ CREATE TABLE api_keys (
     -- Shown in lists so a person can tell keys apart: the secret's first characters.
     hint text NOT NULL,
     -- Per-client quotas at the edge; NULL takes the api's defaults.
-    submit_rate double precision CHECK (submit_rate > 0),
+    submit_rate double precision CHECK (submit_rate >= 0.001),
     max_in_flight integer CHECK (max_in_flight > 0),
     created_by text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),

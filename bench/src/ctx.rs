@@ -189,7 +189,19 @@ impl Ctx {
         args: &[String],
         limit: Duration,
     ) -> anyhow::Result<LoadSummary> {
-        let mut launch = Launch::new(label, self.bin("loadgen")).env("API_KEY", &self.key);
+        self.loadgen_as(api, label, args, limit, &self.key).await
+    }
+
+    /// [`Ctx::loadgen`] as the client of API key `key`.
+    pub async fn loadgen_as(
+        &self,
+        api: &Service,
+        label: &str,
+        args: &[String],
+        limit: Duration,
+        key: &str,
+    ) -> anyhow::Result<LoadSummary> {
+        let mut launch = Launch::new(label, self.bin("loadgen")).env("API_KEY", key);
         launch.args = ["--url", api.url.as_str()]
             .into_iter()
             .chain(NOOP_JOBS)

@@ -7,7 +7,8 @@
 //! - [`enqueue`]: `POST /jobs` closed and open loop, telemetry off and on; [`drain`]: the worker;
 //!   [`storm`]: a retry storm next to a steady stream; [`fanin`]: a workflow of 1000 jobs joined
 //!   by one; [`lateness`]: schedules firing alone and under load; [`flowcost`]: what flow
-//!   control costs when no limit is hit; [`priority`]: priorities when work waits.
+//!   control costs when no limit is hit; [`priority`]: priorities when work waits; [`quota`]:
+//!   one client's accepts beside another's flood.
 //! - [`procfs`]: CPU and memory from /proc; [`machine`]: what it is and whether it is quiet.
 //! - [`pg`], [`rabbit`], [`services`]: the servers and processes; [`scratch`]: their removal.
 //! - [`results`]: what was measured; [`targets`]: against what; [`report`]: BENCHMARKS.md.
@@ -24,6 +25,7 @@ pub mod machine;
 pub mod pg;
 pub mod priority;
 pub mod procfs;
+pub mod quota;
 pub mod rabbit;
 pub mod report;
 pub mod results;
@@ -164,6 +166,7 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
     let lateness = lateness::measure(&ctx, enqueue.half.target).await?;
     let flow = flowcost::measure(&ctx).await?;
     let priority = priority::measure(&ctx).await?;
+    let quota = quota::measure(&ctx).await?;
     let mut drain1 = drain.drain1;
     let mut drain16 = drain.drain16;
     drain1.rss.idle = drain.idle_kib;
@@ -192,6 +195,7 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
         lateness,
         flow,
         priority,
+        quota,
         noisy: ctx.noisy.into_inner().expect("not poisoned"),
     })
 }

@@ -287,6 +287,8 @@ pub struct Results {
     pub flow: FlowCost,
     /// Priorities when work waits.
     pub priority: Priority,
+    /// Per-client quotas under a flood.
+    pub quota: Quota,
     /// Steps that started on a busy machine, with its idle share.
     pub noisy: Vec<String>,
 }
@@ -398,6 +400,34 @@ pub struct Priority {
     pub high_p50_ms: f64,
     /// Priority 9: 99th percentile, ms.
     pub high_p99_ms: f64,
+}
+
+/// Per-client quotas: client B's accepts alone and beside client A's flood at ten times its
+/// quota (best of the rounds).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Quota {
+    /// A's quota, submits/s.
+    pub quota: u32,
+    /// What A offered, submits/s.
+    pub flood: u32,
+    /// B's rate, submits/s.
+    pub steady: u32,
+    /// Each load's length, s.
+    pub seconds: u64,
+    /// B alone: accept p50, ms.
+    pub alone_p50_ms: f64,
+    /// B alone: accept p99, ms.
+    pub alone_p99_ms: f64,
+    /// B beside the flood: accept p50, ms.
+    pub beside_p50_ms: f64,
+    /// B beside the flood: accept p99, ms.
+    pub beside_p99_ms: f64,
+    /// B's 202s beside the flood.
+    pub beside_accepted: u64,
+    /// A's accepted rate, /s.
+    pub flood_accepted_rate: f64,
+    /// A's 429s.
+    pub flood_refused: u64,
 }
 
 /// One run of the flow-control comparison.

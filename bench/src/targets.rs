@@ -30,6 +30,11 @@ pub const SCHEDULE_LATE_P99_MAX_MS: f64 = 100.0;
 /// What a flow-control mechanism may cost end to end when no limit is hit, percent.
 pub const FLOW_COST_MAX_PCT: f64 = 10.0;
 
+/// How much a neighbour's flood (ten times its quota) may raise a client's accept p99: by at most
+/// this factor over its p99 alone (the flood's refusals share the api's cores: 2 on the
+/// reference machine).
+pub const QUOTA_NEIGHBOUR_P99_MAX_RATIO: f64 = 1.5;
+
 /// How a figure compares with its target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -172,7 +177,29 @@ pub fn targets(r: &Results) -> Vec<Target> {
         fanin_target(&r.fanin),
         lateness_target(&r.lateness),
         flow_target(&r.flow),
+        quota_target(&r.quota),
     ]
+}
+
+/// Client B's accept p99 beside A's flood stays within [`QUOTA_NEIGHBOUR_P99_MAX_RATIO`] of
+/// its p99 alone.
+fn quota_target(q: &crate::results::Quota) -> Target {
+    Target {
+        goal: format!(
+            "a client flooding at 10× its quota leaves another client's accept p99 within {QUOTA_NEIGHBOUR_P99_MAX_RATIO}× of its p99 alone"
+        ),
+        measured: format!(
+            "p99 {:.2} ms beside the flood, {:.2} ms alone ({:.2}×)",
+            q.beside_p99_ms,
+            q.alone_p99_ms,
+            q.beside_p99_ms / q.alone_p99_ms.max(f64::MIN_POSITIVE)
+        ),
+        verdict: if q.alone_p99_ms <= 0.0 {
+            Verdict::Inconclusive("no quota run measured")
+        } else {
+            Verdict::of(q.beside_p99_ms <= q.alone_p99_ms * QUOTA_NEIGHBOUR_P99_MAX_RATIO)
+        },
+    }
 }
 
 /// Every flow-control mechanism costs at most [`FLOW_COST_MAX_PCT`] when no limit is hit.
@@ -307,7 +334,8 @@ mod tests {
                 "inconclusive: no stream jobs measured",
                 "inconclusive: no fan-in measured",
                 "inconclusive: no schedule measured",
-                "inconclusive: no flow-control run measured"
+                "inconclusive: no flow-control run measured",
+                "inconclusive: no quota run measured"
             ]
         );
         assert_eq!(t[0].measured, "62 % (4960 of 8000/s)");
@@ -336,6 +364,21 @@ mod tests {
         assert_eq!(t.measured, "4.0 → 54.0 ms (+50.0 ms; 1000 retries)");
         r.storm.storm = e2e(235.0);
         assert_eq!(targets(&r)[6].verdict, Verdict::Missed);
+    }
+
+    #[test]
+    fn a_neighbour_is_judged_by_its_p99_beside_the_flood_against_alone() {
+        let mut r = results();
+        r.quota.alone_p99_ms = 4.0;
+        r.quota.beside_p99_ms = 4.0 * QUOTA_NEIGHBOUR_P99_MAX_RATIO;
+        let t = &targets(&r)[10];
+        assert_eq!(t.verdict, Verdict::Met, "{t:?}");
+        assert_eq!(
+            t.measured,
+            "p99 6.00 ms beside the flood, 4.00 ms alone (1.50×)"
+        );
+        r.quota.beside_p99_ms = 6.1;
+        assert_eq!(targets(&r)[10].verdict, Verdict::Missed);
     }
 
     #[test]

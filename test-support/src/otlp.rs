@@ -21,6 +21,12 @@ pub type ResourceSpans = (Vec<(String, String)>, Vec<String>);
 pub struct Received(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
 
 impl Received {
+    /// Everything received, spans with every attribute and event, as text: for looking for what
+    /// must never be exported (a secret).
+    pub fn text(&self) -> String {
+        format!("{:?}", self.0.lock().unwrap())
+    }
+
     /// (resource attributes, span names) per resource.
     pub fn resources(&self) -> Vec<ResourceSpans> {
         let mut out = Vec::new();

@@ -63,11 +63,13 @@ await step('a job submitted from the console finishes on its page without a relo
   await screenshot(page, 'job');
 });
 
-await step('a running job is cancelled from its page', async () => {
-  await submit('sleep', { duration_ms: 60000, steps: 60 });
+let cancelled;
+await step('a running job is cancelled from its page, which then offers a re-drive', async () => {
+  cancelled = await submit('sleep', { duration_ms: 60000, steps: 60 });
   await statusIs('running');
   await page.click('[data-action=cancel]');
   await statusIs('cancelled');
+  await page.waitForSelector('[data-action=redrive]');
 });
 
 await step('every failed job matching a filter is re-driven after a confirmation with its count', async () => {
@@ -103,7 +105,8 @@ await step('a viewer sees jobs and no action control anywhere', async () => {
   await page.click('text=Log out');
   await page.waitForURL(/\/ui\/login/);
   await login(process.env.VIEWER_KEY);
-  for (const path of ['/ui/jobs?status=failed', `/ui/jobs/${finished}`, '/ui/kinds', '/ui/schedules']) {
+  // Each of these pages shows an operator at least one action (the steps above used them).
+  for (const path of ['/ui/jobs?status=failed', `/ui/jobs/${cancelled}`, '/ui/kinds', '/ui/schedules']) {
     await page.goto(URL + path);
     const controls = await page.locator('[data-action]').count();
     expect(controls === 0, `${controls} action controls on ${path}`);

@@ -21,7 +21,8 @@ pub struct Request {
     lifetime: Option<std::time::Duration>,
 }
 
-const USAGE: &str = "usage: api create-key <name> <submitter|viewer|operator|admin> [<lifetime, e.g. 90d>]";
+const USAGE: &str =
+    "usage: api create-key <name> <submitter|viewer|operator|admin> [<lifetime, e.g. 90d>]";
 
 fn parse(args: &[String]) -> Result<Request, String> {
     let [name, role, rest @ ..] = args else {
@@ -90,15 +91,23 @@ mod tests {
     fn the_command_line_is_read_and_bad_ones_are_refused_with_usage() {
         assert!(requested(&args("healthcheck")).is_none());
         assert_eq!(
-            requested(&args("create-key ops admin 90d")).unwrap().unwrap(),
+            requested(&args("create-key ops admin 90d"))
+                .unwrap()
+                .unwrap(),
             Request {
                 name: "ops".into(),
                 role: Role::Admin,
                 lifetime: Some(std::time::Duration::from_secs(90 * 86_400)),
             }
         );
-        for bad in ["create-key", "create-key ops", "create-key ops root", "create-key 'a b' admin",
-                    "create-key ops admin 0", "create-key ops admin 1d extra"] {
+        for bad in [
+            "create-key",
+            "create-key ops",
+            "create-key ops root",
+            "create-key 'a b' admin",
+            "create-key ops admin 0",
+            "create-key ops admin 1d extra",
+        ] {
             assert!(requested(&args(bad)).unwrap().is_err(), "{bad}");
         }
     }

@@ -280,9 +280,14 @@ pub async fn check(State(state): State<AppState>, mut req: Request, next: Next) 
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
+    // HEAD is served by a route's GET handler (axum), so it asks what GET asks.
+    let method = match req.method() {
+        &Method::HEAD => "GET",
+        m => m.as_str(),
+    };
     let access = guard
         .rules
-        .get(&(req.method().as_str().to_owned(), route.clone()))
+        .get(&(method.to_owned(), route.clone()))
         .copied();
     // A method the route does not serve: the router answers 405 (every served method has a
     // rule: a test holds the document to the table).

@@ -102,12 +102,17 @@ impl Quotas {
         let client = self.client(caller);
         let permit = match &client.in_flight {
             None => None,
-            Some((cap, slots)) => Some(slots.clone().try_acquire_owned().map_err(|_| {
-                Over::InFlight {
-                    client: caller.client.clone(),
-                    cap: *cap,
-                }
-            })?),
+            Some((cap, slots)) => {
+                Some(
+                    slots
+                        .clone()
+                        .try_acquire_owned()
+                        .map_err(|_| Over::InFlight {
+                            client: caller.client.clone(),
+                            cap: *cap,
+                        })?,
+                )
+            }
         };
         if submits && let Some((rate, limiter)) = &client.rate {
             limiter.check().map_err(|not_until| Over::Rate {
@@ -140,11 +145,13 @@ impl Quotas {
     }
 }
 
-/// `rate` per second, with a burst of one second's worth (at least one).
+/// `rate` per second, with a burst of one second's worth (at least one). A rate is at least
+/// 0.001/s (the key and config checks); anything slower is read as that, never as a panic.
 fn quota(rate: f64) -> Quota {
-    let period = Duration::from_secs_f64(1.0 / rate);
-    let burst = NonZeroU32::new(rate.ceil().clamp(1.0, f64::from(u32::MAX)) as u32)
-        .expect("at least one");
+    let period =
+        Duration::try_from_secs_f64(1.0 / rate.max(0.001)).unwrap_or(Duration::from_secs(1000));
+    let burst =
+        NonZeroU32::new(rate.ceil().clamp(1.0, f64::from(u32::MAX)) as u32).expect("at least one");
     Quota::with_period(period)
         .expect("a positive rate has a positive period")
         .allow_burst(burst)
@@ -183,7 +190,15 @@ mod tests {
         }
         // Reads are not submits; another client has its own tokens.
         q.take(&a, false).expect("reads are not rate-limited");
-        q.take(&caller("b", None, None), true).expect("b has its own");
+        q.take(&caller("b", None, None), true)
+            .expect("b has its own");
+    }
+
+    #[test]
+    fn the_smallest_rates_make_a_quota_and_never_a_panic() {
+        for rate in [5e-324, 0.0, 0.001, 1e6] {
+            let _ = quota(rate);
+        }
     }
 
     #[test]
@@ -195,7 +210,10 @@ mod tests {
         let a = caller("a", None, None);
         let first = q.take(&a, false).unwrap();
         let _second = q.take(&a, false).unwrap();
-        assert!(matches!(q.take(&a, false), Err(Over::InFlight { cap: 2, .. })));
+        assert!(matches!(
+            q.take(&a, false),
+            Err(Over::InFlight { cap: 2, .. })
+        ));
         drop(first);
         q.take(&a, false).expect("a slot came back");
         let big = caller("big", Some(1000.0), Some(3));

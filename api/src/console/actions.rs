@@ -21,7 +21,11 @@ use crate::store::{self, Cancel, Redrive, RedriveOne};
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "console action failed");
-    (StatusCode::SERVICE_UNAVAILABLE, "PostgreSQL unavailable; try again").into_response()
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "PostgreSQL unavailable; try again",
+    )
+        .into_response()
 }
 
 fn back(to: &str, done: &str) -> Response {
@@ -42,19 +46,20 @@ pub(super) async fn submit(
     s: Session,
     Form(form): Form<SubmitForm>,
 ) -> Response {
-    if let Err(res) = s.allow(&form.csrf, Access::Submit) {
-        return res;
+    if let Err(refused) = s.allow(&form.csrf, Access::Submit) {
+        return refused.into_response();
     }
     let refused = |why: String| back("/ui/jobs", &format!("not submitted: {why}"));
     let payload: serde_json::Value = match serde_json::from_str(&form.payload) {
         Ok(p) => p,
         Err(e) => return refused(format!("the payload is not JSON ({e})")),
     };
-    let req: jobs_contract::JobRequest =
-        match serde_json::from_value(serde_json::json!({ "kind": form.kind, "payload": payload })) {
-            Ok(r) => r,
-            Err(e) => return refused(e.to_string()),
-        };
+    let req: jobs_contract::JobRequest = match serde_json::from_value(
+        serde_json::json!({ "kind": form.kind, "payload": payload }),
+    ) {
+        Ok(r) => r,
+        Err(e) => return refused(e.to_string()),
+    };
     let job = match crate::routes::validate_job(&state, &req) {
         Ok(job) => store::NewJob {
             client: Some(s.caller.client.clone()),
@@ -64,7 +69,8 @@ pub(super) async fn submit(
     };
     match state.committer.accept(job).await {
         Ok(store::Stored::New(job) | store::Stored::Duplicate(job)) => {
-            metrics::counter!("jobstack_jobs_created_total", "kind" => job.kind.clone()).increment(1);
+            metrics::counter!("jobstack_jobs_created_total", "kind" => job.kind.clone())
+                .increment(1);
             tracing::info!(job.id = %job.id, job.kind = %job.kind, "job accepted from the console");
             Redirect::to(&format!("/ui/jobs/{}", job.id)).into_response()
         }
@@ -84,8 +90,8 @@ pub(super) async fn cancel(
     Path(id): Path<Uuid>,
     Form(form): Form<Csrf>,
 ) -> Response {
-    if let Err(res) = s.allow(&form.csrf, Access::Operate) {
-        return res;
+    if let Err(refused) = s.allow(&form.csrf, Access::Operate) {
+        return refused.into_response();
     }
     let audit = Audit::new(&s.caller, "job.cancel", id.to_string());
     let page = format!("/ui/jobs/{id}");
@@ -108,8 +114,8 @@ pub(super) async fn redrive(
     Path(id): Path<Uuid>,
     Form(form): Form<Csrf>,
 ) -> Response {
-    if let Err(res) = s.allow(&form.csrf, Access::Operate) {
-        return res;
+    if let Err(refused) = s.allow(&form.csrf, Access::Operate) {
+        return refused.into_response();
     }
     let audit = Audit::new(&s.caller, "job.redrive", id.to_string());
     let page = format!("/ui/jobs/{id}");
@@ -120,10 +126,13 @@ pub(super) async fn redrive(
             back(&page, "queued again")
         }
         Ok(RedriveOne::NotFound) => (StatusCode::NOT_FOUND, "no such job").into_response(),
-        Ok(RedriveOne::Refused(job)) => back(&page, &format!("not re-driven: it is {}", job.status)),
-        Ok(RedriveOne::CancelPending(_) | RedriveOne::Busy(_)) => {
-            back(&page, "not re-driven yet: its cancel is still on its way; try again")
+        Ok(RedriveOne::Refused(job)) => {
+            back(&page, &format!("not re-driven: it is {}", job.status))
         }
+        Ok(RedriveOne::CancelPending(_) | RedriveOne::Busy(_)) => back(
+            &page,
+            "not re-driven yet: its cancel is still on its way; try again",
+        ),
         Err(e) => unavailable(e),
     }
 }
@@ -158,8 +167,8 @@ pub(super) async fn bulk(
     s: Session,
     Form(form): Form<BulkForm>,
 ) -> Response {
-    if let Err(res) = s.allow(&form.csrf, Access::Operate) {
-        return res;
+    if let Err(refused) = s.allow(&form.csrf, Access::Operate) {
+        return refused.into_response();
     }
     let list = format!("/ui/jobs?{}", form.filter.query());
     let parsed = match form.filter.parse(&s) {
@@ -167,13 +176,19 @@ pub(super) async fn bulk(
         Err(e) => return back(&list, &e),
     };
     let (verb, takes): (&'static str, &[Status]) = match form.action.as_str() {
-        "cancel" => ("Cancel", &[Status::Scheduled, Status::Queued, Status::Running]),
+        "cancel" => (
+            "Cancel",
+            &[Status::Scheduled, Status::Queued, Status::Running],
+        ),
         "redrive" => ("Re-drive", &[Status::Failed, Status::Cancelled]),
         _ => return (StatusCode::BAD_REQUEST, "no such action").into_response(),
     };
     if !parsed.filter.status.is_some_and(|st| takes.contains(&st)) {
         let names: Vec<&str> = takes.iter().map(|s| s.as_str()).collect();
-        return back(&list, &format!("filter by status first ({})", names.join(", ")));
+        return back(
+            &list,
+            &format!("filter by status first ({})", names.join(", ")),
+        );
     }
     if form.confirm != "yes" {
         let count = match store::read::count(&state.db, parsed.filter, BULK_MAX).await {
@@ -224,7 +239,11 @@ pub(super) async fn bulk(
 /// A filter in words, for the confirmation and the audit trail.
 fn describe(f: &JobsQuery) -> String {
     let q = f.query();
-    if q.is_empty() { "every job".into() } else { q.replace('&', " ") }
+    if q.is_empty() {
+        "every job".into()
+    } else {
+        q.replace('&', " ")
+    }
 }
 
 #[derive(Deserialize)]
@@ -239,8 +258,8 @@ pub(super) async fn kind(
     Path((kind, verb)): Path<(String, String)>,
     Form(form): Form<Verb>,
 ) -> Response {
-    if let Err(res) = s.allow(&form.csrf, Access::Operate) {
-        return res;
+    if let Err(refused) = s.allow(&form.csrf, Access::Operate) {
+        return refused.into_response();
     }
     if !state.kinds.contains(&kind) {
         return (StatusCode::NOT_FOUND, "no such kind").into_response();
@@ -248,11 +267,15 @@ pub(super) async fn kind(
     let changed = match verb.as_str() {
         "pause" => {
             let audit = Audit::new(&s.caller, "kind.pause", kind.clone());
-            store::flow::pause(&state.db, &kind, &audit).await.map(|c| (c, audit))
+            store::flow::pause(&state.db, &kind, &audit)
+                .await
+                .map(|c| (c, audit))
         }
         "resume" => {
             let audit = Audit::new(&s.caller, "kind.resume", kind.clone());
-            store::flow::resume(&state.db, &kind, &audit).await.map(|c| (c, audit))
+            store::flow::resume(&state.db, &kind, &audit)
+                .await
+                .map(|c| (c, audit))
         }
         _ => return (StatusCode::NOT_FOUND, "no such action").into_response(),
     };
@@ -275,8 +298,8 @@ pub(super) async fn schedule(
     Path((name, verb)): Path<(String, String)>,
     Form(form): Form<Verb>,
 ) -> Response {
-    if let Err(res) = s.allow(&form.csrf, Access::Operate) {
-        return res;
+    if let Err(refused) = s.allow(&form.csrf, Access::Operate) {
+        return refused.into_response();
     }
     let row = match store::schedules::get(&state.db, &name).await {
         Ok(Some(row)) => row,
@@ -300,7 +323,10 @@ pub(super) async fn schedule(
             audit.logged(0);
             back("/ui/schedules", &format!("{name}: {verb}d"))
         }
-        Ok(None) => back("/ui/schedules", &format!("{name} changed meanwhile; try again")),
+        Ok(None) => back(
+            "/ui/schedules",
+            &format!("{name} changed meanwhile; try again"),
+        ),
         Err(e) => unavailable(e),
     }
 }

@@ -59,7 +59,11 @@ fn render(t: &impl Template) -> Response {
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "console template failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page could not be drawn").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be drawn",
+            )
+                .into_response()
         }
     }
 }
@@ -164,9 +168,14 @@ mod tests {
         };
         assert_eq!(links.trace("ab12"), "http://127.0.0.1:16686/trace/ab12");
         let logs = links.logs("ab12");
-        assert!(logs.starts_with("http://127.0.0.1:3000/explore?schemaVersion=1&orgId=1&panes=%7B"));
+        assert!(
+            logs.starts_with("http://127.0.0.1:3000/explore?schemaVersion=1&orgId=1&panes=%7B")
+        );
         assert!(logs.contains("ab12"), "{logs}");
-        assert!(!logs.contains('{') && !logs.contains(' ') && !logs.contains('`'), "{logs}");
+        assert!(
+            !logs.contains('{') && !logs.contains(' ') && !logs.contains('`'),
+            "{logs}"
+        );
         assert_eq!(encode("a b/{c}"), "a%20b%2F%7Bc%7D");
     }
 }

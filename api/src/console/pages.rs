@@ -378,21 +378,36 @@ async fn live(state: &AppState, s: &Session, j: &JobRow) -> JobLive {
                 past.generation,
                 past.status,
                 past.attempts,
-                past.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+                past.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
             ),
         });
     }
     if let Some(at) = j.started_at {
-        timeline.push(Moment { at: time(at), what: "first attempt started".into() });
+        timeline.push(Moment {
+            at: time(at),
+            what: "first attempt started".into(),
+        });
     }
     if let (Some(at), Some(attempt)) = (j.checkpoint_at, j.checkpoint_attempt) {
-        timeline.push(Moment { at: time(at), what: format!("checkpoint saved by attempt {attempt}") });
+        timeline.push(Moment {
+            at: time(at),
+            what: format!("checkpoint saved by attempt {attempt}"),
+        });
     }
     if let Some(at) = j.heartbeat_at.filter(|_| j.status == Status::Running) {
-        timeline.push(Moment { at: time(at), what: "last sign of life from its worker".into() });
+        timeline.push(Moment {
+            at: time(at),
+            what: "last sign of life from its worker".into(),
+        });
     }
     if let Some(at) = j.finished_at {
-        timeline.push(Moment { at: time(at), what: j.status.to_string() });
+        timeline.push(Moment {
+            at: time(at),
+            what: j.status.to_string(),
+        });
     }
     JobLive {
         id: j.id.to_string(),
@@ -407,7 +422,10 @@ async fn live(state: &AppState, s: &Session, j: &JobRow) -> JobLive {
             j.generation
         ),
         why: why::reason(&facts, Utc::now()),
-        result: j.result.as_ref().map(|r| serde_json::to_string_pretty(r).unwrap_or_default()),
+        result: j
+            .result
+            .as_ref()
+            .map(|r| serde_json::to_string_pretty(r).unwrap_or_default()),
         error: j.error.clone(),
         timeline,
         operates: s.may(Access::Operate),
@@ -500,14 +518,26 @@ pub(super) async fn kinds(State(state): State<AppState>, s: Session) -> Response
             .flatten()
             .collect::<Vec<_>>()
             .join(", ");
-            let mut held: Vec<String> = k.held.iter().map(|(why, n)| format!("{n} ({why})")).collect();
+            let mut held: Vec<String> = k
+                .held
+                .iter()
+                .map(|(why, n)| format!("{n} ({why})"))
+                .collect();
             held.sort();
             KindLine {
                 kind: k.kind,
                 paused: k.paused_at.is_some(),
-                limits: if limits.is_empty() { "none".into() } else { limits },
+                limits: if limits.is_empty() {
+                    "none".into()
+                } else {
+                    limits
+                },
                 running: k.running,
-                held: if held.is_empty() { "0".into() } else { held.join(", ") },
+                held: if held.is_empty() {
+                    "0".into()
+                } else {
+                    held.join(", ")
+                },
             }
         })
         .collect();
@@ -549,7 +579,11 @@ pub(super) async fn schedules(State(state): State<AppState>, s: Session) -> Resp
                 (None, Some(secs)) => format!("every {secs}s"),
                 _ => "-".into(),
             },
-            next: if r.enabled { time(r.next_fire_at) } else { "paused".into() },
+            next: if r.enabled {
+                time(r.next_fire_at)
+            } else {
+                "paused".into()
+            },
             name: r.name,
             kind: r.kind,
             enabled: r.enabled,

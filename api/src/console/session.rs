@@ -38,7 +38,7 @@ impl Session {
 
     /// Refuses a form without this session's token (403), or a role that may not (403): the
     /// console hides what a role may not do, and this refuses it anyway.
-    pub fn allow(&self, csrf: &str, access: Access) -> Result<(), Response> {
+    pub fn allow(&self, csrf: &str, access: Access) -> Result<(), Forbidden> {
         if csrf.len() != self.csrf.len()
             || csrf
                 .bytes()
@@ -46,16 +46,25 @@ impl Session {
                 .fold(0, |acc, (a, b)| acc | (a ^ b))
                 != 0
         {
-            return Err((StatusCode::FORBIDDEN, "this form is stale; reload the page").into_response());
+            return Err(Forbidden("this form is stale; reload the page".into()));
         }
         if !self.may(access) {
-            return Err((
-                StatusCode::FORBIDDEN,
-                format!("role {} may not do this", self.caller.role),
-            )
-                .into_response());
+            return Err(Forbidden(format!(
+                "role {} may not do this",
+                self.caller.role
+            )));
         }
         Ok(())
+    }
+}
+
+/// A console form refused: 403 with why.
+#[derive(Debug)]
+pub struct Forbidden(String);
+
+impl IntoResponse for Forbidden {
+    fn into_response(self) -> Response {
+        (StatusCode::FORBIDDEN, self.0).into_response()
     }
 }
 
@@ -81,7 +90,11 @@ impl FromRequestParts<AppState> for Session {
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "console session lookup failed");
-                (StatusCode::SERVICE_UNAVAILABLE, "PostgreSQL unavailable; try again").into_response()
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "PostgreSQL unavailable; try again",
+                )
+                    .into_response()
             })?
             .ok_or_else(away)?;
         Ok(Session {
@@ -111,7 +124,11 @@ fn loopback(headers: &HeaderMap) -> bool {
         .and_then(|h| h.to_str().ok())
         .unwrap_or_default();
     let name = host.rsplit_once(':').map_or(host, |(name, port)| {
-        if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            name
+        } else {
+            host
+        }
     });
     matches!(name, "localhost" | "127.0.0.1" | "[::1]")
 }
@@ -193,8 +210,8 @@ pub(super) async fn logout(
     headers: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Response {
-    if let Err(res) = session.allow(&form.csrf, Access::ReadOwn) {
-        return res;
+    if let Err(refused) = session.allow(&form.csrf, Access::ReadOwn) {
+        return refused.into_response();
     }
     if let Some(token) = cookie(&headers)
         && let Err(e) = store::keys::close_session(&state.db, &keys::digest(token)).await
@@ -204,7 +221,9 @@ pub(super) async fn logout(
     let mut res = Redirect::to("/ui/login").into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("jobstack_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
+        HeaderValue::from_static(
+            "jobstack_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
     );
     res
 }
@@ -234,10 +253,20 @@ mod tests {
 
     #[test]
     fn only_loopback_hosts_go_without_secure() {
-        for host in ["localhost:8080", "127.0.0.1:8080", "127.0.0.1", "[::1]:8080"] {
+        for host in [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:8080",
+        ] {
             assert!(loopback(&headers(&[("host", host)])), "{host}");
         }
-        for host in ["jobs.example.com", "10.0.0.7:8080", "127.0.0.1.evil.com", ""] {
+        for host in [
+            "jobs.example.com",
+            "10.0.0.7:8080",
+            "127.0.0.1.evil.com",
+            "",
+        ] {
             assert!(!loopback(&headers(&[("host", host)])), "{host}");
         }
     }

@@ -50,13 +50,23 @@ pub fn reason(f: &Facts<'_>, now: DateTime<Utc>) -> Option<String> {
         format!(
             "held by the rate limit{}: its turn comes at {}",
             key(f.key),
-            f.run_at.map_or("-".into(), |t| t.format("%H:%M:%S UTC").to_string())
+            f.run_at
+                .map_or("-".into(), |t| t.format("%H:%M:%S UTC").to_string())
         )
     } else if let Some(at) = f.run_at.filter(|at| *at > now) {
-        let what = if f.attempts > 0 { "its retry is due" } else { "scheduled for later" };
-        format!("{what}: {} (in {}s)", at.format("%Y-%m-%d %H:%M:%S UTC"), (at - now).num_seconds().max(1))
+        let what = if f.attempts > 0 {
+            "its retry is due"
+        } else {
+            "scheduled for later"
+        };
+        format!(
+            "{what}: {} (in {}s)",
+            at.format("%Y-%m-%d %H:%M:%S UTC"),
+            (at - now).num_seconds().max(1)
+        )
     } else if !f.broker_up {
-        "the api cannot reach RabbitMQ: it is kept in PostgreSQL and sent once the broker is back".into()
+        "the api cannot reach RabbitMQ: it is kept in PostgreSQL and sent once the broker is back"
+            .into()
     } else if status == Status::Scheduled {
         "due: the relay sends it to RabbitMQ within a moment".into()
     } else {
@@ -84,16 +94,77 @@ mod tests {
         };
         let says = |f: Facts<'_>| reason(&f, now).unwrap();
         assert!(says(queued.clone()).contains("no worker has taken it"));
-        assert!(says(Facts { broker_up: false, ..queued.clone() }).contains("cannot reach RabbitMQ"));
-        let later = Facts { status: Some(Status::Scheduled), run_at: Some(at(90)), ..queued.clone() };
-        assert!(says(later.clone()).contains("scheduled for later"), "{}", says(later.clone()));
-        assert!(says(Facts { attempts: 1, ..later.clone() }).contains("retry"));
-        assert!(says(Facts { held: Some("rate"), key: Some("acme"), ..later.clone() }).contains(r#"rate limit of key "acme""#));
-        assert!(says(Facts { held: Some("concurrency"), ..queued.clone() }).contains("concurrency limit"));
-        assert!(says(Facts { paused: true, held: Some("concurrency"), ..queued.clone() }).contains("paused"));
-        assert!(says(Facts { dependencies: 2, paused: true, ..queued.clone() }).contains("2 unfinished dependencies"));
-        for status in [Status::Running, Status::Succeeded, Status::Failed, Status::Cancelled] {
-            assert_eq!(reason(&Facts { status: Some(status), ..queued.clone() }, now), None);
+        assert!(
+            says(Facts {
+                broker_up: false,
+                ..queued.clone()
+            })
+            .contains("cannot reach RabbitMQ")
+        );
+        let later = Facts {
+            status: Some(Status::Scheduled),
+            run_at: Some(at(90)),
+            ..queued.clone()
+        };
+        assert!(
+            says(later.clone()).contains("scheduled for later"),
+            "{}",
+            says(later.clone())
+        );
+        assert!(
+            says(Facts {
+                attempts: 1,
+                ..later.clone()
+            })
+            .contains("retry")
+        );
+        assert!(
+            says(Facts {
+                held: Some("rate"),
+                key: Some("acme"),
+                ..later.clone()
+            })
+            .contains(r#"rate limit of key "acme""#)
+        );
+        assert!(
+            says(Facts {
+                held: Some("concurrency"),
+                ..queued.clone()
+            })
+            .contains("concurrency limit")
+        );
+        assert!(
+            says(Facts {
+                paused: true,
+                held: Some("concurrency"),
+                ..queued.clone()
+            })
+            .contains("paused")
+        );
+        assert!(
+            says(Facts {
+                dependencies: 2,
+                paused: true,
+                ..queued.clone()
+            })
+            .contains("2 unfinished dependencies")
+        );
+        for status in [
+            Status::Running,
+            Status::Succeeded,
+            Status::Failed,
+            Status::Cancelled,
+        ] {
+            assert_eq!(
+                reason(
+                    &Facts {
+                        status: Some(status),
+                        ..queued.clone()
+                    },
+                    now
+                ),
+                None
+            );
         }
     }
 }

@@ -95,7 +95,10 @@ pub(super) async fn list(
     if !(1..=200).contains(&limit) {
         return Err(ApiError::BadRequest("limit must be from 1 to 200".into()));
     }
-    if q.actor.as_deref().is_some_and(|a| !crate::access::keys::valid_name(a)) {
+    if q.actor
+        .as_deref()
+        .is_some_and(|a| !crate::access::keys::valid_name(a))
+    {
         return Err(ApiError::BadRequest(
             "actor: an API key's name is 1-64 of A-Z a-z 0-9 . _ -".into(),
         ));

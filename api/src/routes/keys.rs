@@ -36,7 +36,7 @@ pub(crate) struct KeyRequest {
     /// When it stops working (RFC 3339, in the future); none: until revoked.
     expires_at: Option<DateTime<Utc>>,
     /// Its own submit rate per second (default `CLIENT_SUBMIT_RATE`).
-    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
+    #[schema(minimum = 0.001, maximum = 1000000.0)]
     submit_rate: Option<f64>,
     /// Its own cap on requests at once (default `CLIENT_MAX_IN_FLIGHT`).
     #[schema(minimum = 1, maximum = 100000)]
@@ -123,14 +123,19 @@ pub(super) async fn create(
         ));
     }
     if req.expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(ApiError::Unprocessable("expires_at: must be in the future".into()));
-    }
-    if req.submit_rate.is_some_and(|r| !(r > 0.0 && r <= 1e6)) {
         return Err(ApiError::Unprocessable(
-            "submit_rate: must be above 0 and at most 1000000".into(),
+            "expires_at: must be in the future".into(),
         ));
     }
-    if req.max_in_flight.is_some_and(|n| !(1..=100_000).contains(&n)) {
+    if req.submit_rate.is_some_and(|r| !(0.001..=1e6).contains(&r)) {
+        return Err(ApiError::Unprocessable(
+            "submit_rate: must be from 0.001 to 1000000".into(),
+        ));
+    }
+    if req
+        .max_in_flight
+        .is_some_and(|n| !(1..=100_000).contains(&n))
+    {
         return Err(ApiError::Unprocessable(
             "max_in_flight: must be from 1 to 100000".into(),
         ));

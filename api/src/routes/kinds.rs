@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::AppState;
-use crate::error::{ApiError, Problem};
 use crate::access::{Audit, Caller};
+use crate::error::{ApiError, Problem};
 use crate::store::flow::{self as store, Usage};
 
 /// The routes, each documented where it is registered.
@@ -59,7 +59,10 @@ pub(crate) struct KeyHeld {
 }
 
 /// Every kind's (or `only` one's) flow control right now (also the console's kinds page).
-pub(crate) async fn status(state: &AppState, only: Option<&str>) -> Result<Vec<KindStatus>, ApiError> {
+pub(crate) async fn status(
+    state: &AppState,
+    only: Option<&str>,
+) -> Result<Vec<KindStatus>, ApiError> {
     let paused: HashMap<String, DateTime<Utc>> =
         store::paused(&state.db).await?.into_iter().collect();
     let mut usage = store::usage(&state.db).await?;

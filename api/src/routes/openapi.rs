@@ -319,9 +319,9 @@ fn security(doc: &mut Value) {
                     .collect(),
             );
             let responses = &mut op["responses"];
-            let mut unauthorized = problem("no API key, or not a valid one (unknown, revoked or expired)");
-            unauthorized["headers"]["WWW-Authenticate"] =
-                json!({ "description": "`Bearer realm=\"jobstack\"`", "schema": { "type": "string" } });
+            let mut unauthorized =
+                problem("no API key, or not a valid one (unknown, revoked or expired)");
+            unauthorized["headers"]["WWW-Authenticate"] = json!({ "description": "`Bearer realm=\"jobstack\"`", "schema": { "type": "string" } });
             responses["401"] = unauthorized;
             if roles.len() < crate::access::Role::ALL.len() {
                 let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();

@@ -13,10 +13,10 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::AppState;
+use crate::access::{Audit, Caller};
 use crate::error::{ApiError, Problem};
 use crate::routes::body::{Body, Named};
 use crate::schedules::{Invalid, Missed, ScheduleRequest};
-use crate::access::{Audit, Caller};
 use crate::store::schedules::{self as store, Changed, ScheduleRow};
 
 /// The routes, each documented where it is registered.
@@ -338,7 +338,8 @@ pub(super) async fn resume(
         .and_then(|t| t.first(Utc::now()))
         .ok_or_else(|| ApiError::Conflict(format!("schedule {name:?} never fires again")))?;
     let audit = Audit::new(&caller, "schedule.resume", name.clone());
-    let Some(row) = store::set_enabled(&state.db, &name, Some((next, row.updated_at)), &audit).await?
+    let Some(row) =
+        store::set_enabled(&state.db, &name, Some((next, row.updated_at)), &audit).await?
     else {
         return Err(match store::get(&state.db, &name).await? {
             Some(_) => moved(&name),

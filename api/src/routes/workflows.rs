@@ -132,7 +132,11 @@ pub(crate) struct WorkflowPage {
 async fn workflow(state: &AppState, id: Uuid, caller: &Caller) -> Result<Workflow, ApiError> {
     let (row, jobs) = store_wf::get(&state.db, id)
         .await?
-        .filter(|(row, _)| caller.only_own().is_none_or(|own| row.client.as_deref() == Some(own)))
+        .filter(|(row, _)| {
+            caller
+                .only_own()
+                .is_none_or(|own| row.client.as_deref() == Some(own))
+        })
         .ok_or_else(|| ApiError::NotFound(format!("no workflow {id}")))?;
     Ok(Workflow {
         summary: row.into(),
@@ -188,7 +192,10 @@ pub(super) async fn create(
     state.broker.wake_relay.notify_one();
     metrics::counter!("jobstack_workflows_created_total").increment(1);
     tracing::info!(workflow.id = %id, jobs = new.jobs.len(), "workflow accepted");
-    Ok((StatusCode::CREATED, Json(workflow(&state, id, &caller).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(workflow(&state, id, &caller).await?),
+    ))
 }
 
 /// Filters and paging for the workflow list.
@@ -274,5 +281,8 @@ pub(super) async fn cancel(
     state.broker.wake_relay.notify_one();
     audit.logged(cancelled);
     tracing::info!(workflow.id = %id, cancelled, "workflow cancel accepted");
-    Ok((StatusCode::ACCEPTED, Json(workflow(&state, id, &caller).await?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(workflow(&state, id, &caller).await?),
+    ))
 }

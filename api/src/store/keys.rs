@@ -107,7 +107,15 @@ pub async fn create(db: &PgPool, key: &NewKey<'_>, audit: Option<&Audit>) -> sql
         let a = a.clone().with(serde_json::json!({
             "name": row.name, "role": row.role, "expires_at": row.expires_at,
         }));
-        audit::record(&mut tx, &Audit { target: row.id.to_string(), ..a }, &[]).await?;
+        audit::record(
+            &mut tx,
+            &Audit {
+                target: row.id.to_string(),
+                ..a
+            },
+            &[],
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(row)

@@ -1,5 +1,5 @@
-//! Retention: deleting finished jobs past their age and expired idempotency keys, in bounded
-//! batches, by one api replica at a time.
+//! Retention: deleting finished jobs past their age, expired idempotency keys and expired
+//! console sessions, in bounded batches, by one api replica at a time.
 
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ pub struct Pruned {
     pub jobs: u64,
     /// Expired idempotency keys.
     pub keys: u64,
+    /// Expired console sessions.
+    pub sessions: u64,
 }
 
 /// Identifies the retention lock among PostgreSQL advisory locks (any constant would do; this
@@ -31,7 +33,11 @@ pub async fn prune(db: &PgPool, retention: Option<Duration>, batch: i64) -> sqlx
             return Ok(pruned);
         }
     }
-    (pruned.keys, _) = delete_batches(db, PRUNE_KEYS, Duration::ZERO, batch).await?;
+    let finished;
+    (pruned.keys, finished) = delete_batches(db, PRUNE_KEYS, Duration::ZERO, batch).await?;
+    if finished {
+        (pruned.sessions, _) = delete_batches(db, PRUNE_SESSIONS, Duration::ZERO, batch).await?;
+    }
     Ok(pruned)
 }
 
@@ -43,6 +49,10 @@ const PRUNE_JOBS: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
 
 const PRUNE_KEYS: &str = "DELETE FROM idempotency_keys WHERE key IN (SELECT key \
      FROM idempotency_keys WHERE expires_at < now() - make_interval(secs => $1) \
+     ORDER BY expires_at LIMIT $2)";
+
+const PRUNE_SESSIONS: &str = "DELETE FROM sessions WHERE digest IN (SELECT digest \
+     FROM sessions WHERE expires_at < now() - make_interval(secs => $1) \
      ORDER BY expires_at LIMIT $2)";
 
 /// Runs `sql` (a bounded DELETE of rows older than `$1` seconds, at most `$2`) until a batch

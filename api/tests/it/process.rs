@@ -242,6 +242,10 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("JOB_LIMITS", "hash:concurrency=0"),
         ("JOB_LIMITS", "hash:rate=10/fortnight"),
         ("JOB_LIMITS", "no-such-kind:concurrency=1"),
+        ("API_AUTH", "none"),
+        ("API_DEMO_KEY", "jsk_secret-and-not-hex"),
+        ("CLIENT_SUBMIT_RATE", "-1"),
+        ("CONSOLE_JAEGER_URL", "jaeger:16686"),
     ] {
         let mut cmd = Command::new(API);
         cmd.env("API_LISTEN", "127.0.0.1:0").env(var, value);
@@ -267,6 +271,80 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
             !stderr.contains("secret"),
             "a password reached stderr: {stderr}"
         );
+    }
+}
+
+#[tokio::test]
+async fn no_api_key_reaches_a_log_line_or_a_span() {
+    let (endpoint, received) = otlp::receiver("grpc").await;
+    let api = ApiProcess::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+    ])
+    .await;
+    api.post_job().await;
+    let url = |path: &str| format!("{}{path}", api.url);
+    // A key made through the api: its secret is in that answer only.
+    let made: Value = api
+        .http
+        .post(url("/keys"))
+        .bearer_auth(&api.key)
+        .json(&json!({ "name": "canary", "role": "viewer" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let made = made["secret"].as_str().unwrap().to_owned();
+    let res = api
+        .http
+        .get(url("/jobs"))
+        .bearer_auth(&made)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Wrong ones: well-formed and unknown, and not a key at all.
+    let unknown = format!("jsk_{}", "c".repeat(64));
+    let garbage = "CANARY-not-a-key-5f1e";
+    for wrong in [unknown.as_str(), garbage] {
+        let res = api
+            .http
+            .get(url("/jobs"))
+            .bearer_auth(wrong)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+        let body = res.text().await.unwrap();
+        assert!(!body.contains(wrong), "a 401 echoed the key: {body}");
+    }
+    // The console's login, with each.
+    for key in [made.as_str(), unknown.as_str()] {
+        api.http
+            .post(url("/ui/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("key={key}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let demo = api.key.clone();
+    let stdout = api.stop().await;
+    let spans = received.text();
+    assert!(spans.contains("POST /jobs"), "no span was exported");
+    assert!(
+        stdout.contains("console login"),
+        "the login was not logged at all"
+    );
+    for secret in [demo, made, unknown, garbage.to_owned()] {
+        assert!(
+            !stdout.contains(&secret),
+            "a key reached the logs: {secret}"
+        );
+        assert!(!spans.contains(&secret), "a key reached a span: {secret}");
     }
 }
 

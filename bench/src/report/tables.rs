@@ -237,6 +237,19 @@ pub(super) fn results_table(r: &Results) -> String {
         empty(),
         empty(),
     ]);
+    let q = &r.quota;
+    t.row([
+        format!(
+            "per-client quotas: client B at {}/s, alone and beside client A offering {}/s against a quota of {}/s ({}s each)",
+            q.steady, q.flood, q.quota, q.seconds
+        ),
+        format!(
+            "B accept p50/p99 {:.2} / {:.2} ms alone, {:.2} / {:.2} ms beside the flood; A accepted {:.0}/s, {} refused with 429",
+            q.alone_p50_ms, q.alone_p99_ms, q.beside_p50_ms, q.beside_p99_ms, q.flood_accepted_rate, q.flood_refused
+        ),
+        empty(),
+        empty(),
+    ]);
     let flow = &r.flow;
     if let Some(base) = flow.runs.first() {
         for (run, (_, cost)) in flow.runs.iter().skip(1).zip(flow.costs()) {

@@ -34,12 +34,24 @@ async fn footprint(app: &TestApp) -> Vec<(String, String)> {
     let db = app.db().await;
     let mut rows = Vec::new();
     for (table, what) in [
-        ("jobs", "string_agg(id::text || status::text || generation || cancel_requested, ',' ORDER BY id)"),
+        (
+            "jobs",
+            "string_agg(id::text || status::text || generation || cancel_requested, ',' ORDER BY id)",
+        ),
         ("audit", "count(*)::text"),
-        ("schedules", "string_agg(name || enabled, ',' ORDER BY name)"),
+        (
+            "schedules",
+            "string_agg(name || enabled, ',' ORDER BY name)",
+        ),
         ("paused_kinds", "string_agg(kind, ',' ORDER BY kind)"),
-        ("api_keys", "string_agg(id::text || coalesce(revoked_at::text, ''), ',' ORDER BY id)"),
-        ("workflows", "string_agg(id::text || cancel_requested, ',' ORDER BY id)"),
+        (
+            "api_keys",
+            "string_agg(id::text || coalesce(revoked_at::text, ''), ',' ORDER BY id)",
+        ),
+        (
+            "workflows",
+            "string_agg(id::text || cancel_requested, ',' ORDER BY id)",
+        ),
         ("idempotency_keys", "count(*)::text"),
     ] {
         let value: Option<String> =
@@ -67,15 +79,19 @@ impl Fixture {
         let (status, wf) = app
             .post_path(
                 "/workflows",
-                Some(json!({ "jobs": [{ "key": "a", "kind": "hash", "payload": { "rounds": 1 } }] })),
+                Some(
+                    json!({ "jobs": [{ "key": "a", "kind": "hash", "payload": { "rounds": 1 } }] }),
+                ),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{wf}");
         let (status, s) = app
             .post_path(
                 "/schedules",
-                Some(json!({ "name": "nightly", "kind": "hash", "payload": { "rounds": 1 },
-                             "cron": "0 3 * * *" })),
+                Some(
+                    json!({ "name": "nightly", "kind": "hash", "payload": { "rounds": 1 },
+                             "cron": "0 3 * * *" }),
+                ),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{s}");
@@ -90,13 +106,16 @@ impl Fixture {
     /// The request for a rule's method and route template.
     fn request(&self, method: &str, route: &str) -> (Method, String, Option<Value>) {
         let path = route
-            .replace("{id}", if route.starts_with("/workflows") {
-                &self.workflow
-            } else if route.starts_with("/keys") {
-                &self.key
-            } else {
-                &self.job
-            })
+            .replace(
+                "{id}",
+                if route.starts_with("/workflows") {
+                    &self.workflow
+                } else if route.starts_with("/keys") {
+                    &self.key
+                } else {
+                    &self.job
+                },
+            )
             .replace("{kind}", "hash")
             .replace("{name}", "nightly");
         let body = match (method, route) {
@@ -155,14 +174,28 @@ async fn every_route_refuses_every_role_it_does_not_admit_and_refusals_change_no
         let request = fixture.request(method, route);
         if *access == api::access::Access::Public {
             let (status, _, body) = send(&app, &anonymous, &request).await;
-            assert!(status.is_success(), "{method} {route} without a key: {status} {body}");
+            assert!(
+                status.is_success(),
+                "{method} {route} without a key: {status} {body}"
+            );
             continue;
         }
-        for (who, http) in [("no key", &anonymous), ("an unknown key", &forged), ("garbage", &garbage)] {
+        for (who, http) in [
+            ("no key", &anonymous),
+            ("an unknown key", &forged),
+            ("garbage", &garbage),
+        ] {
             let (status, headers, body) = send(&app, http, &request).await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {route} with {who}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {route} with {who}: {body}"
+            );
             assert!(is_problem(&headers), "{method} {route}: {headers:?}");
-            assert!(headers.get("www-authenticate").is_some(), "{method} {route}");
+            assert!(
+                headers.get("www-authenticate").is_some(),
+                "{method} {route}"
+            );
             refusals += 1;
         }
         for (role, http) in &clients {
@@ -171,14 +204,22 @@ async fn every_route_refuses_every_role_it_does_not_admit_and_refusals_change_no
                 continue;
             }
             let (status, headers, body) = send(&app, http, &request).await;
-            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {route} as {role}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{method} {route} as {role}: {body}"
+            );
             assert!(is_problem(&headers), "{method} {route}: {headers:?}");
             assert!(body["detail"].as_str().unwrap().contains(role), "{body}");
             refusals += 1;
         }
     }
     assert!(refusals > 80, "only {refusals} refusals were tried");
-    assert_eq!(footprint(&app).await, before, "a refused request changed something");
+    assert_eq!(
+        footprint(&app).await,
+        before,
+        "a refused request changed something"
+    );
 
     // Then every admitted one: past the access layer (whatever the handler then answers).
     for (method, route, access) in api::access::RULES {
@@ -225,7 +266,11 @@ async fn every_documented_operation_has_a_rule_and_declares_its_roles() {
             operations += 1;
         }
     }
-    assert_eq!(operations, api::access::RULES.len(), "a rule names no documented route");
+    assert_eq!(
+        operations,
+        api::access::RULES.len(),
+        "a rule names no documented route"
+    );
 }
 
 #[tokio::test]
@@ -234,42 +279,86 @@ async fn a_revoked_key_and_an_expired_key_are_refused() {
     let (id, secret) = key(&app, "soon-gone", "viewer").await;
     let viewer = authorized(&secret);
     let jobs = format!("{}/jobs", app.url);
-    assert_eq!(viewer.get(&jobs).send().await.unwrap().status(), StatusCode::OK);
-    let res = app.http.delete(format!("{}/keys/{id}", app.url)).send().await.unwrap();
+    assert_eq!(
+        viewer.get(&jobs).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let res = app
+        .http
+        .delete(format!("{}/keys/{id}", app.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     // Revoked on this replica at once.
     let res = viewer.get(&jobs).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 
     let soon = chrono::Utc::now() + chrono::Duration::seconds(2);
-    let key = make_key(&app, json!({ "name": "brief", "role": "viewer", "expires_at": soon })).await;
+    let key = make_key(
+        &app,
+        json!({ "name": "brief", "role": "viewer", "expires_at": soon }),
+    )
+    .await;
     let brief = authorized(key["secret"].as_str().unwrap());
-    assert_eq!(brief.get(&jobs).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        brief.get(&jobs).send().await.unwrap().status(),
+        StatusCode::OK
+    );
     tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_millis(2500)).await;
     // Expired, though verified (and cached) a moment ago.
-    assert_eq!(brief.get(&jobs).send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        brief.get(&jobs).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
 
     // The list shows both, and never a secret.
     let (status, keys) = app.get("/keys").await;
     assert_eq!(status, StatusCode::OK);
     let text = keys.to_string();
-    assert!(!text.contains(&secret) && !text.contains("secret"), "{text}");
-    let revoked = keys.as_array().unwrap().iter().find(|k| k["id"] == id.as_str()).unwrap();
+    assert!(
+        !text.contains(&secret) && !text.contains("secret"),
+        "{text}"
+    );
+    let revoked = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
     assert!(revoked["revoked_at"].is_string(), "{revoked}");
 
     // Bad keys to make: each a 422 naming its field, nothing made.
     let count = keys.as_array().unwrap().len();
     for (body, field) in [
         (json!({ "name": "has space", "role": "viewer" }), "name"),
-        (json!({ "name": "x", "role": "viewer", "expires_at": "2001-01-01T00:00:00Z" }), "expires_at"),
-        (json!({ "name": "x", "role": "viewer", "submit_rate": 0 }), "submit_rate"),
-        (json!({ "name": "x", "role": "viewer", "max_in_flight": 0 }), "max_in_flight"),
+        (
+            json!({ "name": "x", "role": "viewer", "expires_at": "2001-01-01T00:00:00Z" }),
+            "expires_at",
+        ),
+        (
+            json!({ "name": "x", "role": "viewer", "submit_rate": 0 }),
+            "submit_rate",
+        ),
+        (
+            json!({ "name": "x", "role": "viewer", "submit_rate": 5e-324 }),
+            "submit_rate",
+        ),
+        (
+            json!({ "name": "x", "role": "viewer", "max_in_flight": 0 }),
+            "max_in_flight",
+        ),
     ] {
         let (status, problem) = app.post_path("/keys", Some(body)).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
-        assert!(problem["detail"].as_str().unwrap().starts_with(field), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().starts_with(field),
+            "{problem}"
+        );
     }
-    let (status, problem) = app.post_path("/keys", Some(json!({ "name": "x", "role": "root" }))).await;
+    let (status, problem) = app
+        .post_path("/keys", Some(json!({ "name": "x", "role": "root" })))
+        .await;
     assert!(status.is_client_error(), "{status} {problem}");
     assert_eq!(app.get("/keys").await.1.as_array().unwrap().len(), count);
     app.stop().await;
@@ -306,10 +395,24 @@ async fn a_submitter_sees_only_its_own_jobs_and_every_job_names_its_client() {
     let (status, _) = read(&b, format!("/jobs/{}", ja["id"].as_str().unwrap())).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "team-b read team-a's job");
     let (_, page) = read(&b, "/jobs?client=team-a".into()).await;
-    let ids: Vec<&Value> = page["items"].as_array().unwrap().iter().map(|j| &j["id"]).collect();
-    assert_eq!(ids, vec![&jb["id"]], "a submitter's list is its own, whatever it filters");
+    let ids: Vec<&Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| &j["id"])
+        .collect();
+    assert_eq!(
+        ids,
+        vec![&jb["id"]],
+        "a submitter's list is its own, whatever it filters"
+    );
     let (_, page) = read(&viewer, "/jobs?client=team-a".into()).await;
-    let ids: Vec<&Value> = page["items"].as_array().unwrap().iter().map(|j| &j["id"]).collect();
+    let ids: Vec<&Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| &j["id"])
+        .collect();
     assert_eq!(ids, vec![&ja["id"]]);
     let (status, _) = read(&viewer, "/jobs?client=bad%20name".into()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -322,36 +425,69 @@ async fn each_action_is_audited_with_its_trace_and_jobs_and_a_failed_one_is_not(
     let (_, op) = key(&app, "night-shift", "operator").await;
     let op = authorized(&op);
     let id = app.create("hash", json!({ "rounds": 1 })).await;
-    let res = op.post(format!("{}/jobs/{id}/cancel", app.url)).send().await.unwrap();
+    let res = op
+        .post(format!("{}/jobs/{id}/cancel", app.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let trace = res.headers()["traceparent"].to_str().unwrap().split('-').nth(1).unwrap().to_owned();
+    let trace = res.headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .to_owned();
     // A cancel that changes nothing (already final) records nothing.
-    let res = op.post(format!("{}/jobs/{id}/cancel", app.url)).send().await.unwrap();
+    let res = op
+        .post(format!("{}/jobs/{id}/cancel", app.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::CONFLICT);
     // The bulk re-drive takes the job once its cancel is out to the workers.
     app.wait_until(Duration::from_secs(20), "the job re-driven", || async {
-        let res = op.post(format!("{}/jobs/redrive", app.url))
-            .json(&json!({ "status": "cancelled" })).send().await.unwrap();
+        let res = op
+            .post(format!("{}/jobs/redrive", app.url))
+            .json(&json!({ "status": "cancelled" }))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
         res.json::<Value>().await.unwrap()["requeued"] == 1
     })
     .await;
-    let res = op.post(format!("{}/kinds/sleep/pause", app.url)).send().await.unwrap();
+    let res = op
+        .post(format!("{}/kinds/sleep/pause", app.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 
     let (status, trail) = app.get("/audit").await;
     assert_eq!(status, StatusCode::OK, "{trail}");
     let trail = trail.as_array().unwrap();
-    let actions: Vec<&str> = trail.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = trail
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
     // The test's own key was made by no caller; the fixture's key by the demo admin.
-    assert_eq!(actions, ["kind.pause", "jobs.redrive", "job.cancel", "key.create"], "{trail:?}");
+    assert_eq!(
+        actions,
+        ["kind.pause", "jobs.redrive", "job.cancel", "key.create"],
+        "{trail:?}"
+    );
     let cancel = &trail[2];
     assert_eq!(cancel["actor"], "night-shift");
     assert_eq!(cancel["role"], "operator");
     assert_eq!(cancel["target"], id.as_str());
     assert_eq!(cancel["jobs"], json!([id]));
     assert_eq!(cancel["trace_id"], trace.as_str());
-    assert_eq!(trail[1]["jobs"], json!([id]), "the bulk re-drive names what it took");
+    assert_eq!(
+        trail[1]["jobs"],
+        json!([id]),
+        "the bulk re-drive names what it took"
+    );
     assert_eq!(trail[3]["actor"], "demo");
     let (_, only) = app.get("/audit?action=job.cancel").await;
     assert_eq!(only.as_array().unwrap().len(), 1);
@@ -361,9 +497,16 @@ async fn each_action_is_audited_with_its_trace_and_jobs_and_a_failed_one_is_not(
 #[tokio::test]
 async fn a_client_over_its_quota_gets_429_with_retry_after_and_another_client_does_not() {
     let app = TestApp::api_only().await;
-    let noisy = make_key(&app, json!({ "name": "noisy", "role": "submitter", "submit_rate": 2 })).await;
+    let noisy = make_key(
+        &app,
+        json!({ "name": "noisy", "role": "submitter", "submit_rate": 2 }),
+    )
+    .await;
     let (_, calm) = key(&app, "calm", "submitter").await;
-    let (noisy, calm) = (authorized(noisy["secret"].as_str().unwrap()), authorized(&calm));
+    let (noisy, calm) = (
+        authorized(noisy["secret"].as_str().unwrap()),
+        authorized(&calm),
+    );
     let submit = |http: &reqwest::Client| {
         http.post(format!("{}/jobs", app.url))
             .json(&json!({ "kind": "hash", "payload": { "rounds": 1 } }))
@@ -375,7 +518,10 @@ async fn a_client_over_its_quota_gets_429_with_retry_after_and_another_client_do
     for _ in 0..10 {
         let res = submit(&noisy).await.unwrap();
         if res.status() == StatusCode::TOO_MANY_REQUESTS {
-            retry_after = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            retry_after = res
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
             let body: Value = res.json().await.unwrap();
             assert!(body["detail"].as_str().unwrap().contains("noisy"), "{body}");
             statuses.push(429);
@@ -387,14 +533,20 @@ async fn a_client_over_its_quota_gets_429_with_retry_after_and_another_client_do
     // A burst of one second's worth (2), maybe a third if a token came back meanwhile.
     assert!((2..=3).contains(&accepted), "{statuses:?}");
     assert_eq!(retry_after.as_deref(), Some("1"));
-    assert_eq!(app.count_jobs().await - before, accepted as i64, "a refused submit stored a job");
+    assert_eq!(
+        app.count_jobs().await - before,
+        accepted as i64,
+        "a refused submit stored a job"
+    );
     // Reads are not submits, and another client has its own tokens.
     let res = noisy.get(format!("{}/jobs", app.url)).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     for _ in 0..5 {
         assert_eq!(submit(&calm).await.unwrap().status(), StatusCode::ACCEPTED);
     }
-    let refused = app.metric_sum("jobstack_client_quota_refusals_total", r#"reason="rate""#).await;
+    let refused = app
+        .metric_sum("jobstack_client_quota_refusals_total", r#"reason="rate""#)
+        .await;
     assert!(refused >= 7.0, "{refused}");
     app.stop().await;
 }

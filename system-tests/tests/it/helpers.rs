@@ -164,8 +164,6 @@ pub(crate) struct TestApp {
     /// A client that sends the api's demo key (an admin's): what most tests are about is not
     /// who may do it.
     pub(crate) http: reqwest::Client,
-    /// That key.
-    pub(crate) admin_key: String,
     pub(crate) api_config: Config,
     pub(crate) worker_config: worker::Config,
     api_stop: CancellationToken,
@@ -219,7 +217,6 @@ impl TestApp {
             schedules: opts.schedules.clone(),
             url,
             http: authorized(api_config.demo_key.as_deref().expect("a demo key")),
-            admin_key: api_config.demo_key.clone().expect("a demo key"),
             api_config,
             worker_config,
             api_stop,

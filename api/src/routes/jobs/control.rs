@@ -176,7 +176,10 @@ pub(super) async fn redrive_many(
         kind: req.kind.as_deref(),
         limit,
     };
-    let target = format!("status={status} kind={}", req.kind.as_deref().unwrap_or("*"));
+    let target = format!(
+        "status={status} kind={}",
+        req.kind.as_deref().unwrap_or("*")
+    );
     let audit = Audit::new(&caller, "jobs.redrive", target)
         .with(serde_json::json!({ "status": status, "kind": req.kind, "limit": limit }));
     let jobs = store::redrive(&state.db, which, &audit).await?;

@@ -36,7 +36,11 @@ pub(super) async fn read(
     // A submitter's view has only its own jobs: another client's is as absent as a missing one.
     let row = store::get(&state.db, id)
         .await?
-        .filter(|row| caller.only_own().is_none_or(|own| row.client.as_deref() == Some(own)))
+        .filter(|row| {
+            caller
+                .only_own()
+                .is_none_or(|own| row.client.as_deref() == Some(own))
+        })
         .ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
     let mut job = Job::from(row);
     if !job.status.is_final() {
