@@ -22,7 +22,18 @@ can_apt() { [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; }
 
 if [[ ! -x $CHROMIUM ]]; then
   if ! can_apt; then
-    echo "tests/console needs Chromium: run as root where apt-get works (it installs Debian's chromium), or set CHROMIUM=/path/to/chromium" >&2
+    # A laptop with Docker and no apt: the same run inside the pinned build image (RUST_IMAGE of
+    # .env, Debian bookworm like CI), with a throwaway PostgreSQL and RabbitMQ in the container,
+    # as tests/openapi/run.sh does.
+    if [[ -z ${JOBSTACK_CONSOLE_IN_CONTAINER:-} ]] && command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+      image=$(sed -n 's/^RUST_IMAGE=//p' .env)
+      echo "# no Chromium and no apt-get here: running the console checks in $image (first run installs tools and builds)"
+      exec docker run --rm --init -e JOBSTACK_CONSOLE_IN_CONTAINER=1 -e SCREENSHOTS_DIR \
+        -e CARGO_TARGET_DIR=/cache/target -e XDG_CACHE_HOME=/cache \
+        -v "$ROOT:/src" -v jobstack-stack-cache:/cache -v jobstack-stack-cargo:/usr/local/cargo/registry \
+        -w /src "$image" bash -c 'bash tests/local-services.sh >/dev/null && exec bash tests/console/run.sh "$@"' run "$@"
+    fi
+    echo "tests/console needs Chromium: run as root where apt-get works (it installs Debian's chromium), or with Docker, or set CHROMIUM=/path/to/chromium" >&2
     exit 2
   fi
   # A font too: without one, screenshots show empty boxes for text.

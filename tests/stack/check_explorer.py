@@ -27,6 +27,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 
 import yaml
@@ -76,6 +78,31 @@ def drop_reader(role, db=None):
     return out + [psql(f'DROP ROLE IF EXISTS "{role}"', "postgres")]
 
 
+_sessions = {}
+
+
+def console_session(api):
+    """A console session cookie for `api`, logged in with the key in $API_KEY (once per api)."""
+    if api not in _sessions:
+        key = os.environ.get("API_KEY", "")
+        req = urllib.request.Request(f"{api}/ui/login", data=urllib.parse.urlencode({"key": key}).encode(),
+                                     method="POST")
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *a, **kw):
+                return None
+
+        try:
+            urllib.request.build_opener(NoRedirect).open(req, timeout=10)
+            raise OSError("the console login did not redirect")
+        except urllib.error.HTTPError as e:  # the 303 of a login that worked
+            cookie = (e.headers.get("set-cookie") or "").split(";")[0]
+            if e.code != 303 or not cookie:
+                raise OSError(f"the console login with $API_KEY answered {e.code}") from e
+        _sessions[api] = cookie
+    return _sessions[api]
+
+
 def check_links(title, header, first, overrides, ctx, args):
     """Each override names a returned column; each link, rendered for the first row, leads where it says."""
     cols = [o["matcher"]["options"] for o in overrides]
@@ -108,13 +135,17 @@ def check_links(title, header, first, overrides, ctx, args):
                             problems += [] if sum(hits.values()) else [f"no log line contains {value}: {hits}"]
                     check(f"{name} opens Explore on {pane['datasource']}: {json.dumps(q)[:160]}", not problems, "; ".join(problems))
                 elif args.api:
-                    with urllib.request.urlopen(href, timeout=10) as r:
-                        body = json.load(r)
-                    check(f"{name}: GET {href} answers 200 with that row", body.get("id") == value, str(body)[:200])
+                    # The console's page of that row, as a logged-in browser gets it.
+                    req = urllib.request.Request(href, headers={"cookie": console_session(args.api)})
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        page = r.read().decode("utf-8", "replace")
+                        landed = r.geturl()
+                    check(f"{name}: GET {href} answers the console's page of that row",
+                          landed == href and value in page and "<html" in page, f"{landed}: {page[:200]}")
                 else:
                     resource = "workflows" if "/workflows/" in link["url"] else "jobs"
                     check(f"{name} -> {href} (api_url's default is the published API_PORT; not fetched: no --api)",
-                          href == f"{ctx['api_url']}/{resource}/{value}", href)
+                          href == f"{ctx['api_url']}/ui/{resource}/{value}", href)
             except (Unsupported, ValueError, KeyError, OSError) as e:
                 check(name, False, f"{type(e).__name__}: {e}")
 

@@ -468,7 +468,7 @@ def main():
     # ------------------------------------------------ the parts of `make smoke` that run here
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "stack", "smoke.py"), "--only", "prometheus,job",
                         "--api", API, "--prometheus", PROM, "--prometheus-config", cfg_path, "--wait", "30"],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "API_KEY": API_KEY})
     for line in r.stdout.splitlines():
         if re.match(r"(not )?ok - ", line):
             ok = line.startswith("ok")
@@ -603,7 +603,7 @@ def main():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "stack", "check_explorer.py"), "--database", DB,
                         "--role", READER, "--password", READER_PASSWORD, "--api", API,
                         "--log", os.path.join(STATE, "api.log"), "--log", os.path.join(STATE, "worker.log")],
-                       capture_output=True, text=True, timeout=180)
+                       capture_output=True, text=True, timeout=180, env={**os.environ, "API_KEY": API_KEY})
     for line in r.stdout.splitlines():
         relay(line)
     check("live: check_explorer.py on this run's database exits 0", r.returncode == 0, (r.stdout + r.stderr)[-600:])

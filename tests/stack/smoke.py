@@ -356,7 +356,8 @@ def check_list(value):
 def main():
     env = read_env()
     global API_KEY
-    API_KEY = env.get("API_DEMO_KEY", "")
+    # $API_KEY (another api's key), else the demo's from .env.
+    API_KEY = os.environ.get("API_KEY") or env.get("API_DEMO_KEY", "")
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=f"checks: {', '.join(CHECKS)}. "
                                  "jaeger-trace and loki-logs follow the job check's trace: --only adds job "
                                  "for them, --skip job skips them.")
