@@ -64,17 +64,11 @@ schemathesis.openapi.format("iana-time-zone", st.sampled_from([
 @schemathesis.hook
 def map_case(ctx, case):
     """A schema-valid workflow is also a graph: its keys unique, and each dependency naming a job
-    before it (so no cycle). A schema-valid key's `expires_at` is also in the future. The schema
-    cannot say either; generated ones are made so, and the api must then take them (positive cases
-    only: a negative one keeps what makes it invalid)."""
-    positive = case.meta is not None and case.meta.generation.mode.is_positive
-    if case.operation.method.upper() == "POST" and case.operation.path == "/keys":
-        if positive and isinstance(case.body, dict) and case.body.get("expires_at") is not None:
-            later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
-            case.body["expires_at"] = later.isoformat().replace("+00:00", "Z")
-        return case
+    before it (so no cycle). The schema cannot say so; generated ones are made so, and the api must
+    then take them (positive cases only: a negative one keeps what makes it invalid)."""
     if case.operation.method.upper() != "POST" or case.operation.path != "/workflows":
         return case
+    positive = case.meta is not None and case.meta.generation.mode.is_positive
     jobs = case.body.get("jobs") if isinstance(case.body, dict) else None
     if not positive or not isinstance(jobs, list):
         return case

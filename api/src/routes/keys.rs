@@ -33,8 +33,9 @@ pub(crate) struct KeyRequest {
     name: String,
     /// What it may do.
     role: Role,
-    /// When it stops working (RFC 3339, in the future); none: until revoked.
-    expires_at: Option<DateTime<Utc>>,
+    /// Seconds from now until it stops working (1 minute to 10 years); none: until revoked.
+    #[schema(minimum = 60, maximum = 315360000)]
+    expires_in_secs: Option<u64>,
     /// Its own submit rate per second (default `CLIENT_SUBMIT_RATE`).
     #[schema(minimum = 0.001, maximum = 1000000.0)]
     submit_rate: Option<f64>,
@@ -122,11 +123,17 @@ pub(super) async fn create(
             "name: 1-64 of A-Z a-z 0-9 . _ -".into(),
         ));
     }
-    if req.expires_at.is_some_and(|at| at <= Utc::now()) {
+    if req
+        .expires_in_secs
+        .is_some_and(|s| !(60..=315_360_000).contains(&s))
+    {
         return Err(ApiError::Unprocessable(
-            "expires_at: must be in the future".into(),
+            "expires_in_secs: must be from 60 (a minute) to 315360000 (ten years)".into(),
         ));
     }
+    let expires_at = req
+        .expires_in_secs
+        .map(|s| Utc::now() + chrono::Duration::seconds(s as i64));
     if req.submit_rate.is_some_and(|r| !(0.001..=1e6).contains(&r)) {
         return Err(ApiError::Unprocessable(
             "submit_rate: must be from 0.001 to 1000000".into(),
@@ -152,7 +159,7 @@ pub(super) async fn create(
             hint: &hint,
             submit_rate: req.submit_rate,
             max_in_flight: req.max_in_flight,
-            expires_at: req.expires_at,
+            expires_at,
             created_by: &caller.client,
         },
         Some(&audit),
