@@ -1,7 +1,8 @@
 //! Per-client quotas under a flood: client B submits at a steady rate alone, then again while
 //! client A offers ten times its quota. A's excess is refused at the edge (429, before any
 //! query), so B's accept latency should barely move: the figure is B's p99 with the flood
-//! against B's p99 alone, measured in one run on one api.
+//! against B's p99 alone, measured in one run on one api. The control: the same flood from a
+//! client without a quota (all of it accepted and stored), what B would see without quotas.
 
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Quota> {
     let api = ctx.start_api("api_quota", &name, ApiMode::Off).await?;
     let a = key(ctx, &api.url, "flood", Some(QUOTA)).await?;
     let b = key(ctx, &api.url, "steady", None).await?;
+    // The control: the same flood from a client without a quota, every request accepted.
+    let free = key(ctx, &api.url, "unlimited", None).await?;
     let secs = ctx.cfg.seconds.max(5);
     let args = |rate: u32| -> Vec<String> {
         [
@@ -83,6 +86,22 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Quota> {
         if out.alone_p99_ms == 0.0 || alone.latency_ms.p99 < out.alone_p99_ms {
             out.alone_p50_ms = alone.latency_ms.p50;
             out.alone_p99_ms = alone.latency_ms.p99;
+        }
+        ctx.quiet(&format!("quota control {round}")).await;
+        let (free_label, control_label) = (
+            format!("quota_free_{round}"),
+            format!("quota_control_{round}"),
+        );
+        let (_, control) = tokio::try_join!(
+            ctx.loadgen_as(&api, &free_label, &flood_args, limit, &free),
+            ctx.loadgen_as(&api, &control_label, &steady_args, limit, &b),
+        )?;
+        crate::log(&format!(
+            "  round {round}: B beside the same flood with no quota: p99 {:.2} ms",
+            control.latency_ms.p99
+        ));
+        if out.unlimited_p99_ms == 0.0 || control.latency_ms.p99 < out.unlimited_p99_ms {
+            out.unlimited_p99_ms = control.latency_ms.p99;
         }
         if out.beside_p99_ms == 0.0 || beside.latency_ms.p99 < out.beside_p99_ms {
             out.beside_p50_ms = beside.latency_ms.p50;

@@ -424,6 +424,8 @@ pub struct Quota {
     pub beside_p99_ms: f64,
     /// B's 202s beside the flood.
     pub beside_accepted: u64,
+    /// The control: B's accept p99 beside the same flood from a client with no quota, ms.
+    pub unlimited_p99_ms: f64,
     /// A's accepted rate, /s.
     pub flood_accepted_rate: f64,
     /// A's 429s.

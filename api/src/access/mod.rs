@@ -309,14 +309,17 @@ pub async fn check(State(state): State<AppState>, mut req: Request, next: Next) 
             method: req.method().clone(),
             route,
         };
-        tracing::info!(client = %caller.client, role = %caller.role, "refused: {refused}");
+        // Debug, not info: a client hammering a route it may not use must not flood the logs
+        // (the request metric counts every 403 by route).
+        tracing::debug!(client = %caller.client, role = %caller.role, "refused: {refused}");
         return refused.into_response();
     }
     let submits = access == Some(Access::Submit);
     let _permit = match guard.quotas.take(&caller, submits) {
         Ok(permit) => permit,
         Err(over) => {
-            tracing::info!(client = %caller.client, "over quota: {over}");
+            // Debug for the same reason: a flood is counted, not logged line by line.
+            tracing::debug!(client = %caller.client, "over quota: {over}");
             return Refused::OverQuota(over).into_response();
         }
     };

@@ -66,7 +66,8 @@ pub(super) fn text(r: &Results) -> String {
          wait is its `started_at` minus its `created_at`.\n\
          - **Per-client quotas**: one api (no worker); client B (a submitter's key) at 200/s open loop\n  \
          for {s}s alone, then again while client A (a key with `submit_rate` 100) offers 1000/s, both\n  \
-         with 64 in flight; {rounds} rounds, each side's best p99 kept; A's excess is answered 429 at the\n  \
+         with 64 in flight; then, as a control, B beside the same 1000/s from a key with no quota (all\n  \
+         of it accepted); {rounds} rounds, each figure's best p99 kept; A's excess is answered 429 at the\n  \
          edge.\n\
          - Before each measured step: `VACUUM ANALYZE` and `CHECKPOINT`, then a bounded wait for the\n  \
          machine to be quiet (BENCH_STEP_WAIT); the run itself first waits for a quiet machine\n  \
