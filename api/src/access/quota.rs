@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -118,7 +118,7 @@ impl Quotas {
             limiter.check().map_err(|not_until| Over::Rate {
                 client: caller.client.clone(),
                 rate: *rate,
-                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+                retry_after: not_until.wait_time_from(limiter.clock().now()),
             })?;
         }
         Ok(Permit(permit))

@@ -286,17 +286,22 @@ async fn no_api_key_reaches_a_log_line_or_a_span() {
     api.post_job().await;
     let url = |path: &str| format!("{}{path}", api.url);
     // A key made through the api: its secret is in that answer only.
-    let made: Value = api
+    let res = api
         .http
         .post(url("/keys"))
         .bearer_auth(&api.key)
         .json(&json!({ "name": "canary", "role": "viewer" }))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
+    let trace = res.headers()["traceparent"]
+        .to_str()
+        .unwrap()
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let made: Value = res.json().await.unwrap();
     let made = made["secret"].as_str().unwrap().to_owned();
     let res = api
         .http
@@ -339,6 +344,13 @@ async fn no_api_key_reaches_a_log_line_or_a_span() {
         stdout.contains("console login"),
         "the login was not logged at all"
     );
+    // The key's making is audited, and its log line carries the request's trace id.
+    let audited = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "audited" && l["audit.action"] == "key.create")
+        .expect("an audited line for key.create");
+    assert_eq!(audited["trace_id"], trace.as_str(), "{audited}");
     for secret in [demo, made, unknown, garbage.to_owned()] {
         assert!(
             !stdout.contains(&secret),
