@@ -6,13 +6,14 @@ use api::Config;
 use shared::telemetry::{self, Settings};
 
 fn main() -> ExitCode {
-    // Before any runtime: the probe is blocking, and a runtime inside a runtime panics.
-    if let Some(code) = shared::probe::run_if_requested(Config::listen_addr) {
-        return code;
-    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(request) = api::access::cli::requested(&args) {
         return create_key(request);
+    }
+    // Before any runtime: the probe is blocking, and a runtime inside a runtime panics. It also
+    // refuses any other argument with its usage line.
+    if let Some(code) = shared::probe::run_if_requested(Config::listen_addr) {
+        return code;
     }
     serve()
 }

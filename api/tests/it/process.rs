@@ -42,7 +42,11 @@ struct ApiProcess {
 impl ApiProcess {
     /// Starts the binary with `env` on top of an isolated configuration; waits until ready.
     async fn start(env: &[(&str, &str)]) -> Self {
-        let config = isolated_config();
+        Self::start_on(isolated_config(), env).await
+    }
+
+    /// [`ApiProcess::start`] on `config`'s database and AMQP prefix.
+    async fn start_on(config: api::Config, env: &[(&str, &str)]) -> Self {
         let key = api::access::keys::generate();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -358,6 +362,63 @@ async fn no_api_key_reaches_a_log_line_or_a_span() {
         );
         assert!(!spans.contains(&secret), "a key reached a span: {secret}");
     }
+}
+
+#[tokio::test]
+async fn create_key_prints_a_working_key_once_and_refuses_bad_arguments() {
+    let config = isolated_config();
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = Command::new(API);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &config.database_url)
+            .args(args);
+        async move {
+            tokio::time::timeout(Duration::from_secs(60), cmd.output())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    for bad in [
+        &["create-key"][..],
+        &["create-key", "ops", "root"],
+        &["create-key", "ops", "admin", "0"],
+    ] {
+        let out = run(bad).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} was taken");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{bad:?}: one line, got:\n{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{bad:?} printed on stdout");
+    }
+    let out = run(&["create-key", "ops", "viewer", "1d"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap();
+    let key = key.trim_end();
+    assert!(
+        api::access::keys::well_formed(key),
+        "stdout is the key alone: {key:?}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("for ops (viewer)"));
+    // The key works against an api on that database, with its role.
+    let api = ApiProcess::start_on(config, &[]).await;
+    let get = |path: &str| {
+        api.http
+            .get(format!("{}{path}", api.url))
+            .bearer_auth(key)
+            .send()
+    };
+    assert_eq!(get("/jobs").await.unwrap().status(), 200);
+    assert_eq!(get("/keys").await.unwrap().status(), 403);
+    api.stop().await;
 }
 
 /// Runs `api healthcheck` as the compose health check does, against `API_LISTEN=listen`.
