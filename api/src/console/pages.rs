@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::session::Forbidden;
 use super::why::{self, Facts};
 use super::{Links, Session, encode, render};
 use crate::AppState;
@@ -46,11 +47,7 @@ impl Frame {
 
 /// A page a role may not read.
 pub(super) fn forbidden(s: &Session) -> Response {
-    (
-        StatusCode::FORBIDDEN,
-        format!("role {} may not read this page", s.caller.role),
-    )
-        .into_response()
+    Forbidden(format!("role {} may not read this page", s.caller.role)).into_response()
 }
 
 fn ago(t: DateTime<Utc>) -> String {

@@ -60,7 +60,7 @@ impl Session {
 
 /// A console form refused: 403 with why.
 #[derive(Debug)]
-pub struct Forbidden(String);
+pub struct Forbidden(pub(super) String);
 
 impl IntoResponse for Forbidden {
     fn into_response(self) -> Response {
