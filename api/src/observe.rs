@@ -52,13 +52,16 @@ pub async fn observe(req: Request, next: Next) -> Response {
     if let Some(tp) = propagation::traceparent(&span).and_then(|t| HeaderValue::from_str(&t).ok()) {
         res.headers_mut().insert("traceparent", tp);
     }
-    metrics::histogram!(
+    shared::metrics::exemplars::observe(
         "http_server_request_duration_seconds",
-        "method" => method,
-        "route" => route.unwrap_or_else(|| "unmatched".to_owned()),
-        "status" => status.as_str().to_owned(),
-    )
-    .record(start.elapsed().as_secs_f64());
+        &[
+            ("method", method),
+            ("route", route.as_deref().unwrap_or("unmatched")),
+            ("status", status.as_str()),
+        ],
+        start.elapsed().as_secs_f64(),
+        &span,
+    );
     res
 }
 

@@ -21,7 +21,7 @@ where
             "/readyz",
             get(move || async move { readiness::answer(&checks().await) }),
         )
-        .route("/metrics", get(|| async { crate::metrics::render() }))
+        .route("/metrics", get(crate::metrics::serve))
 }
 
 /// Liveness: `200 {"status":"ok"}` while the process serves.

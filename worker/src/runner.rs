@@ -254,8 +254,12 @@ impl Attempt {
             .await;
         in_flight.decrement(1.0);
         let outcome = Outcome::decide(result, msg.retries_left);
-        metrics::histogram!("jobstack_job_duration_seconds", "kind" => kind, "outcome" => outcome.label())
-            .record(started.elapsed().as_secs_f64());
+        shared::metrics::exemplars::observe(
+            "jobstack_job_duration_seconds",
+            &[("kind", &kind), ("outcome", outcome.label())],
+            started.elapsed().as_secs_f64(),
+            &tracing::Span::current(),
+        );
         outcome
     }
 

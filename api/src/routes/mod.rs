@@ -76,6 +76,6 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::map_response(observe::problem_bodies))
         .layer(middleware::from_fn(observe::observe))
         // Added after the layers: scrapes make no spans and no latency samples.
-        .route("/metrics", get(|| async { shared::metrics::render() }))
+        .route("/metrics", get(shared::metrics::serve))
         .with_state(state)
 }

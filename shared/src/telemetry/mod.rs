@@ -43,6 +43,9 @@ pub struct Settings {
     pub export: Option<otlp::Export>,
     /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
     pub sampler: otlp::SamplerSetting,
+    /// `METRICS_EXEMPLARS` (default true): the latency histograms keep the trace of a recent
+    /// observation per bucket ([`crate::metrics::exemplars`]).
+    pub exemplars: bool,
 }
 
 impl Settings {
@@ -72,6 +75,7 @@ impl Settings {
             log_filter,
             export: otlp::Export::from_env()?,
             sampler: otlp::SamplerSetting::from_env()?,
+            exemplars: config::parse("METRICS_EXEMPLARS", true)?,
         })
     }
 }
@@ -118,6 +122,7 @@ where
         return Ok(TelemetryGuard { provider: None });
     }
     let provider = otlp::provider(settings)?;
+    crate::metrics::exemplars::set_enabled(settings.exemplars);
     opentelemetry::global::set_tracer_provider(provider.clone());
     tracing::subscriber::set_global_default(subscriber(settings, writer, &provider))?;
     // A panic becomes a log line like any other, with the trace it happened in.

@@ -80,6 +80,7 @@ impl Isolated {
                 log_filter: "info,api=debug".to_owned(),
                 export: None,
                 sampler: Settings::from_env(service).unwrap().sampler,
+                exemplars: true,
             };
             let writer = move || sink.clone();
             let _guard = tracing::subscriber::set_default(shared::telemetry::subscriber(
@@ -165,14 +166,7 @@ async fn check_one_trace(broker_down_at_first: bool) {
         worker::run(l, worker_config, stop)
     });
     let http = crate::helpers::authorized(api_config.demo_key.as_deref().unwrap());
-    let start = Instant::now();
-    while http.get(format!("{api_url}/healthz")).send().await.is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "api did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_serving(&http, &api_url).await;
 
     let res = http
         .post(format!("{api_url}/jobs"))
@@ -358,6 +352,202 @@ async fn check_one_trace(broker_down_at_first: bool) {
         &["job started", "job succeeded"],
     );
     cleanup(&api_config).await;
+}
+
+/// Metric -> trace: the latency buckets carry exemplars in OpenMetrics, and each exemplar's
+/// trace is the one in the JSON log lines of the request or job it measured.
+#[tokio::test]
+async fn latency_buckets_carry_the_trace_of_the_request_and_job_they_measured() {
+    let exporter = InMemorySpanExporter::default();
+    let (_, api_config, worker_config) = configs(&Options::default());
+    let cfg = api_config.clone();
+    let api = Isolated::spawn("api", exporter.clone(), move |l, stop| {
+        api::run(l, cfg, stop)
+    });
+    let api_url = format!("http://{}", api.addr);
+    let worker = Isolated::spawn("worker", exporter.clone(), move |l, stop| {
+        worker::run(l, worker_config, stop)
+    });
+    let http = crate::helpers::authorized(api_config.demo_key.as_deref().unwrap());
+    wait_until_serving(&http, &api_url).await;
+
+    // 1.3 s: the job's duration falls in the (1, 2.5] bucket, alone there.
+    let job: Value = http
+        .post(format!("{api_url}/jobs"))
+        .json(&json!({"kind": "sleep", "payload": {"duration_ms": 1300, "steps": 1}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    while http
+        .get(format!("{api_url}/jobs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["status"]
+        != "succeeded"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "job {id} did not succeed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A request in a trace its caller did not sample: never an exemplar (it is never exported).
+    let unsampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+    let res = http
+        .post(format!("{api_url}/jobs"))
+        .header("traceparent", unsampled)
+        .json(&json!({"kind": "sleep", "payload": {"duration_ms": 1, "steps": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+
+    let scrape = |url: String, accept: &'static str| {
+        let http = http.clone();
+        async move {
+            let res = http.get(url).header("accept", accept).send().await.unwrap();
+            let ct = res.headers()["content-type"].to_str().unwrap().to_owned();
+            (ct, res.text().await.unwrap())
+        }
+    };
+    let om = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let (ct, api_om) = scrape(format!("{api_url}/metrics"), om).await;
+    assert!(
+        ct.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{ct}"
+    );
+    assert!(api_om.ends_with("# EOF\n"), "OpenMetrics ends in # EOF");
+    let (ct, worker_om) = scrape(format!("http://{}/metrics", worker.addr), om).await;
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    let (ct, plain) = scrape(format!("{api_url}/metrics"), "text/plain").await;
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert!(
+        !plain.contains(" # {"),
+        "the Prometheus text format has no exemplars"
+    );
+
+    let http_exemplars = exemplars(
+        &api_om,
+        r#"http_server_request_duration_seconds_bucket{method="POST",route="/jobs",status="202","#,
+    );
+    let job_exemplars = exemplars(
+        &worker_om,
+        r#"jobstack_job_duration_seconds_bucket{kind="sleep",outcome="succeeded","#,
+    );
+    assert_eq!(
+        http_exemplars.len(),
+        1,
+        "one sampled POST /jobs, one exemplar: {http_exemplars:?}"
+    );
+    assert_eq!(
+        job_exemplars.len(),
+        1,
+        "one sampled job, one exemplar: {job_exemplars:?}"
+    );
+    let (le, http_trace, http_span, value) = &http_exemplars[0];
+    assert!(
+        *value <= le.parse::<f64>().unwrap(),
+        "the exemplar lies in its bucket"
+    );
+    let (le, job_trace, _, value) = &job_exemplars[0];
+    assert_eq!(le, "2.5", "1.3 s falls in the 2.5 bucket");
+    assert!((1.3..2.5).contains(value), "{value}");
+    assert!(
+        !api_om.contains("0af7651916cd43dd8448eb211c80319c"),
+        "the unsampled trace is no exemplar"
+    );
+
+    // The request's span (read before the services stop: stopping empties the exporter), the
+    // same request's log line, the same job's log lines.
+    let root = exporter
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "POST /jobs" && s.span_context.trace_id().to_string() == *http_trace)
+        .expect("the exemplar's trace was exported");
+    assert_eq!(
+        root.span_context.span_id().to_string(),
+        *http_span,
+        "the exemplar names the request's span"
+    );
+    let api_lines = api.stop().await.parsed();
+    let worker_lines = worker.stop().await.parsed();
+    let accepted = api_lines
+        .iter()
+        .find(|l| l["message"] == "job accepted" && l["job.id"] == id.as_str())
+        .expect("the api logged the job's acceptance");
+    assert_eq!(
+        accepted["trace_id"].as_str(),
+        Some(http_trace.as_str()),
+        "exemplar trace = the request's log line"
+    );
+    let succeeded = worker_lines
+        .iter()
+        .find(|l| l["message"] == "job succeeded" && l["job.id"] == id.as_str())
+        .expect("the worker logged the job's success");
+    assert_eq!(
+        succeeded["trace_id"].as_str(),
+        Some(job_trace.as_str()),
+        "exemplar trace = the job's log line"
+    );
+    cleanup(&api_config).await;
+}
+
+/// `(le, trace_id, span_id, value)` of each bucket line starting with `prefix` that has one
+/// (`<series>{..,le="<le>"} <count> # {trace_id="..",span_id=".."} <value> <seconds.millis>`).
+fn exemplars(text: &str, prefix: &str) -> Vec<(String, String, String, f64)> {
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.split_once(" # {"))
+        .map(|(sample, exemplar)| {
+            let le = sample
+                .split("le=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap();
+            let (labels, rest) = exemplar
+                .split_once("} ")
+                .unwrap_or_else(|| panic!("exemplar {exemplar}"));
+            let (trace, span) = labels
+                .strip_prefix("trace_id=\"")
+                .and_then(|r| r.split_once("\",span_id=\""))
+                .and_then(|(t, s)| Some((t, s.strip_suffix('"')?)))
+                .unwrap_or_else(|| panic!("exemplar labels {labels}"));
+            assert!(hex(trace, 32) && hex(span, 16), "ids in W3C form: {labels}");
+            let mut parts = rest.split(' ');
+            let value: f64 = parts.next().unwrap().parse().unwrap();
+            let at: f64 = parts.next().expect("a timestamp").parse().unwrap();
+            assert!(
+                at > 1.7e9 && parts.next().is_none(),
+                "seconds since the epoch: {rest}"
+            );
+            (le.to_owned(), trace.to_owned(), span.to_owned(), value)
+        })
+        .collect()
+}
+
+async fn wait_until_serving(http: &reqwest::Client, url: &str) {
+    let start = Instant::now();
+    while http.get(format!("{url}/healthz")).send().await.is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "api did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Every line parses and has the contract's fields; the job's lines carry its trace.

@@ -1,9 +1,16 @@
 //! The process-wide Prometheus recorder. Installed once (tests start several services in one
-//! process, the first one's settings win), rendered by each service's own `/metrics` route.
+//! process, the first one's settings win), rendered by each service's own `/metrics` route: in
+//! OpenMetrics, with exemplars, when the scraper asks for it (Prometheus does), else in the
+//! Prometheus text format.
+
+pub mod exemplars;
+mod openmetrics;
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -64,10 +71,34 @@ pub fn install(service: &str, own: &[Buckets]) -> PrometheusHandle {
     handle.clone()
 }
 
-/// An axum handler body: the current metrics in Prometheus text format.
+/// The current metrics in Prometheus text format.
 pub fn render() -> String {
     HANDLE
         .get()
         .map(PrometheusHandle::render)
         .unwrap_or_default()
+}
+
+/// The `/metrics` handler: OpenMetrics (with exemplars) if `Accept` names it, else [`render`].
+pub async fn serve(headers: HeaderMap) -> Response {
+    let wants_openmetrics = headers.get_all(header::ACCEPT).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.contains("application/openmetrics-text"))
+    });
+    if wants_openmetrics {
+        (
+            [(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)],
+            openmetrics::convert(&render()),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            render(),
+        )
+            .into_response()
+    }
 }
