@@ -58,6 +58,8 @@ pub struct Config {
     /// `API_DEMO_KEY`: an admin key registered at start-up (the loopback demo's; unset it in a
     /// deployment). Never logged.
     pub demo_key: Option<String>,
+    /// `FAULTS_TOKEN`: guards `PUT /admin/faults` (the demo's fault injection); unset, no route.
+    pub faults_token: Option<shared::faults::Token>,
     /// `CLIENT_SUBMIT_RATE` and `CLIENT_MAX_IN_FLIGHT`: each client's quota unless its key sets
     /// its own; `0` is unlimited.
     pub client_quota: crate::access::quota::Defaults,
@@ -100,6 +102,7 @@ impl Config {
             job_limits: Self::job_limits()?,
             auth: Self::auth()?,
             demo_key: Self::demo_key()?,
+            faults_token: shared::faults::Token::from_env()?,
             client_quota: crate::access::quota::Defaults {
                 submit_rate: Some(config::ranged("CLIENT_SUBMIT_RATE", 2000.0, 0.0, 1e6)?)
                     .filter(|r| *r > 0.0),

@@ -18,7 +18,11 @@ use shared::config::{ConfigError, redact_url};
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, creating the database if needed, and migrates.
-pub async fn connect(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<PgPool> {
+pub async fn connect(
+    config: &Config,
+    faults: &shared::faults::Faults,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(&config.database_url).map_err(|e| ConfigError {
         var: "DATABASE_URL",
         value: redact_url(&config.database_url),
@@ -32,7 +36,7 @@ pub async fn connect(config: &Config, shutdown: &CancellationToken) -> anyhow::R
     let connected = backoff::retry(
         policy,
         shutdown,
-        || try_connect(config, options.clone()),
+        || try_connect(config, faults, options.clone()),
         |e, _| tracing::warn!(%url, error = format!("{e:#}"), "PostgreSQL not ready; retrying"),
     );
     connected
@@ -40,7 +44,11 @@ pub async fn connect(config: &Config, shutdown: &CancellationToken) -> anyhow::R
         .ok_or_else(|| anyhow::anyhow!("stopped before PostgreSQL was reachable"))
 }
 
-async fn try_connect(config: &Config, options: PgConnectOptions) -> anyhow::Result<PgPool> {
+async fn try_connect(
+    config: &Config,
+    faults: &shared::faults::Faults,
+    options: PgConnectOptions,
+) -> anyhow::Result<PgPool> {
     if !Postgres::database_exists(&config.database_url).await? {
         // Two replicas may race to create it; losing that race is fine.
         if let Err(e) = Postgres::create_database(&config.database_url).await {
@@ -52,6 +60,17 @@ async fn try_connect(config: &Config, options: PgConnectOptions) -> anyhow::Resu
         // Waiting longer than this for a connection means PostgreSQL is down or saturated:
         // answer 503 rather than hold the request.
         .acquire_timeout(Duration::from_secs(3))
+        // The demo's database latency fault: every pooled connection handed out waits first.
+        .before_acquire({
+            let faults = faults.clone();
+            move |_, _| {
+                let faults = faults.clone();
+                Box::pin(async move {
+                    faults.db_latency().await;
+                    Ok(true)
+                })
+            }
+        })
         .connect_with(options)
         .await?;
     MIGRATOR.run(&pool).await?;

@@ -69,4 +69,6 @@ pub struct AppState {
     pub schedules_changed: Arc<tokio::sync::Notify>,
     /// Who may do what: keys, roles, quotas.
     pub guard: access::Guard,
+    /// The demo's injected faults (latency before each database connection), off unless switched.
+    pub faults: shared::faults::Faults,
 }

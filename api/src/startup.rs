@@ -141,7 +141,8 @@ async fn start(
     schedules: &[ScheduleRequest],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(AppState, Background)> {
-    let db = db::connect(&config, shutdown).await?;
+    let faults = shared::faults::Faults::default();
+    let db = db::connect(&config, &faults, shutdown).await?;
     let schedules = check_declared(schedules, &kinds)?;
     let synced = store::schedules::sync(&db, &schedules).await?;
     tracing::info!(
@@ -164,6 +165,7 @@ async fn start(
         committer,
         schedules_changed: Arc::default(),
         guard,
+        faults,
     };
     let session = {
         let (state, shutdown) = (state.clone(), shutdown.clone());

@@ -16,6 +16,7 @@ pub mod admin;
 pub mod amqp;
 pub mod backoff;
 pub mod config;
+pub mod faults;
 pub mod metrics;
 pub mod probe;
 pub mod readiness;

@@ -32,6 +32,7 @@ import urllib.request
 import yaml
 
 from check_explorer import install_reader
+from prom_local import config_for_local
 from stacklib import delete_broker_objects, free_port, read_env
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -49,6 +50,7 @@ SUBST = {"__rate_interval": RATE_INTERVAL, "__interval": "15s", "__range": "10m"
 WORKER_CONCURRENCY = 4
 failed = 0
 procs = []
+STARTED = time.time()
 
 
 def check(name, ok, detail=""):
@@ -165,13 +167,20 @@ class OtlpSink(http.server.BaseHTTPRequestHandler):
 # ---------------------------------------------------------------- Prometheus config from compose
 LOCAL_JOBS = {"api", "worker", "rabbitmq", "rabbitmq-queues", "prometheus"}
 # Stack components that do not run on this machine (no Docker): their jobs are dropped here.
-NOT_HERE = {"loki", "jaeger", "grafana", "log-shipper"}
+NOT_HERE = {"loki", "jaeger", "jaeger-spanmetrics", "grafana", "log-shipper"}
+
+
+def compose_prometheus_features():
+    """The `--enable-feature=` flags compose starts Prometheus with (exemplar storage among them)."""
+    compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))
+    return [a for a in compose["services"]["prometheus"]["command"] if a.startswith("--enable-feature=")]
 
 
 def local_prometheus_config(ports):
-    cfg = yaml.safe_load(open(os.path.join(OBS, "prometheus", "prometheus.yml")))
+    cfg, dropped = config_for_local()
+    if dropped:
+        note(f"prometheus.yml keys the local Prometheus does not read, dropped here: {dropped}")
     cfg["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-    cfg["rule_files"] = [os.path.join(OBS, "prometheus", r) for r in cfg["rule_files"]]
     targets = {"api": f"127.0.0.1:{ports['api']}", "worker": f"127.0.0.1:{ports['worker']}",
                "rabbitmq": "127.0.0.1:15692", "rabbitmq-queues": "127.0.0.1:15692", "prometheus": f"127.0.0.1:{ports['prom']}"}
     jobs, unknown, kept = [], [], []
@@ -367,8 +376,10 @@ def main():
     note(f"scrape jobs run here: {kept}; not here (no Docker): {sorted(NOT_HERE)}")
     cfg_path = os.path.join(STATE, "prometheus.yml")
     yaml.safe_dump(cfg, open(cfg_path, "w"), sort_keys=False)
+    features = compose_prometheus_features()
+    check("compose: Prometheus runs with exemplar storage", "--enable-feature=exemplar-storage" in features, str(features))
     prom = start("prometheus", ["prometheus", f"--config.file={cfg_path}", f"--storage.tsdb.path={os.path.join(STATE, 'tsdb')}",
-                                f"--web.listen-address=127.0.0.1:{ports['prom']}", "--log.level=warn"], os.environ.copy())
+                                f"--web.listen-address=127.0.0.1:{ports['prom']}", "--log.level=warn", *features], os.environ.copy())
     PROM = f"http://127.0.0.1:{ports['prom']}"
     try:
         wait_for("prometheus ready", lambda: prom.poll() is None and urllib.request.urlopen(f"{PROM}/-/ready", timeout=2).status == 200, 60)
@@ -598,6 +609,28 @@ def main():
         check("trace -> logs: the query finds the job's lines in both api and worker logs",
               all(v == {"api", "worker"} for v in hits.values()), str(hits))
     check("traces: api and worker exported spans over OTLP", OtlpSink.exports["count"] > 0, f"{OtlpSink.exports['count']} exports")
+
+    # Metric -> trace: the exemplars Prometheus stored from its own scrapes (OpenMetrics), each a
+    # trace whose id is in the JSON log lines of the request or job it measured, under the label
+    # the Grafana datasource turns into a Jaeger link.
+    dest = (by_uid["prometheus"]["jsonData"].get("exemplarTraceIdDestinations") or [{}])[0]
+    check("prometheus datasource: exemplars' trace_id links to the jaeger datasource",
+          dest.get("name") == "trace_id" and dest.get("datasourceUid") == "jaeger" and by_uid["jaeger"]["type"] == "jaeger", str(dest))
+    for svc, selector in (("api", 'http_server_request_duration_seconds_bucket{job="api",method="POST",route="/jobs"}'),
+                          ("worker", 'jobstack_job_duration_seconds_bucket{job="worker"}')):
+        logged = {o.get("trace_id") for _, o in lines[svc] if o.get("trace_id")}
+        found = []
+        def stored():
+            r = get_json(f"{PROM}/api/v1/query_exemplars", {"query": selector, "start": f"{STARTED - 60:.3f}", "end": f"{time.time():.3f}"})
+            found[:] = [e for series in r.get("data") or [] for e in series.get("exemplars", [])]
+            return bool(found)
+        try:
+            wait_for(f"exemplars of {selector}", stored, 30)
+        except TimeoutError:
+            pass
+        tids = {e["labels"].get(dest.get("name", "trace_id")) for e in found}
+        check(f"metric -> trace: Prometheus stored {len(found)} exemplar(s) of {selector}, each trace_id in the {svc}'s JSON log lines",
+              found and tids <= logged, f"exemplar traces not logged: {sorted(t for t in tids if t not in logged)[:3]}")
 
     # ------------------------------------------------ the Jobs explorer, on jobs in every state
     running = jobs_in_every_state(API)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import sys
+import urllib.parse
 
 import jsonschema
 import yaml
@@ -239,6 +240,13 @@ def provisioning_checks():
           any(d.get("datasourceUid") == "jaeger" and "trace_id" in d.get("matcherRegex", "") for d in dfs))
     t2l = uids["jaeger"]["jsonData"].get("tracesToLogsV2", {})
     check("jaeger datasource: tracesToLogsV2 to the loki datasource", t2l.get("datasourceUid") == "loki")
+    t2m = uids["jaeger"]["jsonData"].get("tracesToMetrics", {})
+    check("jaeger datasource: tracesToMetrics to the prometheus datasource, on Jaeger's span metrics",
+          t2m.get("datasourceUid") == "prometheus" and t2m.get("queries")
+          and all("traces_span_metrics_" in q["query"] and "$$__tags" in q["query"] for q in t2m["queries"]), str(t2m))
+    ex = uids["prometheus"]["jsonData"].get("exemplarTraceIdDestinations") or []
+    check("prometheus datasource: exemplar trace_id -> a provisioned jaeger datasource",
+          any(e.get("name") == "trace_id" and uids.get(e.get("datasourceUid"), {}).get("type") == "jaeger" for e in ex), str(ex))
     explorer_datasource_checks(uids.get("jobs-db"))
     prov = yaml.safe_load(open(os.path.join(OBS, "grafana", "provisioning", "dashboards", "dashboards.yaml")))
     check("grafana dashboards provider reads /var/lib/grafana/dashboards",
@@ -307,7 +315,7 @@ def ds_uids(obj):
 def dashboard_checks(known):
     files = sorted(glob.glob(os.path.join(OBS, "grafana", "dashboards", "*.json")))
     check("dashboards: the five dashboards exist", len(files) >= 5, str([os.path.basename(f) for f in files]))
-    seen = {}
+    seen, dashboards = {}, {}
     for f in files:
         n = os.path.basename(f)
         try:
@@ -326,6 +334,45 @@ def dashboard_checks(known):
                  if (t.get("datasource") or p.get("datasource") or {}).get("uid") == "prometheus"]
         bad = [e for e in exprs if re.search(r"\b(rate|increase|irate)\([^\[]*\[(\d+[smh])\]", e)]
         check(f"{n}: rates use $__rate_interval (no hard-coded windows)", not bad, str(bad[:2]))
+        dashboards[d.get("uid")] = d
+    exemplar_and_link_checks(dashboards)
+
+
+# The histograms whose buckets carry exemplars (shared/src/metrics/exemplars.rs) and the service
+# each is measured in.
+EXEMPLARY = {"http_server_request_duration_seconds_bucket": "api", "jobstack_job_duration_seconds_bucket": "worker"}
+
+
+def exemplar_and_link_checks(dashboards):
+    """Metric -> trace: every time series over an exemplar histogram's buckets shows exemplars.
+    Metric -> logs: each such panel links to the Logs dashboard, filtered to its service, in the
+    panel's time range, through a uid and a variable that exist."""
+    found = {m: [] for m in EXEMPLARY}
+    for uid, d in dashboards.items():
+        for p in walk_panels(d.get("panels", [])):
+            if p.get("type") != "timeseries":
+                continue
+            for t in p.get("targets", []):
+                for metric, service in EXEMPLARY.items():
+                    if metric in t.get("expr", ""):
+                        found[metric].append((uid, p, t, service))
+    check("dashboards: a latency time series over each exemplar histogram", all(found.values()), str({m: len(v) for m, v in found.items()}))
+    for metric, uses in found.items():
+        off = [f"{uid}#{p['id']}" for uid, p, t, _ in uses if t.get("exemplar") is not True]
+        check(f"dashboards: exemplars shown on every time series of {metric}", not off, f"exemplar off: {off}")
+        for uid, p, service in {(uid, p["id"]): (uid, p, service) for uid, p, _, service in uses}.values():
+            links = [urllib.parse.urlsplit(link.get("url", "")) for link in p.get("links", [])]
+            ok = False
+            for u in links:
+                m = re.fullmatch(r"/d/([\w-]+)(/[\w-]+)?", u.path)
+                target = dashboards.get(m.group(1)) if m else None
+                q = urllib.parse.parse_qs(u.query.replace("${__url_time_range}", ""))
+                variables = {v["name"] for v in (target or {}).get("templating", {}).get("list", [])}
+                ok = ok or (target is not None and "${__url_time_range}" in u.query
+                            and all(k[4:] in variables for k in q if k.startswith("var-"))
+                            and q.get("var-service") == [service])
+            check(f"{uid}#{p['id']} ({p['title']}): links to its {service}'s log lines in the same time range",
+                  ok, str([link.get("url") for link in p.get("links", [])]))
 
 
 def pipeline_checks():

@@ -22,6 +22,8 @@ pub struct Config {
     pub deadline: Option<Duration>,
     /// `SHUTDOWN_GRACE_SECS`: how long in-flight jobs may finish after a signal.
     pub grace: Duration,
+    /// `FAULTS_TOKEN`: guards `PUT /admin/faults` (the demo's fault injection); unset, no route.
+    pub faults_token: Option<shared::faults::Token>,
 }
 
 impl Config {
@@ -36,6 +38,7 @@ impl Config {
                 secs => Some(Duration::from_secs(secs)),
             },
             grace: shared::shutdown::grace_from_env()?,
+            faults_token: shared::faults::Token::from_env()?,
         })
     }
 

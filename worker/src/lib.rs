@@ -28,6 +28,7 @@ pub mod session;
 use std::sync::Arc;
 
 use shared::amqp::{BrokerStatus, supervise};
+use shared::faults::Faults;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +57,8 @@ pub struct WorkerState {
     /// `WORKER_CONCURRENCY` slots: the handlers running at once, across sessions (a job whose
     /// message is acked outlives the session it came on).
     pub slots: Arc<Semaphore>,
+    /// The demo's injected faults (a slow consumer, failing handlers), all off unless switched.
+    pub faults: Faults,
 }
 
 impl WorkerState {
@@ -68,6 +71,7 @@ impl WorkerState {
             registry,
             attempts: Attempts::default(),
             link: Link::default(),
+            faults: Faults::default(),
         }
     }
 }
@@ -93,10 +97,16 @@ pub async fn run_with(
     shared::metrics::install("worker", &[]);
     metrics::gauge!("jobstack_worker_concurrency").set(f64::from(config.concurrency));
     let status = BrokerStatus::default();
-    let admin = tokio::spawn(admin::serve(listener, status.clone(), shutdown.clone()));
-
     describe_metrics(&registry);
+    let token = config.faults_token.clone();
     let state = Arc::new(WorkerState::new(config, registry));
+    let admin = tokio::spawn(admin::serve(
+        listener,
+        status.clone(),
+        state.faults.clone(),
+        token,
+        shutdown.clone(),
+    ));
     // The heartbeat outlives the session's drain at shutdown: the attempts finishing (or saving
     // their checkpoints) then still need their leases.
     let beat_stop = CancellationToken::new();

@@ -221,6 +221,8 @@ impl Attempt {
             }
         };
         let kind = self.kind.clone();
+        // The demo's slow consumer: before the job counts as started, so it shows as queue wait.
+        state.faults.slow_consume().await;
         tracing::info!(
             resumes_from = msg.checkpoint.as_ref().map(|c| c.attempt),
             "job started"
@@ -573,6 +575,11 @@ async fn execute(
     stop: &Stop,
     state: &WorkerState,
 ) -> Result<Value, JobError> {
+    if state.faults.fails_now() {
+        return Err(JobError::Transient(
+            "injected fault: the handler failed (fail_percent)".into(),
+        ));
+    }
     let Some((fut, deadline)) = state.registry.run(&msg.kind, ctx, payload) else {
         return Err(JobError::Permanent(format!("unknown kind {:?}", msg.kind)));
     };

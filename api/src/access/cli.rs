@@ -50,7 +50,7 @@ fn parse(args: &[String]) -> Result<Request, String> {
 
 /// Makes the key and prints its secret.
 pub async fn create(config: &Config, req: Request) -> anyhow::Result<()> {
-    let db = db::connect(config, &CancellationToken::new()).await?;
+    let db = db::connect(config, &Default::default(), &CancellationToken::new()).await?;
     let secret = keys::generate();
     let (digest, hint) = (keys::digest(&secret), keys::hint(&secret));
     let expires_at = req

@@ -65,6 +65,11 @@ pub fn app(state: AppState) -> Router {
         )
         // The console: its own sessions and CSRF checks, the same roles and audit trail.
         .merge(crate::console::router(state.clone()))
+        // The demo's fault switches: behind FAULTS_TOKEN, not an API key; absent without one.
+        .merge(shared::faults::router(
+            state.faults.clone(),
+            state.config.faults_token.clone(),
+        ))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(body_limit))
         // Layers run outside-in from the last one: observe sees the final status of everything.

@@ -7,6 +7,7 @@ mod access;
 mod bad_input;
 mod contract;
 mod control;
+mod faults;
 mod flow;
 mod helpers;
 mod lifecycle;

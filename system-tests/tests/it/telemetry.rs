@@ -22,7 +22,7 @@ use crate::helpers::{Options, cleanup, configs};
 
 /// Log lines written by one service.
 #[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Lines(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Lines {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -35,7 +35,7 @@ impl Write for Lines {
 }
 
 impl Lines {
-    fn parsed(&self) -> Vec<Value> {
+    pub(crate) fn parsed(&self) -> Vec<Value> {
         let bytes = self.0.lock().unwrap().clone();
         String::from_utf8(bytes)
             .unwrap()
@@ -46,15 +46,19 @@ impl Lines {
 }
 
 /// A service on a thread of its own, with its own subscriber.
-struct Isolated {
-    addr: std::net::SocketAddr,
+pub(crate) struct Isolated {
+    pub(crate) addr: std::net::SocketAddr,
     stop: CancellationToken,
     thread: std::thread::JoinHandle<()>,
     lines: Lines,
 }
 
 impl Isolated {
-    fn spawn<F, Fut>(service: &'static str, exporter: InMemorySpanExporter, run: F) -> Self
+    pub(crate) fn spawn<F, Fut>(
+        service: &'static str,
+        exporter: InMemorySpanExporter,
+        run: F,
+    ) -> Self
     where
         F: FnOnce(tokio::net::TcpListener, CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<()>>,
@@ -102,7 +106,7 @@ impl Isolated {
     /// Stops the service and waits for its thread. Never a blocking join on the test's own
     /// runtime: the proxy in front of the broker runs there, and a service whose broker froze
     /// mid-shutdown is exactly what hung this test before.
-    async fn stop(self) -> Lines {
+    pub(crate) async fn stop(self) -> Lines {
         self.stop.cancel();
         let thread = self.thread;
         tokio::task::spawn_blocking(move || thread.join().unwrap())
@@ -112,7 +116,7 @@ impl Isolated {
     }
 }
 
-fn attr(span: &SpanData, key: &str) -> Option<String> {
+pub(crate) fn attr(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
         .iter()
         .find(|kv| kv.key.as_str() == key)
@@ -539,7 +543,7 @@ fn exemplars(text: &str, prefix: &str) -> Vec<(String, String, String, f64)> {
         .collect()
 }
 
-async fn wait_until_serving(http: &reqwest::Client, url: &str) {
+pub(crate) async fn wait_until_serving(http: &reqwest::Client, url: &str) {
     let start = Instant::now();
     while http.get(format!("{url}/healthz")).send().await.is_err() {
         assert!(
