@@ -86,6 +86,10 @@ up: ## start the whole demo stack (docker compose)
 down: ## stop the demo stack and delete its volumes
 	docker compose down -v
 
+.PHONY: demo-story
+demo-story: ## a scripted ten-minute story on the running demo: steady load, failures, slow paths, broker outage, recovery (Grafana annotations mark each phase)
+	bash tools/demo-story.sh
+
 .PHONY: load
 load: ## drive a running api (default http://127.0.0.1:8080) with a steady job mix
 	$(CARGO) run --release -p loadgen -- --scenario steady

@@ -26,6 +26,9 @@ LEAN = [
     ("drop", "bench"),
     ("drop", "loadgen"),
     ("drop", "BENCHMARKS.md"),
+    # The story drives load with loadgen.
+    ("drop", "tools/demo-story.sh"),
+    ("cut", "Makefile", ".PHONY: demo-story", ".PHONY: load"),
     ("edit", "Cargo.toml", '"loadgen", ', ""),
     ("edit", "Cargo.toml", ', "bench"]', "]"),
     ("edit", "Cargo.toml", "# load generator\n", "# HTTP client (tests)\n"),

@@ -51,6 +51,7 @@ WORKER_CONCURRENCY = 4
 failed = 0
 procs = []
 STARTED = time.time()
+FAULTS_TOKEN = read_env().get("FAULTS_TOKEN", "")
 
 
 def check(name, ok, detail=""):
@@ -146,6 +147,23 @@ def cleanup():
     delete_broker_objects(PREFIX)
     if OWN_STATE:
         shutil.rmtree(STATE, ignore_errors=True)
+
+
+class GrafanaAnnotations(http.server.BaseHTTPRequestHandler):
+    """Stands in for Grafana's annotation API (Grafana does not run here): keeps each POST body."""
+    posted = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        GrafanaAnnotations.posted.append((self.path, self.headers.get("content-type"), body.decode()))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
 
 
 class OtlpSink(http.server.BaseHTTPRequestHandler):
@@ -324,7 +342,7 @@ def main():
     check("live: .env.example sets AMQP_URL and DATABASE_URL", {"AMQP_URL", "DATABASE_URL"} <= set(example), str(sorted(example)))
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "RUST_LOG", "LOG_FORMAT", "AMQP_", "DATABASE_URL"))}
     base_env.update(example)
-    base_env.update(AMQP_PREFIX=PREFIX, RUST_BACKTRACE="0", MAX_ATTEMPTS="3", RETRY_BASE_MS="200",
+    base_env.update(AMQP_PREFIX=PREFIX, RUST_BACKTRACE="0", MAX_ATTEMPTS="3", RETRY_BASE_MS="200", FAULTS_TOKEN=FAULTS_TOKEN,
                     OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{otlp.server_address[1]}", OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
     database_url = urllib.parse.urlsplit(example.get("DATABASE_URL", ""))._replace(path=f"/{DB}").geturl()
     api = start("api", [api_bin], dict(base_env, OTEL_SERVICE_NAME="api", API_LISTEN=f"127.0.0.1:{ports['api']}",
@@ -616,7 +634,7 @@ def main():
     dest = (by_uid["prometheus"]["jsonData"].get("exemplarTraceIdDestinations") or [{}])[0]
     check("prometheus datasource: exemplars' trace_id links to the jaeger datasource",
           dest.get("name") == "trace_id" and dest.get("datasourceUid") == "jaeger" and by_uid["jaeger"]["type"] == "jaeger", str(dest))
-    for svc, selector in (("api", 'http_server_request_duration_seconds_bucket{job="api",method="POST",route="/jobs"}'),
+    for svc, selector in (("api", 'http_server_request_duration_seconds_bucket{job="api",method="POST",route="/jobs",status="202"}'),
                           ("worker", 'jobstack_job_duration_seconds_bucket{job="worker"}')):
         logged = {o.get("trace_id") for _, o in lines[svc] if o.get("trace_id")}
         found = []
@@ -632,6 +650,8 @@ def main():
         check(f"metric -> trace: Prometheus stored {len(found)} exemplar(s) of {selector}, each trace_id in the {svc}'s JSON log lines",
               found and tids <= logged, f"exemplar traces not logged: {sorted(t for t in tids if t not in logged)[:3]}")
 
+    demo_story(API, f"127.0.0.1:{ports['worker']}")
+
     # ------------------------------------------------ the Jobs explorer, on jobs in every state
     running = jobs_in_every_state(API)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "stack", "check_explorer.py"), "--database", DB,
@@ -644,6 +664,53 @@ def main():
     for job_id in running:  # frees the worker slots, so the worker stops within its grace period
         curl("POST", f"{API}/jobs/{job_id}/cancel")
     return 1 if failed else 0
+
+
+def demo_story(api, worker):
+    """tools/demo-story.sh, phases of 2 s, against the running api and worker: each phase's
+    faults switched on both services in turn (seen by polling /admin/faults), one Grafana
+    annotation per phase in order, the compose commands in order, and everything off at the end.
+    The compose commands are recorded by tests/stack/compose_standin.sh, not run (no Docker; the
+    local broker is shared), so the broker outage itself is not exercised here."""
+    grafana = http.server.ThreadingHTTPServer(("127.0.0.1", 0), GrafanaAnnotations)
+    threading.Thread(target=grafana.serve_forever, daemon=True).start()
+    standin_log = os.path.join(STATE, "compose-standin.log")
+    seen, stop = {"api": [], "worker": []}, threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            for svc, base in (("api", api), ("worker", f"http://{worker}")):
+                req = urllib.request.Request(f"{base}/admin/faults", headers={"Authorization": f"Bearer {FAULTS_TOKEN}"})
+                try:
+                    now = json.load(urllib.request.urlopen(req, timeout=2))
+                except OSError:
+                    continue
+                if not seen[svc] or seen[svc][-1] != now:
+                    seen[svc].append(now)
+            time.sleep(0.1)
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    env = dict(os.environ, STORY_PHASE_SECS="2", STORY_API=api, STORY_GRAFANA=f"http://127.0.0.1:{grafana.server_address[1]}",
+               COMPOSE=os.path.join(ROOT, "tests", "stack", "compose_standin.sh"), STANDIN_LOG=standin_log, STANDIN_WORKER=worker)
+    r = subprocess.run(["bash", os.path.join(ROOT, "tools", "demo-story.sh")], capture_output=True, text=True, timeout=120, env=env)
+    stop.set()
+    poller.join()
+    grafana.shutdown()
+    check("demo-story: tools/demo-story.sh exits 0 against the local api and worker", r.returncode == 0, (r.stdout + r.stderr)[-600:])
+    tags = [json.loads(b)["tags"] for path, ctype, b in GrafanaAnnotations.posted
+            if path == "/api/annotations" and ctype == "application/json"]
+    check("demo-story: one Grafana annotation per phase, in order, tagged jobstack-story",
+          [t[1] for t in tags] == ["steady", "failures", "slow", "broker-down", "recovery", "end"] and all(t[0] == "jobstack-story" for t in tags),
+          str(tags))
+    off = {"db_latency_ms": 0, "fail_percent": 0, "slow_consume_ms": 0}
+    want = {"api": [off, dict(off, db_latency_ms=250), off], "worker": [off, dict(off, fail_percent=30), dict(off, slow_consume_ms=500), off]}
+    for svc in ("api", "worker"):
+        check(f"demo-story: the {svc}'s faults switched phase by phase and off at the end", seen[svc] == want[svc], str(seen[svc]))
+    calls = open(standin_log).read().splitlines() if os.path.exists(standin_log) else []
+    order = ["--profile load up -d loadgen", "stop rabbitmq", "start rabbitmq", "--profile load stop loadgen"]
+    found = [c for c in calls if c in order]
+    check("demo-story: loadgen up, RabbitMQ stopped then started, loadgen stopped (compose commands, in order)",
+          found[:3] == order[:3] and found[-1] == order[-1], str(calls))
 
 
 def job_status(api, job_id):

@@ -160,7 +160,8 @@ def compose_checks():
     check("compose: every mounted config file exists and every named volume is declared", not bad, ", ".join(bad))
 
     w = base["services"]["worker"]
-    check("compose: worker scales (no container_name, no host port)", "container_name" not in w and not w.get("ports"))
+    check("compose: worker scales (no container_name, no fixed host port)", "container_name" not in w
+          and all(re.fullmatch(r"127\.0\.0\.1::\d+", str(p)) for p in w.get("ports", [])), str(w.get("ports")))
     bad = [n for n, s in base["services"].items() if "container_name" in s]
     check("compose: no container_name anywhere (project-scoped names)", not bad, ", ".join(bad))
     bad = [n for n, s in services.items() if not (s.get("mem_limit") or s.get("deploy", {}).get("resources", {}).get("limits", {}).get("memory"))

@@ -250,6 +250,8 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("API_DEMO_KEY", "jsk_secret-and-not-hex"),
         ("CLIENT_SUBMIT_RATE", "-1"),
         ("CONSOLE_JAEGER_URL", "jaeger:16686"),
+        ("FAULTS_TOKEN", "short-secret"),
+        ("METRICS_EXEMPLARS", "maybe"),
     ] {
         let mut cmd = Command::new(API);
         cmd.env("API_LISTEN", "127.0.0.1:0").env(var, value);
