@@ -376,6 +376,36 @@ def exemplar_and_link_checks(dashboards):
                   ok, str([link.get("url") for link in p.get("links", [])]))
 
 
+def upstream_key_checks():
+    """Keys no program here can load are each recorded with where upstream reads them at the
+    pinned tag (observability/images.yml): every key of the Jaeger config (Jaeger cannot be
+    installed here) and every prometheus.yml key the local Prometheus cannot check."""
+    images = yaml.safe_load(open(os.path.join(OBS, "images.yml")))["images"]
+    jaeger = yaml.safe_load(open(os.path.join(OBS, "jaeger", "config.yaml")))
+
+    def leaves(o, path=()):
+        if isinstance(o, dict) and o:
+            for k, v in o.items():
+                yield from leaves(v, path + (k,))
+        else:
+            yield ".".join(path)
+    recorded = images["JAEGER_IMAGE"].get("config_keys") or {}
+    missing = [k for k in leaves(jaeger) if not str(recorded.get(k, "")).startswith("https://github.com/")]
+    check("jaeger config.yaml: every key has its upstream source recorded (images.yml JAEGER_IMAGE.config_keys)", not missing, str(missing))
+    stale = sorted(set(recorded) - set(leaves(jaeger)))
+    check("images.yml JAEGER_IMAGE.config_keys: no key the config no longer has", not stale, str(stale))
+    sys.path.insert(0, os.path.dirname(__file__))
+    from prom_local import NEWER_KEYS
+    prom = images["PROMETHEUS_IMAGE"].get("config_keys") or {}
+    unproven = [".".join(p) for p, _ in NEWER_KEYS if not any(k.startswith(".".join(p)) for k in prom)]
+    check("prometheus.yml: every key the local Prometheus cannot check has its upstream source recorded", not unproven, str(unproven))
+    compose = yaml.safe_load(open(os.path.join(ROOT, "docker-compose.yml")))
+    flags = [a for a in compose["services"]["prometheus"]["command"] if a.startswith("--enable-feature=")]
+    check("compose: each Prometheus feature flag has its upstream source recorded", flags and all(f in prom for f in flags), str(flags))
+    check("compose: Prometheus retention in the config file, not the deprecated flag",
+          not any(a.startswith("--storage.tsdb.retention") for a in compose["services"]["prometheus"]["command"]))
+
+
 def pipeline_checks():
     pt = yaml.safe_load(open(os.path.join(OBS, "promtail", "config.yml")))
     sc = pt["scrape_configs"][0]
@@ -500,6 +530,7 @@ def main():
     known = provisioning_checks()
     dashboard_checks(known)
     pipeline_checks()
+    upstream_key_checks()
     query_syntax_checks()
     alert_rule_checks()
     return 1 if failed else 0
