@@ -29,6 +29,13 @@ LEAN = [
     # The story drives load with loadgen.
     ("drop", "tools/demo-story.sh"),
     ("cut", "Makefile", ".PHONY: demo-story", ".PHONY: load"),
+    ("cut", "README.md", "### The demo story", "### Scaling workers"),
+    ("cut", "README.md", "- **The demo story**: ", "- **What no program here can load**"),
+    ("drop", "tests/stack/compose_standin.sh"),
+    ("cut", "tests/stack/check_live.py", "class GrafanaAnnotations(", "class OtlpSink("),
+    ("cut", "tests/stack/check_live.py", "    demo_story(API, ", None),
+    ("cut", "tests/stack/check_live.py", "def demo_story(", "def job_status("),
+    ("edit", ".env", "(the demo's fault switches, used by\n# `make demo-story`)", "(the demo's fault switches)"),
     ("edit", "Cargo.toml", '"loadgen", ', ""),
     ("edit", "Cargo.toml", ', "bench"]', "]"),
     ("edit", "Cargo.toml", "# load generator\n", "# HTTP client (tests)\n"),

@@ -38,6 +38,8 @@ pub enum ApiMode {
     Off,
     /// OTLP to the local sink with 100 % sampling, JSON logs at info.
     On,
+    /// On, without exemplars (`METRICS_EXEMPLARS=false`): what exemplars cost.
+    OnNoExemplars,
     /// Off, with `DB_MAX_CONNECTIONS` = the closed loop's concurrency (the default pool is 10).
     Pool,
 }
@@ -146,7 +148,7 @@ impl Ctx {
             ApiMode::Pool => launch
                 .env("RUST_LOG", "warn")
                 .env("DB_MAX_CONNECTIONS", self.cfg.concurrency.to_string()),
-            ApiMode::On => {
+            ApiMode::On | ApiMode::OnNoExemplars => {
                 let sink = self.sink.lock().expect("not poisoned").clone();
                 let sink = sink.context("the OTLP sink runs before a telemetry-on api starts")?;
                 launch
@@ -154,6 +156,7 @@ impl Ctx {
                     .env("OTEL_TRACES_SAMPLER", "always_on")
                     .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
                     .env("OTEL_EXPORTER_OTLP_ENDPOINT", sink)
+                    .env("METRICS_EXEMPLARS", (mode == ApiMode::On).to_string())
             }
         };
         for (key, value) in extra {

@@ -22,6 +22,8 @@ pub struct Found {
     pub off: Enqueue,
     /// Telemetry on.
     pub on: Enqueue,
+    /// Telemetry on, exemplars off.
+    pub on_no_exemplars: Enqueue,
     /// Telemetry off, pool = concurrency.
     pub pool: Enqueue,
     /// Open loop at half the peak.
@@ -49,6 +51,10 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Found> {
         keep_best(
             &mut found.on,
             closed_round(ctx, ApiMode::On, round, sink.pid).await?,
+        );
+        keep_best(
+            &mut found.on_no_exemplars,
+            closed_round(ctx, ApiMode::OnNoExemplars, round, sink.pid).await?,
         );
     }
     keep_best(
@@ -257,6 +263,7 @@ fn mode_name(mode: ApiMode) -> &'static str {
     match mode {
         ApiMode::Off => "off",
         ApiMode::On => "on",
+        ApiMode::OnNoExemplars => "on_noex",
         ApiMode::Pool => "pool",
     }
 }

@@ -184,6 +184,7 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
         limits,
         off: enqueue.off,
         on: enqueue.on,
+        on_no_exemplars: enqueue.on_no_exemplars,
         pool: enqueue.pool,
         half: enqueue.half,
         drain1,

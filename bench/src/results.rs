@@ -265,6 +265,8 @@ pub struct Results {
     pub off: Enqueue,
     /// Closed loop, telemetry fully on.
     pub on: Enqueue,
+    /// Closed loop, telemetry fully on but exemplars.
+    pub on_no_exemplars: Enqueue,
     /// Closed loop, telemetry off, DB_MAX_CONNECTIONS = concurrency.
     pub pool: Enqueue,
     /// Open loop at half the peak.

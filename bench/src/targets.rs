@@ -13,6 +13,8 @@ pub const HALF_RATE_P99_MAX_MS: f64 = 20.0;
 pub const DRAIN_MIN_SHARE: f64 = 0.40;
 /// Throughput full telemetry may cost, percent.
 pub const TELEMETRY_MAX_COST_PCT: f64 = 10.0;
+/// Throughput exemplars may cost, percent (telemetry on, with vs without them).
+pub const EXEMPLARS_MAX_COST_PCT: f64 = 3.0;
 /// api VmRSS under load, MiB.
 pub const API_RSS_MAX_MIB: f64 = 30.0;
 /// worker VmRSS under load, MiB.
@@ -113,6 +115,7 @@ fn mib(kib: u64) -> f64 {
 pub fn targets(r: &Results) -> Vec<Target> {
     let half = &r.half.run;
     let cost = telemetry_cost_pct(r.on.run.rate, r.off.run.rate);
+    let ex_cost = telemetry_cost_pct(r.on.run.rate, r.on_no_exemplars.run.rate);
     let cpu_change = telemetry_cpu_change_pct(r).map_or("?".into(), |c| format!("{c:+.1} %"));
     let api_rss = mib(r.off.rss.load.max(r.on.rss.load));
     let worker_rss = mib(r.drain1.rss.load.max(r.drain16.rss.load));
@@ -178,6 +181,25 @@ pub fn targets(r: &Results) -> Vec<Target> {
         lateness_target(&r.lateness),
         flow_target(&r.flow),
         quota_target(&r.quota),
+        Target {
+            goal: format!(
+                "exemplars cost ≤ {EXEMPLARS_MAX_COST_PCT:.0} % of enqueue throughput (telemetry on)"
+            ),
+            measured: match ex_cost {
+                Some(c) => format!(
+                    "{c:.1} % ({:.0} with vs {:.0}/s without)",
+                    r.on.run.rate, r.on_no_exemplars.run.rate
+                ),
+                None => "no exemplars-off figure".into(),
+            },
+            verdict: match ex_cost {
+                None => Verdict::Inconclusive("no exemplars-off figure"),
+                Some(c) if c < 0.0 => Verdict::Inconclusive(
+                    "with ran faster than without, the noise exceeds the cost",
+                ),
+                Some(c) => Verdict::of(c <= EXEMPLARS_MAX_COST_PCT),
+            },
+        },
     ]
 }
 
@@ -335,7 +357,8 @@ mod tests {
                 "inconclusive: no fan-in measured",
                 "inconclusive: no schedule measured",
                 "inconclusive: no flow-control run measured",
-                "inconclusive: no quota run measured"
+                "inconclusive: no quota run measured",
+                "inconclusive: no exemplars-off figure"
             ]
         );
         assert_eq!(t[0].measured, "62 % (4960 of 8000/s)");
@@ -393,6 +416,30 @@ mod tests {
         };
         let t = &targets(&r)[3];
         assert!(matches!(t.verdict, Verdict::Inconclusive(_)), "{t:?}");
+    }
+
+    #[test]
+    fn exemplars_are_judged_against_the_same_telemetry_without_them() {
+        let mut r = results();
+        let at = |rate| Enqueue {
+            run: LoadRun {
+                rate,
+                ..LoadRun::default()
+            },
+            ..Enqueue::default()
+        };
+        let exemplars = |r: &Results| targets(r).into_iter().last().unwrap();
+        r.on = at(4860.0);
+        r.on_no_exemplars = at(5000.0);
+        let t = exemplars(&r);
+        assert_eq!(t.measured, "2.8 % (4860 with vs 5000/s without)");
+        assert_eq!(t.verdict, Verdict::Met);
+        r.on = at(4800.0);
+        assert_eq!(exemplars(&r).verdict, Verdict::Missed);
+        r.on = at(5100.0);
+        assert!(matches!(exemplars(&r).verdict, Verdict::Inconclusive(_)));
+        r.on_no_exemplars = Enqueue::default();
+        assert!(matches!(exemplars(&r).verdict, Verdict::Inconclusive(_)));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! on each service, behind `FAULTS_TOKEN`. Without the token (the default everywhere but the
 //! loopback demo) the route does not exist and nothing can switch a fault on.
 //!
-//! Each injected fault leaves a span (`fault …`) in the trace it slows or fails, so the story
-//! `make demo-story` tells is visible in traces as well as in metrics and logs.
+//! Each injected fault leaves a span (`fault …`) in the trace it slows or fails, so it shows in
+//! traces as well as in metrics and logs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -43,6 +43,15 @@ pub(super) fn results_table(r: &Results) -> String {
         fixed(ratio(r.on.run.rate, r.off.run.rate), 3),
     ]);
     t.row([
+        format!(
+            "durable enqueue, telemetry on without exemplars, METRICS_EXEMPLARS=false (best of {})",
+            list(&r.on_no_exemplars.rates)
+        ),
+        load(&r.on_no_exemplars.run),
+        format!("with exemplars: {:.0}/s", r.on.run.rate),
+        fixed(ratio(r.on.run.rate, r.on_no_exemplars.run.rate), 3),
+    ]);
+    t.row([
         format!("durable enqueue, telemetry off, DB_MAX_CONNECTIONS={c} (default 10)"),
         load(&r.pool.run),
         format!("{:.0} tx/s (pgbench -c 10: {:.0})", l.pg_tps, l.pg_tps_pool),
