@@ -153,9 +153,10 @@ def operator_secrets(objects: list[dict]) -> dict[str, dict[str, str]]:
 
 
 POLICIES = {
-    "base": ["probes", "resources", "security", "images", "shutdown"],
-    "local": ["probes", "resources", "security", "images", "shutdown", "secrets", "services", "broker"],
-    "production": ["probes", "resources", "security", "images", "shutdown", "secrets", "services", "keda", "autoscaling", "broker", "replication", "monitors", "telemetry"],
+    "base": ["probes", "resources", "security", "images", "shutdown", "spread"],
+    "local": ["probes", "resources", "security", "images", "shutdown", "spread", "secrets", "services", "broker"],
+    "production": ["probes", "resources", "security", "images", "shutdown", "spread", "admission", "secrets", "services", "keda", "autoscaling", "broker",
+                   "replication", "monitors", "telemetry"],
 }
 
 

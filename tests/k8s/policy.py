@@ -158,6 +158,10 @@ def services(r: Render) -> list[str]:
     """Each Service and PodDisruptionBudget selects pods that have the target ports."""
     problems = []
     pods = [(w, w["spec"]["template"]) for w in r.workloads()]
+    # The RabbitMQ operator's pods, as it labels them (cluster-operator internal/metadata/label.go).
+    pods += [(rc, {"metadata": {"labels": {"app.kubernetes.io/name": rc["metadata"]["name"], "app.kubernetes.io/component": "rabbitmq",
+                                           "app.kubernetes.io/part-of": "rabbitmq"}}, "spec": {"containers": []}})
+             for rc in r.rabbitmq_clusters()]
     for s in r.of("Service") + r.of("PodDisruptionBudget"):
         sel = s["spec"]["selector"] if s["kind"] == "Service" else s["spec"]["selector"]["matchLabels"]
         hits = [(w, t) for w, t in pods if sel.items() <= t["metadata"].get("labels", {}).items()]
@@ -200,6 +204,56 @@ def keda(r: Render) -> list[str]:
                 for ref in auth["spec"].get("secretTargetRef", []):
                     if ref["key"] not in runtime.get(ref["name"], set()):
                         problems.append(f"TriggerAuthentication/{auth['metadata']['name']}: Secret {ref['name']} key {ref['key']} is made by nothing")
+            # One replica per prefetch window (worker/src/intake.rs: 2 x WORKER_CONCURRENCY): a
+            # smaller target asks for replicas that get no message.
+            window = 2 * int(r.config().get("WORKER_CONCURRENCY", "8"))
+            if m.get("value") != str(window):
+                problems.append(f"ScaledObject/{so['metadata']['name']}: value {m.get('value')!r} is not a worker's prefetch window, 2 x WORKER_CONCURRENCY = {window}")
+        fallback = so["spec"].get("fallback") or {}
+        if not (fallback.get("failureThreshold") and fallback.get("replicas", 0) >= so["spec"].get("minReplicaCount", 0)):
+            problems.append(f"ScaledObject/{so['metadata']['name']}: no fallback (blind to the queue, KEDA would freeze the count)")
+        if so["spec"].get("minReplicaCount", 0) < 2:
+            problems.append(f"ScaledObject/{so['metadata']['name']}: minReplicaCount {so['spec'].get('minReplicaCount', 0)}: a drain would leave no consumer")
+        if target is not None and not _pdb_covers(r, target["spec"]["template"]["metadata"].get("labels", {})):
+            problems.append(f"Deployment/{target['metadata']['name']}: no PodDisruptionBudget allowing at most one eviction")
+    return problems
+
+
+def _pdb_covers(r: Render, pod_labels: dict) -> bool:
+    """A PodDisruptionBudget selects these pods and lets at most one go at a time."""
+    for pdb in r.of("PodDisruptionBudget"):
+        sel = (pdb["spec"].get("selector") or {}).get("matchLabels") or {}
+        if sel and all(pod_labels.get(k) == v for k, v in sel.items()) and pdb["spec"].get("maxUnavailable") == 1:
+            return True
+    return False
+
+
+def spread(r: Render) -> list[str]:
+    """The api and worker replicas spread across nodes (and zones where there are)."""
+    problems = []
+    for w in r.workloads():
+        if not any(OUR_IMAGE.search(c["image"]) for c in w["spec"]["template"]["spec"]["containers"]):
+            continue
+        labels = w["spec"]["template"]["metadata"].get("labels", {})
+        keys = {t.get("topologyKey") for t in w["spec"]["template"]["spec"].get("topologySpreadConstraints", [])
+                if all(labels.get(k) == v for k, v in ((t.get("labelSelector") or {}).get("matchLabels") or {}).items())
+                and (t.get("labelSelector") or {}).get("matchLabels")}
+        if not {"kubernetes.io/hostname", "topology.kubernetes.io/zone"} <= keys:
+            problems.append(f"{w['kind']}/{w['metadata']['name']}: no topologySpreadConstraints over hostname and zone selecting its own pods (has {sorted(k for k in keys if k)})")
+    return problems
+
+
+def admission(r: Render) -> list[str]:
+    """The namespace enforces a Pod Security Admission level."""
+    problems = []
+    for ns in r.of("Namespace"):
+        labels = ns["metadata"].get("labels", {})
+        if labels.get("pod-security.kubernetes.io/enforce") not in ("baseline", "restricted"):
+            problems.append(f"Namespace/{ns['metadata']['name']}: no pod-security.kubernetes.io/enforce (baseline or restricted)")
+        if labels.get("pod-security.kubernetes.io/warn") != "restricted":
+            problems.append(f"Namespace/{ns['metadata']['name']}: pod-security.kubernetes.io/warn is not restricted (our pods meet it)")
+    if not r.of("Namespace"):
+        problems.append("no Namespace rendered")
     return problems
 
 
@@ -251,14 +305,27 @@ def broker(r: Render) -> list[str]:
 
 
 def replication(r: Render) -> list[str]:
-    """Three RabbitMQ nodes (a quorum survives one loss) and three PostgreSQL instances."""
+    """Three RabbitMQ nodes on three hosts under a PDB, three PostgreSQL instances, commits replicated."""
     problems = []
     for o in r.rabbitmq_clusters():
+        name = o["metadata"]["name"]
         if o["spec"].get("replicas", 1) < 3 or o["spec"].get("replicas", 1) % 2 == 0:
-            problems.append(f"RabbitmqCluster/{o['metadata']['name']}: replicas {o['spec'].get('replicas', 1)}: quorum queues need an odd number, at least 3")
+            problems.append(f"RabbitmqCluster/{name}: replicas {o['spec'].get('replicas', 1)}: quorum queues need an odd number, at least 3")
+        # The operator labels its pods app.kubernetes.io/name=<cluster> (internal/metadata/label.go).
+        if not _pdb_covers(r, {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "rabbitmq"}):
+            problems.append(f"RabbitmqCluster/{name}: no PodDisruptionBudget allowing at most one eviction (the operator makes none)")
+        required = ((o["spec"].get("affinity") or {}).get("podAntiAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or []
+        if not any(t.get("topologyKey") == "kubernetes.io/hostname"
+                   and ((t.get("labelSelector") or {}).get("matchLabels") or {}).get("app.kubernetes.io/name") == name for t in required):
+            problems.append(f"RabbitmqCluster/{name}: no required anti-affinity on kubernetes.io/hostname: two nodes on one host lose the majority together")
     for o in r.pg_clusters():
+        name = o["metadata"]["name"]
         if o["spec"]["instances"] < 3:
-            problems.append(f"Cluster/{o['metadata']['name']}: instances {o['spec']['instances']}: failover wants at least 3")
+            problems.append(f"Cluster/{name}: instances {o['spec']['instances']}: failover wants at least 3")
+        sync = (o["spec"].get("postgresql") or {}).get("synchronous") or {}
+        if not sync or sync.get("dataDurability", "required") != "required" or not 1 <= sync.get("number", 0) < o["spec"]["instances"]:
+            problems.append(f"Cluster/{name}: replication is not synchronous with dataDurability required "
+                            f"({sync or 'asynchronous'}): a failover could lose jobs already answered 202")
     return problems
 
 
