@@ -355,6 +355,37 @@ def monitors(r: Render) -> list[str]:
     return problems
 
 
+def _monitor_jobs(r: Render) -> set[str]:
+    """The `job` label each monitor endpoint's targets get: its relabelled value, else the
+    operator's default (ServiceMonitor: the Service's name, here the selected one's; PodMonitor:
+    `<namespace>/<name>`; prometheus-operator v0.93.0 pkg/prometheus/promcfg.go)."""
+    jobs = set()
+    for m in r.of("ServiceMonitor") + r.of("PodMonitor"):
+        endpoints = m["spec"].get("endpoints") or m["spec"].get("podMetricsEndpoints") or []
+        for e in endpoints:
+            set_job = [x.get("replacement") for x in e.get("relabelings", [])
+                       if x.get("targetLabel") == "job" and x.get("action", "replace") == "replace" and not x.get("sourceLabels")]
+            if set_job:
+                jobs.add(set_job[-1])
+            elif m["kind"] == "PodMonitor":
+                jobs.add(f"{r.namespace()}/{m['metadata']['name']}")
+            else:
+                jobs.add(m["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/name", m["metadata"]["name"]))
+    return jobs
+
+
+def jobs(r: Render) -> list[str]:
+    """Every job the alert rules and dashboards select is a job the rendered monitors produce."""
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[2] / "observability"
+    texts = [p.read_text() for p in sorted((root / "prometheus" / "rules").glob("*.yml"))]
+    texts += [p.read_text() for p in sorted((root / "grafana" / "dashboards").glob("*.json"))]
+    wanted = {m for t in texts for m in re.findall(r'job\\?="([^"\\]+)', t)}
+    have = _monitor_jobs(r)
+    return [f"job={j!r} is selected by the rules or dashboards, and no monitor produces it (monitors give {sorted(have)})"
+            for j in sorted(wanted - have)]
+
+
 def telemetry(r: Render) -> list[str]:
     """Traces go over OTLP to a collector."""
     cfg = r.config()
@@ -364,3 +395,125 @@ def telemetry(r: Render) -> list[str]:
     if cfg.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc") not in ("grpc", "http/protobuf"):
         return [f"OTEL_EXPORTER_OTLP_PROTOCOL {cfg['OTEL_EXPORTER_OTLP_PROTOCOL']!r}"]
     return []
+
+
+# ------------------------------------------------------------------ network policies
+# Who talks to whom (deploy/k8s/overlays/production/network-policies.yaml says why): an entity is
+# (namespace, pod labels); `None` as the namespace is outside the cluster (the Kubernetes API's
+# address, an object store).
+_API = ("jobstack", {"app.kubernetes.io/name": "jobstack-api"})
+_WORKER = ("jobstack", {"app.kubernetes.io/name": "jobstack-worker"})
+_RABBITMQ = ("jobstack", {"app.kubernetes.io/name": "jobstack-rabbitmq", "app.kubernetes.io/component": "rabbitmq"})
+_DB = ("jobstack", {"cnpg.io/cluster": "jobstack-db"})
+_INGRESS = ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+_PROMETHEUS = ("monitoring", {"app.kubernetes.io/name": "prometheus"})
+_DNS = ("kube-system", {"k8s-app": "kube-dns"})
+_OUTSIDE = (None, {})
+FLOWS = [  # (from, to, protocol, port)
+    (_INGRESS, _API, "TCP", 8080), (_PROMETHEUS, _API, "TCP", 8080), (_PROMETHEUS, _WORKER, "TCP", 8081),
+    (_PROMETHEUS, _RABBITMQ, "TCP", 15692), (_PROMETHEUS, _DB, "TCP", 9187),
+    (_API, _DB, "TCP", 5432), (_API, _RABBITMQ, "TCP", 5672), (_WORKER, _RABBITMQ, "TCP", 5672),
+    (("keda", {"app": "keda-operator"}), _RABBITMQ, "TCP", 15672), (("rabbitmq-system", {}), _RABBITMQ, "TCP", 15672),
+    (_RABBITMQ, _RABBITMQ, "TCP", 25672), (_RABBITMQ, _RABBITMQ, "TCP", 4369), (_DB, _DB, "TCP", 5432),
+    (("cnpg-system", {}), _DB, "TCP", 8000), (_API, ("observability", {}), "TCP", 4317), (_WORKER, ("observability", {}), "TCP", 4317),
+    (_API, _DNS, "UDP", 53), (_WORKER, _DNS, "UDP", 53), (_RABBITMQ, _DNS, "UDP", 53), (_DB, _DNS, "UDP", 53),
+    (_RABBITMQ, _OUTSIDE, "TCP", 443), (_DB, _OUTSIDE, "TCP", 443),
+]
+DENIED = [
+    (_WORKER, _DB, "TCP", 5432), (_INGRESS, _DB, "TCP", 5432), (_INGRESS, _RABBITMQ, "TCP", 5672), (_INGRESS, _WORKER, "TCP", 8081),
+    (("default", {}), _API, "TCP", 8080), (_API, _RABBITMQ, "TCP", 15672), (("keda", {}), _DB, "TCP", 5432),
+    (_API, _OUTSIDE, "TCP", 443), (_WORKER, _OUTSIDE, "TCP", 443), (("default", {}), _RABBITMQ, "TCP", 5672),
+    (("default", {}), _RABBITMQ, "TCP", 15672),
+]
+
+
+def _peer_matches(peer: dict, who: tuple, own_ns: str) -> bool:
+    ns, labels = who
+    if "ipBlock" in peer:
+        return ns is None
+    if ns is None:
+        return False
+    pods = peer.get("podSelector")
+    nss = peer.get("namespaceSelector")
+    sel = lambda s, have: all(have.get(k) == v for k, v in (s.get("matchLabels") or {}).items())  # noqa: E731
+    in_ns = sel(nss, {"kubernetes.io/metadata.name": ns}) if nss is not None else ns == own_ns
+    return in_ns and (pods is None or sel(pods, labels))
+
+
+def _rule_allows(rule: dict, key: str, who: tuple, proto: str, port: int, own_ns: str) -> bool:
+    peers = rule.get(key)
+    if peers and not any(_peer_matches(p, who, own_ns) for p in peers):
+        return False
+    ports = rule.get("ports")
+    return not ports or any(p.get("protocol", "TCP") == proto and p.get("port") in (port, None) for p in ports)
+
+
+def _side_allows(r: Render, pod: tuple, direction: str, other: tuple, proto: str, port: int) -> bool:
+    """Whether `pod` (in our namespace) may send (Egress) to / receive (Ingress) from `other`."""
+    ns = r.namespace()
+    selecting = [p for p in r.of("NetworkPolicy")
+                 if direction in p["spec"].get("policyTypes", ["Ingress"])
+                 and all(pod[1].get(k) == v for k, v in (p["spec"]["podSelector"].get("matchLabels") or {}).items())]
+    if not selecting:
+        return True  # no policy isolates the pod in this direction
+    key, rules = ("to", "egress") if direction == "Egress" else ("from", "ingress")
+    return any(_rule_allows(rule, key, other, proto, port, ns) for p in selecting for rule in p["spec"].get(rules, []))
+
+
+def _allowed(r: Render, src: tuple, dst: tuple, proto: str, port: int) -> bool:
+    ns = r.namespace()
+    out = src[0] != ns or _side_allows(r, src, "Egress", dst, proto, port)
+    inn = dst[0] != ns or _side_allows(r, dst, "Ingress", src, proto, port)
+    return out and inn
+
+
+def network(r: Render) -> list[str]:
+    """Default deny; every flow the stack needs allowed at both ends, the ones it must not, denied."""
+    problems = []
+    if not any(p["spec"].get("podSelector") == {} and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+               and not p["spec"].get("ingress") and not p["spec"].get("egress") for p in r.of("NetworkPolicy")):
+        problems.append("no default-deny NetworkPolicy (podSelector {}, Ingress and Egress, no rule)")
+    show = lambda who: f"{who[0] or 'outside'}/{','.join(f'{k}={v}' for k, v in who[1].items()) or '*'}"  # noqa: E731
+    for src, dst, proto, port in FLOWS:
+        if not _allowed(r, src, dst, proto, port):
+            problems.append(f"needed flow blocked: {show(src)} -> {show(dst)} {proto}/{port}")
+    for src, dst, proto, port in DENIED:
+        if _allowed(r, src, dst, proto, port):
+            problems.append(f"flow let in that should not be: {show(src)} -> {show(dst)} {proto}/{port}")
+    return problems
+
+
+def _api_routes() -> list[str]:
+    """The api's routes: its access table (api/src/access/mod.rs RULES) and the console's (/ui)."""
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[2]
+    rules = re.findall(r'\(\s*"[A-Z]+",\s*"(/[^"]*)",\s*Access::', (root / "api/src/access/mod.rs").read_text())
+    console = re.findall(r'\.route\(\s*"(/ui[^"]*)"', (root / "api/src/console/mod.rs").read_text())
+    return rules + console
+
+
+def ingress(r: Render) -> list[str]:
+    """An Ingress with TLS serves the api's routes and never /metrics or the probes."""
+    problems = []
+    routes = _api_routes()
+    ings = r.of("Ingress")
+    if not ings:
+        problems.append("no Ingress for the api")
+    for ing in ings:
+        name = f"Ingress/{ing['metadata']['name']}"
+        tls_hosts = {h for t in ing["spec"].get("tls", []) for h in t.get("hosts", []) if t.get("secretName")}
+        for rule in ing["spec"].get("rules", []):
+            if rule.get("host") not in tls_hosts:
+                problems.append(f"{name}: host {rule.get('host')} not under tls with a secretName")
+            for p in rule.get("http", {}).get("paths", []):
+                path, kind = p.get("path", "/"), p.get("pathType")
+                reaches = lambda target: target == path or (kind == "Prefix" and (path == "/" or target.startswith(path.rstrip("/") + "/")))  # noqa: E731
+                for hidden in ("/metrics", "/healthz", "/readyz"):
+                    if reaches(hidden):
+                        problems.append(f"{name}: path {path} ({kind}) exposes {hidden}")
+                if not any(reaches(route) or route == path for route in routes):
+                    problems.append(f"{name}: path {path} is no api route")
+                svc = p.get("backend", {}).get("service", {})
+                if svc.get("name") != "jobstack-api" or svc.get("port", {}).get("name") != "http":
+                    problems.append(f"{name}: path {path} goes to {svc}, not Service jobstack-api port http")
+    return problems
