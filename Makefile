@@ -14,6 +14,7 @@ test: services ## run every test: workspace tests against RabbitMQ + PostgreSQL,
 	$(MAKE) console-check
 	$(MAKE) stack-check
 	$(MAKE) k8s-check
+	$(MAKE) release-check
 
 .PHONY: openapi-check
 openapi-check: services ## api/openapi.json valid OpenAPI 3.1; a generated client drives every operation; a short schemathesis run
@@ -98,6 +99,10 @@ load: ## drive a running api (default http://127.0.0.1:8080) with a steady job m
 bench: ## measure throughput, latency, CPU and RSS against this machine's limits; writes BENCHMARKS.md
 	$(CARGO) build --release --quiet -p api -p worker -p loadgen -p bench
 	$(CARGO) run --release --quiet -p bench
+
+.PHONY: release-check
+release-check: ## lint the release workflow (actionlint) and hold it to what a release must do, each rule broken on purpose
+	bash tests/release/run.sh
 
 .PHONY: k8s-check
 k8s-check: ## render deploy/k8s (kustomize), validate it against Kubernetes 1.35 and the operators' CRDs, enforce its policies

@@ -41,6 +41,8 @@ MUTATIONS = [
      lambda o: find(o, "RabbitmqCluster", "jobstack-rabbitmq")["spec"]["resources"].pop("limits")),
     ("worker image :latest", "production", "images",
      lambda o: container(o, "jobstack-worker").update(image="ghcr.io/your-org/jobstack:latest")),
+    ("production image a placeholder", "production", "images",
+     lambda o: container(o, "jobstack-api").update(image="ghcr.io/your-org/jobstack:0.1.0")),
     ("api image without a tag", "local", "images",
      lambda o: container(o, "jobstack-api").update(image="jobstack")),
     ("RabbitmqCluster image off the .env pin", "production", "images",

@@ -89,6 +89,10 @@ def images(r: Render) -> list[str]:
             want = r.pins["POSTGRES_IMAGE"].split(":", 1)[1]
             if not image.split(":", 1)[1].startswith(want + "-"):
                 problems.append(f"{who}: {image} is not PostgreSQL {want} (.env POSTGRES_IMAGE)")
+    if r.name == "production":
+        for w, _, c in r.ours():
+            if not c["image"].startswith("ghcr.io/") or re.search(r"your-org|example|changeme", c["image"]):
+                problems.append(f"{label(w, c)}: {c['image']} is a placeholder, not the release workflow's ghcr.io/<owner>/<repository>")
     if r.name == "local":
         for w, _, c in r.ours():
             if c["image"] != r.pins["JOBSTACK_IMAGE"]:
