@@ -5,14 +5,22 @@
 //! declared schedules synced, the group committer, the broker session (relay + event consumer,
 //! reconnecting on its own), retention and the scheduler; then the server. Stop (the token is cancelled): the server stops taking requests
 //! and finishes the open ones within the grace period; then the committer answers what it was
-//! handed, and the broker session, retention and the scheduler stop, within another grace period. Whatever is
-//! still unpublished stays in the outbox for the next start.
+//! handed, and the broker session, retention and the scheduler stop, within [`TEARDOWN`].
+//! Whatever is still unpublished stays in the outbox for the next start. So the whole stop takes
+//! at most `SHUTDOWN_GRACE_SECS` + [`TEARDOWN`] + the span flush
+//! ([`shared::telemetry::FLUSH_TIMEOUT`]): deploy/k8s's check holds the pod's grace period to that
+//! sum, and a process test measures it with PostgreSQL stalled.
 
 use std::future::IntoFuture as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jobs_contract::Catalog;
+
+/// How long the background tasks get to stop once the server has: the committer's last group is
+/// one transaction, the broker session's close is bounded by [`shared::amqp::CLOSE_TIMEOUT`].
+/// A stalled dependency cannot stretch it: what is cut stays in the outbox.
+pub const TEARDOWN: Duration = Duration::from_secs(5);
 use shared::amqp::supervise;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -52,14 +60,14 @@ pub async fn run_with(
     let (state, background) = start(config, kinds, flow, &schedules, &shutdown).await?;
     serve(listener, state, &shutdown, grace).await?;
     // Jobs handed over before this are committed and answered; a request still open gets 503.
-    // Whatever is still waiting after another grace period is dropped: the outbox keeps what
-    // the relay did not publish.
-    match tokio::time::timeout(grace, background.stop()).await {
+    // Whatever is still waiting after TEARDOWN is dropped: the outbox keeps what the relay did
+    // not publish.
+    match tokio::time::timeout(TEARDOWN, background.stop()).await {
         Ok(stopped) => stopped,
         Err(_) => {
             tracing::warn!(
-                grace_secs = grace.as_secs(),
-                "shutdown still waiting after the grace period; exiting"
+                teardown_secs = TEARDOWN.as_secs(),
+                "shutdown still waiting after its teardown budget; exiting"
             );
             Ok(())
         }

@@ -53,6 +53,8 @@ MUTATIONS = [
      lambda o: container(o, "jobstack-worker")["securityContext"].pop("allowPrivilegeEscalation")),
     ("worker terminationGracePeriodSeconds 25 = SHUTDOWN_GRACE_SECS", "production", "shutdown",
      lambda o: find(o, "Deployment", "jobstack-worker")["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=25)),
+    ("api terminationGracePeriodSeconds 40 (preStop + grace + flush, without the teardown)", "production", "shutdown",
+     lambda o: find(o, "Deployment", "jobstack-api")["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=40)),
     ("SHUTDOWN_GRACE_SECS raised to 40", "local", "shutdown",
      lambda o: find(o, "ConfigMap", "jobstack-config")["data"].update(SHUTDOWN_GRACE_SECS="40")),
     ("KEDA queueName jobstack.job", "production", "keda",

@@ -100,15 +100,41 @@ def images(r: Render) -> list[str]:
     return problems
 
 
+# The code's own bounds on each stage of a stop, read from the source (seconds).
+_BOUNDS = {
+    "TEARDOWN": ("api/src/startup.rs", "the api's background tasks after the server"),
+    "FLUSH_TIMEOUT": ("shared/src/telemetry/mod.rs", "the last spans' export"),
+    "CLOSE_TIMEOUT": ("shared/src/amqp/mod.rs", "the broker connection's close"),
+}
+SHUTDOWN_MARGIN_SECS = 5
+
+
+def _bound(name: str) -> int:
+    import pathlib
+    path, _ = _BOUNDS[name]
+    text = (pathlib.Path(__file__).resolve().parents[2] / path).read_text()
+    m = re.search(rf"const {name}: (?:std::time::)?Duration = (?:std::time::)?Duration::from_secs\((\d+)\)", text)
+    if not m:
+        raise ValueError(f"no `const {name}: Duration = Duration::from_secs(N)` in {path}")
+    return int(m.group(1))
+
+
 def shutdown(r: Render) -> list[str]:
-    """terminationGracePeriodSeconds above SHUTDOWN_GRACE_SECS plus any preStop sleep."""
+    """terminationGracePeriodSeconds covers the worst-case stop the code allows, with a margin."""
     problems = []
     grace = int(r.config().get("SHUTDOWN_GRACE_SECS", "25"))
+    # api: preStop, in-flight requests (grace), TEARDOWN, span flush; worker: preStop, running
+    # jobs (grace), the connection's close, span flush (api/src/startup.rs, worker/src/lib.rs).
+    stages = {"api": ("TEARDOWN", "FLUSH_TIMEOUT"), "worker": ("CLOSE_TIMEOUT", "FLUSH_TIMEOUT")}
     for w, pod, c in r.ours():
         sleep = (((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0)
         period = pod.get("terminationGracePeriodSeconds", 30)
-        if period <= grace + sleep:
-            problems.append(f"{w['kind']}/{w['metadata']['name']}: terminationGracePeriodSeconds {period} is not above SHUTDOWN_GRACE_SECS {grace} + preStop sleep {sleep}")
+        bounds = {n: _bound(n) for n in stages.get(c["name"], ("FLUSH_TIMEOUT",))}
+        worst = sleep + grace + sum(bounds.values())
+        if period < worst + SHUTDOWN_MARGIN_SECS:
+            parts = " + ".join(f"{n} {v}" for n, v in bounds.items())
+            problems.append(f"{w['kind']}/{w['metadata']['name']}: terminationGracePeriodSeconds {period} is under the worst-case stop "
+                            f"(preStop {sleep} + SHUTDOWN_GRACE_SECS {grace} + {parts} = {worst}) + a {SHUTDOWN_MARGIN_SECS} s margin")
     return problems
 
 

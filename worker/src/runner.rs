@@ -222,7 +222,11 @@ impl Attempt {
         };
         let kind = self.kind.clone();
         // The demo's slow consumer: before the job counts as started, so it shows as queue wait.
-        state.faults.slow_consume().await;
+        // A cancel or a shutdown cuts it short.
+        tokio::select! {
+            () = state.faults.slow_consume() => {}
+            () = self.stop.tripped() => {}
+        }
         tracing::info!(
             resumes_from = msg.checkpoint.as_ref().map(|c| c.attempt),
             "job started"

@@ -32,13 +32,14 @@ use utoipa::OpenApi;
 )]
 pub struct ApiDoc;
 
-/// Prometheus metrics: OpenMetrics 1.0 with exemplars (trace ids on the latency buckets) when
-/// `Accept` names `application/openmetrics-text`, as Prometheus does; else the Prometheus text
-/// format. Served outside the traced routes: scrapes make no spans.
+/// Prometheus metrics. Served outside the traced routes: scrapes make no spans.
+///
+/// OpenMetrics 1.0 with exemplars (trace ids on the latency buckets) when `Accept` names
+/// `application/openmetrics-text`, as Prometheus does; else the Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "metrics", responses(
-    (status = 200, description = "Prometheus text exposition format, or OpenMetrics if asked for", body = String, content(
-        ("text/plain"),
-        ("application/openmetrics-text"),
+    (status = 200, description = "Prometheus text exposition format, or OpenMetrics if asked for", content(
+        (String = "text/plain"),
+        (String = "application/openmetrics-text"),
     )),
 ))]
 #[allow(dead_code)] // documents the route `routes::app` serves with `shared::metrics::serve`

@@ -451,3 +451,56 @@ async fn the_healthcheck_is_zero_for_a_ready_api_and_non_zero_once_it_is_gone() 
         "{gone:?}"
     );
 }
+
+/// The api's whole stop, measured: PostgreSQL stops answering (every connection frozen, as in a
+/// partition) with requests in flight, then SIGTERM. The binary must exit within
+/// `SHUTDOWN_GRACE_SECS` + `TEARDOWN` + `FLUSH_TIMEOUT`: the budget deploy/k8s holds the pod's
+/// grace period to (tests/k8s/policy.py `shutdown`, with the ConfigMap's 25 s).
+#[tokio::test]
+async fn a_stalled_database_does_not_stretch_the_shutdown_past_its_budget() {
+    let direct = isolated_config();
+    let database = direct.database_url.rsplit('/').next().unwrap().to_owned();
+    let port = test_support::net::free_port().await;
+    let proxy = test_support::net::open_proxy(port, test_support::services::postgres_addr()).await;
+    let mut config = direct.clone();
+    config.database_url = test_support::services::database_url_via(&database, port);
+    let grace = Duration::from_secs(2);
+    let mut api = ApiProcess::start_on(config, &[("SHUTDOWN_GRACE_SECS", "2")]).await;
+
+    proxy.freeze();
+    let stuck: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url, key) = (api.http.clone(), api.url.clone(), api.key.clone());
+            tokio::spawn(async move {
+                let body = json!({"kind": "hash", "payload": {"rounds": 1}});
+                let _ = http
+                    .post(format!("{url}/jobs"))
+                    .bearer_auth(key)
+                    .json(&body)
+                    .send()
+                    .await;
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = api.child.id().unwrap().to_string();
+    let signalled = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let budget = grace + api::startup::TEARDOWN + shared::telemetry::FLUSH_TIMEOUT;
+    let exited = tokio::time::timeout(budget + Duration::from_secs(10), api.child.wait()).await;
+    let took = signalled.elapsed();
+    eprintln!("shutdown with PostgreSQL stalled took {took:?} (budget {budget:?})");
+    assert!(exited.is_ok(), "still running {took:?} after SIGTERM");
+    assert!(took <= budget, "took {took:?}, over the budget {budget:?}");
+    for s in stuck {
+        s.abort();
+    }
+    drop(proxy);
+    cleanup(&direct).await;
+}

@@ -39,8 +39,9 @@ pub async fn unless_shutdown<T>(
     }
 }
 
-/// How long a closing connection waits for the broker's `Close-Ok`.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a closing connection waits for the broker's `Close-Ok` (part of a service's shutdown
+/// budget; deploy/k8s's check reads it).
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Closes `conn` cleanly if the broker answers within [`CLOSE_TIMEOUT`], and gives up otherwise:
 /// a broker that stopped answering (a network partition) would hold the close, and with it the

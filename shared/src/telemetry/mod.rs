@@ -44,7 +44,7 @@ pub struct Settings {
     /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
     pub sampler: otlp::SamplerSetting,
     /// `METRICS_EXEMPLARS` (default true): the latency histograms keep the trace of a recent
-    /// observation per bucket ([`crate::metrics::exemplars`]).
+    /// observation per bucket ([`crate::metrics::exemplars`]), while traces are exported.
     pub exemplars: bool,
 }
 
@@ -90,16 +90,19 @@ pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
 }
 
+/// How long [`TelemetryGuard::shutdown`] waits for the last spans to export (part of a
+/// service's shutdown budget; deploy/k8s's check reads it).
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl TelemetryGuard {
-    /// Exports what is still buffered, waiting at most five seconds.
+    /// Exports what is still buffered, waiting at most [`FLUSH_TIMEOUT`].
     pub async fn shutdown(mut self) {
         if let Some(provider) = self.provider.take() {
             // shutdown() blocks while the batch thread exports, and a gRPC export needs this
             // runtime to make progress: run it on the blocking pool.
-            let _ = tokio::task::spawn_blocking(move || {
-                provider.shutdown_with_timeout(Duration::from_secs(5))
-            })
-            .await;
+            let _ =
+                tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(FLUSH_TIMEOUT))
+                    .await;
         }
     }
 }
@@ -122,7 +125,8 @@ where
         return Ok(TelemetryGuard { provider: None });
     }
     let provider = otlp::provider(settings)?;
-    crate::metrics::exemplars::set_enabled(settings.exemplars);
+    // An exemplar names a trace to open: none when no trace is exported.
+    crate::metrics::exemplars::set_enabled(settings.exemplars && settings.export.is_some());
     opentelemetry::global::set_tracer_provider(provider.clone());
     tracing::subscriber::set_global_default(subscriber(settings, writer, &provider))?;
     // A panic becomes a log line like any other, with the trace it happened in.
