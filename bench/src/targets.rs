@@ -85,6 +85,16 @@ pub fn telemetry_cost_pct(on: f64, off: f64) -> Option<f64> {
     ratio(on, off).map(|r| (1.0 - r) * 100.0)
 }
 
+/// What exemplars cost, as a share of throughput: the api CPU they add per accepted job over the
+/// machine's CPU per job without them (at saturation, throughput goes as 1 / machine CPU per job).
+/// CPU per job, not the rates: rounds here swing by more than the cost being measured.
+pub fn exemplar_cost_pct(r: &Results) -> Option<f64> {
+    let (with, without) = (&r.on, &r.on_no_exemplars);
+    let machine = without.cpu.per_job_us("all", without.run.rate);
+    (with.api_us > 0.0 && without.api_us > 0.0 && machine > 0.0)
+        .then(|| (with.api_us - without.api_us) / machine * 100.0)
+}
+
 /// Percent change of machine CPU per job with telemetry on.
 pub fn telemetry_cpu_change_pct(r: &Results) -> Option<f64> {
     let per_job = |e: &crate::results::Enqueue| e.cpu.per_job_us("all", e.run.rate);
@@ -115,7 +125,7 @@ fn mib(kib: u64) -> f64 {
 pub fn targets(r: &Results) -> Vec<Target> {
     let half = &r.half.run;
     let cost = telemetry_cost_pct(r.on.run.rate, r.off.run.rate);
-    let ex_cost = telemetry_cost_pct(r.on.run.rate, r.on_no_exemplars.run.rate);
+    let ex_cost = exemplar_cost_pct(r);
     let cpu_change = telemetry_cpu_change_pct(r).map_or("?".into(), |c| format!("{c:+.1} %"));
     let api_rss = mib(r.off.rss.load.max(r.on.rss.load));
     let worker_rss = mib(r.drain1.rss.load.max(r.drain16.rss.load));
@@ -187,16 +197,19 @@ pub fn targets(r: &Results) -> Vec<Target> {
             ),
             measured: match ex_cost {
                 Some(c) => format!(
-                    "{c:.1} % ({:.0} with vs {:.0}/s without)",
-                    r.on.run.rate, r.on_no_exemplars.run.rate
+                    "{c:+.1} % (api CPU {:.0} vs {:.0} µs per job with and without, machine {:.0} µs; {:.0} vs {:.0} jobs/s)",
+                    r.on.api_us,
+                    r.on_no_exemplars.api_us,
+                    r.on_no_exemplars
+                        .cpu
+                        .per_job_us("all", r.on_no_exemplars.run.rate),
+                    r.on.run.rate,
+                    r.on_no_exemplars.run.rate
                 ),
                 None => "no exemplars-off figure".into(),
             },
             verdict: match ex_cost {
                 None => Verdict::Inconclusive("no exemplars-off figure"),
-                Some(c) if c < 0.0 => Verdict::Inconclusive(
-                    "with ran faster than without, the noise exceeds the cost",
-                ),
                 Some(c) => Verdict::of(c <= EXEMPLARS_MAX_COST_PCT),
             },
         },
@@ -307,7 +320,7 @@ fn storm_target(s: &crate::results::Storm) -> Target {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::{Drain, Enqueue, LoadRun, Rss};
+    use crate::results::{CpuSplit, Drain, Enqueue, LoadRun, Rss};
 
     fn results() -> Results {
         let mut r = Results::default();
@@ -419,25 +432,41 @@ mod tests {
     }
 
     #[test]
-    fn exemplars_are_judged_against_the_same_telemetry_without_them() {
+    fn exemplars_are_judged_by_the_api_cpu_they_add_per_job() {
         let mut r = results();
-        let at = |rate| Enqueue {
+        // 2 cores busy at 4000 jobs/s: 500 µs of machine CPU per job.
+        let at = |rate, api_us| Enqueue {
             run: LoadRun {
                 rate,
                 ..LoadRun::default()
             },
+            api_us,
+            cpu: CpuSplit {
+                seconds: 15.0,
+                all: 2.0,
+                parts: vec![],
+            },
             ..Enqueue::default()
         };
         let exemplars = |r: &Results| targets(r).into_iter().last().unwrap();
-        r.on = at(4860.0);
-        r.on_no_exemplars = at(5000.0);
+        r.on_no_exemplars = at(4000.0, 120.0);
+        r.on = at(3900.0, 134.0);
         let t = exemplars(&r);
-        assert_eq!(t.measured, "2.8 % (4860 with vs 5000/s without)");
+        assert!(
+            t.measured
+                .starts_with("+2.8 % (api CPU 134 vs 120 µs per job"),
+            "{}",
+            t.measured
+        );
         assert_eq!(t.verdict, Verdict::Met);
-        r.on = at(4800.0);
-        assert_eq!(exemplars(&r).verdict, Verdict::Missed);
-        r.on = at(5100.0);
-        assert!(matches!(exemplars(&r).verdict, Verdict::Inconclusive(_)));
+        r.on = at(3900.0, 136.0);
+        assert_eq!(
+            exemplars(&r).verdict,
+            Verdict::Missed,
+            "16 µs of 500 is 3.2 %"
+        );
+        r.on = at(4100.0, 118.0);
+        assert_eq!(exemplars(&r).verdict, Verdict::Met, "no measurable cost");
         r.on_no_exemplars = Enqueue::default();
         assert!(matches!(exemplars(&r).verdict, Verdict::Inconclusive(_)));
     }

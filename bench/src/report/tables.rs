@@ -62,8 +62,8 @@ pub(super) fn results_table(r: &Results) -> String {
     t.row([
         "api CPU per accepted job (utime + stime ÷ 202s)".into(),
         format!(
-            "off {:.0} µs, on {:.0} µs ({api_change}), pool {:.0} µs",
-            r.off.api_us, r.on.api_us, r.pool.api_us
+            "off {:.0} µs, on {:.0} µs ({api_change}), on without exemplars {:.0} µs, pool {:.0} µs",
+            r.off.api_us, r.on.api_us, r.on_no_exemplars.api_us, r.pool.api_us
         ),
         empty(),
         empty(),

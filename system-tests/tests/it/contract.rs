@@ -187,3 +187,58 @@ async fn the_committed_openapi_document_is_the_served_one() {
     assert!(operations.contains(&"getJob") && operations.contains(&"cancelJob"));
     app.stop().await;
 }
+
+/// Every queue the topology declares is replicated, as the broker itself says: declared again
+/// as a classic queue, each is refused with the type it really has (quorum or stream). A classic
+/// queue lives on one node, and would be unavailable (and its messages with it) while that node
+/// is down; on RabbitMQ 3.10 and 4.x alike.
+#[tokio::test]
+async fn the_broker_holds_every_queue_of_the_topology_as_replicated() {
+    use lapin::options::QueueDeclareOptions;
+    use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+    let prefix = format!("tq{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let topology = jobs_contract::Topology::new(&prefix);
+    let conn = lapin::Connection::connect(&test_support::services::RABBITMQ, Default::default())
+        .await
+        .unwrap();
+    topology
+        .declare(&conn.create_channel().await.unwrap())
+        .await
+        .unwrap();
+    let queues = topology.queues();
+    assert!(queues.len() >= 4, "{queues:?}");
+    let mut refused = Vec::new();
+    for q in &queues {
+        let ch = conn.create_channel().await.unwrap();
+        // Its own arguments, but for the type: the broker compares them all.
+        let mut args = FieldTable::default();
+        for (key, value) in &q.args {
+            let value = match (*key, value) {
+                ("x-queue-type", _) => AMQPValue::LongString(LongString::from("classic")),
+                (_, jobs_contract::topology::Arg::Str(s)) => {
+                    AMQPValue::LongString(LongString::from(s.clone()))
+                }
+                (_, jobs_contract::topology::Arg::Int(i)) => AMQPValue::LongLongInt(*i),
+            };
+            args.insert(ShortString::from(*key), value);
+        }
+        let answer = ch
+            .queue_declare(q.name.clone().into(), QueueDeclareOptions::durable(), args)
+            .await;
+        refused.push((
+            q.name.clone(),
+            answer.map(|_| ()).map_err(|e| e.to_string()),
+        ));
+    }
+    let _ = conn.close(200, "done".into()).await;
+    test_support::cleanup::remove_topology(&topology).await;
+    for (name, answer) in refused {
+        let err = answer.expect_err(&format!("{name} was declared as a classic queue"));
+        assert!(
+            err.contains("PRECONDITION_FAILED")
+                && (err.contains("'quorum'") || err.contains("'stream'")),
+            "{name}: {err}"
+        );
+    }
+}
