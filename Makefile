@@ -100,6 +100,10 @@ bench: ## measure throughput, latency, CPU and RSS against this machine's limits
 	$(CARGO) build --release --quiet -p api -p worker -p loadgen -p bench
 	$(CARGO) run --release --quiet -p bench
 
+.PHONY: k8s-rules
+k8s-rules: ## rewrite deploy/k8s's PrometheusRule from observability/prometheus/rules (make k8s-check fails while it is stale)
+	python3 tools/k8s_rules.py
+
 .PHONY: release-check
 release-check: ## lint the release workflow (actionlint) and hold it to what a release must do, each rule broken on purpose
 	bash tests/release/run.sh

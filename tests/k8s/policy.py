@@ -416,6 +416,44 @@ def jobs(r: Render) -> list[str]:
             for j in sorted(wanted - have)]
 
 
+def backups(r: Render) -> list[str]:
+    """Each PostgreSQL Cluster archives its WAL to a rendered ObjectStore and is backed up on a schedule."""
+    problems = []
+    plugin = "barman-cloud.cloudnative-pg.io"
+    stores = {o["metadata"]["name"]: o for o in r.of("ObjectStore")}
+    for pg in r.pg_clusters():
+        name = pg["metadata"]["name"]
+        archivers = [p for p in pg["spec"].get("plugins", []) if p.get("name") == plugin and p.get("isWALArchiver") and p.get("enabled", True)]
+        if not archivers:
+            problems.append(f"Cluster/{name}: no WAL archiving ({plugin} with isWALArchiver: true)")
+        for p in archivers:
+            store = stores.get((p.get("parameters") or {}).get("barmanObjectName"))
+            if store is None:
+                problems.append(f"Cluster/{name}: barmanObjectName {(p.get('parameters') or {}).get('barmanObjectName')!r} names no rendered ObjectStore")
+            elif not store["spec"].get("retentionPolicy"):
+                problems.append(f"ObjectStore/{store['metadata']['name']}: no retentionPolicy (the bucket grows for ever)")
+        scheduled = [b for b in r.of("ScheduledBackup") if b["spec"]["cluster"]["name"] == name
+                     and b["spec"].get("method") == "plugin" and (b["spec"].get("pluginConfiguration") or {}).get("name") == plugin]
+        if not scheduled:
+            problems.append(f"Cluster/{name}: no ScheduledBackup through {plugin}")
+    return problems
+
+
+def rules(r: Render) -> list[str]:
+    """A PrometheusRule holds exactly the alert rules compose loads (tools/k8s_rules.py)."""
+    import pathlib
+    import sys
+    root = pathlib.Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "tools"))
+    import k8s_rules
+    found = r.of("PrometheusRule")
+    if len(found) != 1:
+        return [f"{len(found)} PrometheusRules rendered, want the one tools/k8s_rules.py writes"]
+    if found[0]["spec"].get("groups") != k8s_rules.groups():
+        return ["PrometheusRule/jobstack differs from observability/prometheus/rules/*.yml: run `make k8s-rules`"]
+    return []
+
+
 def telemetry(r: Render) -> list[str]:
     """Traces go over OTLP to a collector."""
     cfg = r.config()
