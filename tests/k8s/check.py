@@ -156,7 +156,7 @@ POLICIES = {
     "base": ["probes", "resources", "security", "images", "shutdown", "spread"],
     "local": ["probes", "resources", "security", "images", "shutdown", "spread", "secrets", "services", "broker"],
     "production": ["probes", "resources", "security", "images", "shutdown", "spread", "admission", "secrets", "services", "keda", "autoscaling", "broker",
-                   "replication", "monitors", "telemetry", "network", "ingress", "jobs", "rules", "backups"],
+                   "replication", "monitors", "telemetry", "network", "ingress", "jobs", "rules", "backups", "broker_users"],
 }
 
 

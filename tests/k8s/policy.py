@@ -416,6 +416,75 @@ def jobs(r: Render) -> list[str]:
             for j in sorted(wanted - have)]
 
 
+def _broker_operations(prefix: str) -> dict[str, tuple[set, set]]:
+    """(needed, forbidden) (permission, resource) pairs per user, from the topology both services
+    declare (jobs-contract/src/topology.rs) and what each publishes and consumes. RabbitMQ's
+    rules (docs/access-control.md): exchange.declare and queue.declare configure the object; a
+    queue declared with a dead-letter exchange writes that exchange and reads the queue; queue.bind
+    writes the queue and reads the exchange; basic.publish writes the exchange; basic.consume reads
+    the queue."""
+    p = prefix + "."
+    exchanges = [p + "jobs", p + "dlx", p + "events", p + "control"]
+    binds = [(p + "jobs", p + "jobs"), (p + "jobs.dead", p + "dlx"), (p + "api.events", p + "events"), (p + "control", p + "control")]
+    declare = {("configure", n) for n in exchanges + [q for q, _ in binds]}
+    declare |= {("write", p + "dlx"), ("read", p + "jobs")}
+    declare |= {("write", q) for q, _ in binds} | {("read", e) for _, e in binds}
+    return {
+        "api": (declare | {("write", p + "jobs"), ("write", p + "control"), ("read", p + "api.events")},
+                {("write", p + "events"), ("read", p + "jobs.dead"), ("configure", "other.jobs")}),
+        "worker": (declare | {("write", p + "events"), ("write", p + "dlx"), ("write", p + "control"), ("read", p + "jobs"), ("read", p + "control")},
+                   {("read", p + "api.events"), ("read", p + "jobs.dead"), ("configure", "other.jobs")}),
+    }
+
+
+def broker_users(r: Render) -> list[str]:
+    """No workload or scaler logs in as the broker's administrator; each service's user may do what it needs and no more."""
+    problems = []
+    users = {u["metadata"]["name"]: u for u in r.of("User") if u["apiVersion"].startswith("rabbitmq.com/")}
+    perms = {(p["spec"].get("userReference") or {}).get("name"): p for p in r.of("Permission")}
+    admin_secrets = {rc["metadata"]["name"] + "-default-user" for rc in r.rabbitmq_clusters()}
+    used = []  # (who, secret)
+    for w, _, c in r.containers():
+        for e in c.get("env", []):
+            ref = ((e.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
+            if ref and e["name"].startswith("AMQP"):
+                used.append((label(w, c), ref))
+    for t in r.of("TriggerAuthentication"):
+        used += [(f"TriggerAuthentication/{t['metadata']['name']}", ref["name"]) for ref in t["spec"].get("secretTargetRef", [])]
+    for who, secret in used:
+        if secret in admin_secrets:
+            problems.append(f"{who}: logs in with {secret}, the operator's administrator")
+            continue
+        user = users.get(secret.removesuffix("-user-credentials"))
+        if user is None:
+            problems.append(f"{who}: {secret} is no rendered User's credentials")
+            continue
+        if "administrator" in user["spec"].get("tags", []):
+            problems.append(f"User/{user['metadata']['name']}: tagged administrator")
+        if user["metadata"]["name"] not in perms:
+            problems.append(f"User/{user['metadata']['name']}: no Permission (it could not even connect)")
+    prefix = r.config().get("AMQP_PREFIX", "jobstack")
+    for service, (needed, forbidden) in _broker_operations(prefix).items():
+        perm = perms.get(f"jobstack-{service}")
+        if perm is None:
+            problems.append(f"no Permission for the {service}'s user jobstack-{service}")
+            continue
+        grants = perm["spec"]["permissions"]
+        allows = lambda kind, name: bool(re.search(grants.get(kind) or "^$", name))  # noqa: E731
+        missing = sorted(f"{k} {n}" for k, n in needed if not allows(k, n))
+        extra = sorted(f"{k} {n}" for k, n in forbidden if allows(k, n))
+        if missing:
+            problems.append(f"Permission/{perm['metadata']['name']}: the {service} could not {', '.join(missing)}")
+        if extra:
+            problems.append(f"Permission/{perm['metadata']['name']}: the {service} may {', '.join(extra)}, which it never needs")
+    keda = [u for u in users.values() if "monitoring" in u["spec"].get("tags", [])]
+    for u in keda:
+        grants = (perms.get(u["metadata"]["name"]) or {}).get("spec", {}).get("permissions", {})
+        if any(grants.get(k) not in ("^$", "") for k in ("configure", "write", "read")):
+            problems.append(f"User/{u['metadata']['name']}: a monitoring user with resource permissions {grants}")
+    return problems
+
+
 def backups(r: Render) -> list[str]:
     """Each PostgreSQL Cluster archives its WAL to a rendered ObjectStore and is backed up on a schedule."""
     problems = []

@@ -84,6 +84,11 @@ class Render:
             out[rc["metadata"]["name"] + "-default-user"] = RABBITMQ_SECRET_KEYS
         for pg in self.pg_clusters():
             out[pg["metadata"]["name"] + "-app"] = CNPG_APP_SECRET_KEYS
+        # The Messaging Topology Operator's Secret for a User without importCredentialsSecret
+        # (messaging-topology-operator v1.20.1 internal/controller/user_controller.go L66-79).
+        for u in self.of("User"):
+            if u["apiVersion"].startswith("rabbitmq.com/") and not u["spec"].get("importCredentialsSecret"):
+                out[u["metadata"]["name"] + "-user-credentials"] = {"username", "password"}
         return out
 
 
