@@ -223,3 +223,20 @@ pub(super) async fn revoke(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema's bound is exact, so the parse must be: serde_json's default float parsing is
+    /// best-effort and read 1000000.0000000001 (the next double above the maximum, which a fuzzer
+    /// sent) as 1000000, which then passed the bound; `float_roundtrip` reads it exactly.
+    #[test]
+    fn a_rate_just_over_the_maximum_is_read_as_over_it() {
+        let req: KeyRequest = serde_json::from_str(
+            r#"{"name": "x", "role": "admin", "submit_rate": 1000000.0000000001}"#,
+        )
+        .unwrap();
+        assert!(req.submit_rate.unwrap() > 1e6, "{:?}", req.submit_rate);
+    }
+}
