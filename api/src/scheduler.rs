@@ -149,13 +149,17 @@ impl Scheduler {
             store::schedules::advance(&mut tx, &schedule.name, plan.next, rows.len() as i64)
                 .await?;
             made += rows.len();
-            fired.push((schedule.name.clone(), plan, rows.len()));
+            fired.push((schedule.name.clone(), plan, rows));
         }
         tx.commit().await?;
         // Counted once committed: a rolled-back tick made nothing.
         for (name, plan, rows) in fired {
             metrics::counter!("jobstack_schedule_fires_total", "schedule" => name.clone())
-                .increment(rows as u64);
+                .increment(rows.len() as u64);
+            // As `job accepted` for a submitted job: every job has a line from its creation on.
+            for row in &rows {
+                tracing::info!(job.id = %row.id, job.kind = %row.kind, schedule = %name, "job made by its schedule");
+            }
             metrics::counter!("jobstack_schedule_missed_total", "schedule" => name.clone())
                 .increment(plan.dropped as u64);
             for at in &plan.fires {
