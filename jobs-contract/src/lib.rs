@@ -11,12 +11,14 @@
 //! - [`flow`]: the limits and uniqueness a kind may declare.
 //! - [`kinds`]: the job kinds — one file per kind — and the [`Catalog`] of them.
 //! - [`request`]: what a client sends to submit a job, and when it may run.
+//! - [`strict`]: JSON read as its schema reads it (a struct only from an object).
 //! - [`topology`]: the exchanges and queues, by name.
 
 pub mod flow;
 pub mod kinds;
 pub mod messages;
 pub mod request;
+pub mod strict;
 pub mod topology;
 
 pub use kinds::{Catalog, JobKind};

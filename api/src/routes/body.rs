@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Number, Value};
 
 use crate::error::ApiError;
+use jobs_contract::strict::Strict;
 
 /// A JSON body of type `T`, its integral numbers read as integers.
 pub(crate) struct Body<T>(pub(crate) T);
@@ -28,7 +29,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Named> FromRequest<S> for Body<T> {
         let Json(mut value) = Json::<Value>::from_request(req, state).await?;
         integral(&mut value);
         // With the path, as axum's `Json` says it: `run_at: input contains invalid characters`.
-        serde_path_to_error::deserialize(value)
+        // Strict: a struct only from an object, as the document says (serde alone also reads
+        // one from an array of its fields).
+        serde_path_to_error::deserialize(Strict(&value))
             .map(Body)
             .map_err(|e| ApiError::Unprocessable(format!("invalid {}: {e}", T::WHAT)))
     }

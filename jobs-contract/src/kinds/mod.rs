@@ -197,7 +197,7 @@ impl Catalog {
 /// Parses and validates a payload of `K`: what the api does at the door and the worker on receipt.
 pub fn parse<K: JobKind>(payload: &Value) -> Result<K::Payload, String> {
     // The path names the field at fault (`steps: invalid type ...`); serde alone does not.
-    let parsed = serde_path_to_error::deserialize(payload).map_err(|e| {
+    let parsed = serde_path_to_error::deserialize(crate::strict::Strict(payload)).map_err(|e| {
         let path = e.path().to_string();
         match path.as_str() {
             "." => e.into_inner().to_string(),

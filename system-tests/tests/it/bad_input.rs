@@ -171,6 +171,21 @@ async fn every_bad_request_is_a_problem_and_stores_nothing() {
             422,
             "invalid payload for fail",
         ),
+        // serde alone reads a struct from an array of its fields: `[1]` would be rounds 1.
+        case(
+            "payload as an array of its fields",
+            "/jobs",
+            r#"{"kind":"hash","payload":[1]}"#,
+            422,
+            "expected a JSON object",
+        ),
+        case(
+            "job as an array of its fields",
+            "/jobs",
+            r#"["hash",{"rounds":1}]"#,
+            422,
+            "expected a JSON object",
+        ),
         case("deep nesting", "/jobs", &deep, 400, "recursion limit"),
         case("body over the limit", "/jobs", &big, 413, "size limit"),
         case(
