@@ -82,6 +82,7 @@ impl Config {
                 reason: "expected a postgres:// URL".into(),
             });
         }
+        Self::check_postgres_tls()?;
         Ok(Self {
             database_url,
             db_max_connections: config::ranged("DB_MAX_CONNECTIONS", 10, 1, 1000)?,
@@ -114,6 +115,21 @@ impl Config {
                 grafana: Self::http_url("CONSOLE_GRAFANA_URL", "http://127.0.0.1:3000")?,
             },
         })
+    }
+
+    /// `PGSSLMODE` and `PGSSLROOTCERT`, the libpq variables sqlx reads for TLS to PostgreSQL
+    /// (`sslmode` / `sslrootcert` in `DATABASE_URL` say the same and win). sqlx ignores a mode
+    /// it cannot parse and fails every connection on an unreadable root file: refused here.
+    fn check_postgres_tls() -> Result<(), ConfigError> {
+        let mode = config::string("PGSSLMODE", "prefer");
+        if mode.parse::<sqlx::postgres::PgSslMode>().is_err() {
+            return Err(ConfigError {
+                var: "PGSSLMODE",
+                value: mode,
+                reason: "expected disable, allow, prefer, require, verify-ca or verify-full".into(),
+            });
+        }
+        config::pem_certificates("PGSSLROOTCERT").map(drop)
     }
 
     fn http_url(var: &'static str, default: &str) -> Result<String, ConfigError> {

@@ -178,9 +178,9 @@ async fn start(
     let session = {
         let (state, shutdown) = (state.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let url = state.config.amqp.url.clone();
+            let amqp = state.config.amqp.clone();
             let status = state.broker.status.clone();
-            supervise(&url, "api", status, shutdown.clone(), |conn| {
+            supervise(&amqp, "api", status, shutdown.clone(), |conn| {
                 broker::session(conn, state.clone(), shutdown.clone())
             })
             .await;

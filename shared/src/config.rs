@@ -27,24 +27,48 @@ pub fn string(var: &'static str, default: &str) -> String {
     read(var).unwrap_or_else(|| default.to_owned())
 }
 
-/// An `amqp://` URL (the password is redacted in the error), or `default` when unset or empty.
+/// An `amqp://` or `amqps://` URL (the password is redacted in the error), or `default` when
+/// unset or empty.
 pub fn amqp_url(var: &'static str, default: &str) -> Result<String, ConfigError> {
     check_amqp_url(var, string(var, default))
 }
 
 fn check_amqp_url(var: &'static str, url: String) -> Result<String, ConfigError> {
+    // The two schemes lapin speaks; checked first so the reason names them.
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        return Err(ConfigError {
+            var,
+            value: redact_url(&url),
+            reason: "expected an amqp:// or amqps:// URL".into(),
+        });
+    }
+    url.parse::<lapin::uri::AMQPUri>()
+        .map_err(|reason| ConfigError {
+            var,
+            value: redact_url(&url),
+            reason,
+        })?;
+    Ok(url)
+}
+
+/// The PEM certificates in the file the variable names (a CA bundle to trust), or `None` when it
+/// is unset or empty. A file that cannot be read or holds no certificate stops start-up here,
+/// rather than as a handshake failure retried for ever.
+pub fn pem_certificates(var: &'static str) -> Result<Option<String>, ConfigError> {
+    read(var).map(|path| check_pem(var, path)).transpose()
+}
+
+fn check_pem(var: &'static str, path: String) -> Result<String, ConfigError> {
     let refuse = |reason: String| ConfigError {
         var,
-        value: redact_url(&url),
+        value: path.clone(),
         reason,
     };
-    let uri: lapin::uri::AMQPUri = url.parse().map_err(refuse)?;
-    if uri.scheme != lapin::uri::AMQPScheme::AMQP {
-        return Err(refuse(
-            "expected an amqp:// URL (this build has no TLS for amqps://)".into(),
-        ));
+    let pem = std::fs::read_to_string(&path).map_err(|e| refuse(e.to_string()))?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(refuse("holds no PEM certificate".into()));
     }
-    Ok(url)
+    Ok(pem)
 }
 
 /// The variable parsed as `T`, or `default` when it is unset or empty.
@@ -250,15 +274,40 @@ mod tests {
     fn a_bad_broker_url_is_refused_without_its_password() {
         let url = |u: &str| check_amqp_url("AMQP_URL", u.to_owned());
         assert!(url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
+        assert!(url("amqps://user:s3cret@mq.example/%2f").is_ok());
         for bad in [
             "http://user:s3cret@mq:5672",
-            "amqps://user:s3cret@mq",
             "amqp://user:s3cret@mq:notaport",
+            "amqps://user:s3cret@mq:notaport",
         ] {
             let line = line(url(bad));
             assert!(line.starts_with("invalid AMQP_URL="), "{line}");
             assert!(!line.contains("s3cret"), "the password is redacted: {line}");
             assert!(line.contains("user:***@mq"), "{line}");
         }
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("jobstack-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (good, bad) = (dir.join("ca.crt"), dir.join("key.pem"));
+        std::fs::write(
+            &good,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &bad,
+            "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let check = |p: &std::path::Path| check_pem("AMQP_CA_FILE", p.display().to_string());
+        assert!(check(&good).unwrap().contains("BEGIN CERTIFICATE"));
+        let no_cert = line(check(&bad));
+        assert!(no_cert.ends_with("holds no PEM certificate"), "{no_cert}");
+        let missing = line(check(&dir.join("absent.crt")));
+        assert!(missing.starts_with("invalid AMQP_CA_FILE="), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

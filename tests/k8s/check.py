@@ -156,7 +156,7 @@ POLICIES = {
     "base": ["probes", "resources", "security", "images", "shutdown", "spread"],
     "local": ["probes", "resources", "security", "images", "shutdown", "spread", "secrets", "services", "broker"],
     "production": ["probes", "resources", "security", "images", "shutdown", "spread", "admission", "secrets", "services", "keda", "autoscaling", "broker",
-                   "replication", "monitors", "telemetry", "network", "ingress", "jobs", "rules", "backups", "broker_users"],
+                   "replication", "monitors", "telemetry", "network", "ingress", "jobs", "rules", "backups", "broker_users", "tls"],
 }
 
 
@@ -165,7 +165,7 @@ def check_policies(r: Render, names: list[str], values: dict) -> dict[str, list[
     out = {}
     for n in names:
         try:
-            out[n] = policy.secrets(r, values) if n == "secrets" else getattr(policy, n)(r)
+            out[n] = getattr(policy, n)(r, values) if n in ("secrets", "tls") else getattr(policy, n)(r)
         except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as e:
             out[n] = [f"could not be checked on these objects: {type(e).__name__}: {e}"]
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-from rendered import CNPG_METRICS_PORT, CNPG_POD_LABEL, OUR_IMAGE, RABBITMQ_SERVICE_PORTS, Render, label
+from rendered import CNPG_METRICS_PORT, CNPG_POD_LABEL, OUR_IMAGE, RABBITMQ_SERVICE_PORTS, RABBITMQ_TLS_PORTS, Render, label
 
 
 def probes(r: Render) -> list[str]:
@@ -175,8 +175,8 @@ def secrets(r: Render, values: dict[str, dict[str, str]]) -> list[str]:
         problems += [f"{label(w, c)}: {b}" for b in bad]
         amqp = urllib.parse.urlsplit(env.get("AMQP_URL", ""))
         vhost = urllib.parse.unquote(amqp.path[1:]) if amqp.path else "/"
-        if amqp.scheme != "amqp" or vhost != "/" or amqp.hostname not in services or "amqp" not in services[amqp.hostname]:
-            problems.append(f"{label(w, c)}: AMQP_URL {amqp.scheme}://…@{amqp.hostname}:{amqp.port}{amqp.path} is not amqp:// to a broker Service with vhost '/' (has {vhost!r})")
+        if amqp.scheme not in ("amqp", "amqps") or vhost != "/" or amqp.scheme not in services.get(amqp.hostname, set()):
+            problems.append(f"{label(w, c)}: AMQP_URL {amqp.scheme}://…@{amqp.hostname}:{amqp.port}{amqp.path} is not amqp(s):// to a broker Service port of that name with vhost '/' (has {vhost!r})")
         if "DATABASE_URL" in env:
             db = urllib.parse.urlsplit(env["DATABASE_URL"])
             if db.scheme not in ("postgres", "postgresql") or (db.hostname or "").split(".")[0] not in services:
@@ -360,14 +360,14 @@ def replication(r: Render) -> list[str]:
 
 
 def monitors(r: Render) -> list[str]:
-    """Each ServiceMonitor / PodMonitor selects something with the named port."""
+    """Each ServiceMonitor / PodMonitor selects something with the named port, over HTTPS where it is a TLS port."""
     problems = []
     targets = []  # (labels, port names)
     for s in r.of("Service"):
         targets.append(("Service", s["metadata"].get("labels", {}), {p.get("name") for p in s["spec"]["ports"]}))
     for rc in r.rabbitmq_clusters():
         name = rc["metadata"]["name"]
-        targets.append(("Service", {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "rabbitmq", "app.kubernetes.io/part-of": "rabbitmq"}, set(RABBITMQ_SERVICE_PORTS)))
+        targets.append(("Service", {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "rabbitmq", "app.kubernetes.io/part-of": "rabbitmq"}, r.services()[name]))
     for w in r.workloads():
         t = w["spec"]["template"]
         targets.append(("Pod", t["metadata"].get("labels", {}), {p.get("name") for c in t["spec"]["containers"] for p in c.get("ports", [])}))
@@ -382,6 +382,8 @@ def monitors(r: Render) -> list[str]:
             for e in m["spec"][endpoints]:
                 if hits and not any(e.get("port") in ports for ports in hits):
                     problems.append(f"{kind}/{m['metadata']['name']}: port {e.get('port')} is on none of its {what}s")
+                if str(e.get("port", "")).endswith("-tls") and (e.get("scheme") != "https" or not e.get("tlsConfig", {}).get("ca")):
+                    problems.append(f"{kind}/{m['metadata']['name']}: port {e.get('port')} speaks HTTPS; the endpoint needs scheme https and a tlsConfig CA")
     return problems
 
 
@@ -548,8 +550,8 @@ _DNS = ("kube-system", {"k8s-app": "kube-dns"})
 _OUTSIDE = (None, {})
 FLOWS = [  # (from, to, protocol, port)
     (_INGRESS, _API, "TCP", 8080), (_PROMETHEUS, _API, "TCP", 8080), (_PROMETHEUS, _WORKER, "TCP", 8081),
-    (_PROMETHEUS, _RABBITMQ, "TCP", 15692), (_PROMETHEUS, _DB, "TCP", 9187),
-    (_API, _DB, "TCP", 5432), (_API, _RABBITMQ, "TCP", 5672), (_WORKER, _RABBITMQ, "TCP", 5672),
+    (_PROMETHEUS, _RABBITMQ, "TCP", 15691), (_PROMETHEUS, _DB, "TCP", 9187),
+    (_API, _DB, "TCP", 5432), (_API, _RABBITMQ, "TCP", 5671), (_WORKER, _RABBITMQ, "TCP", 5671),
     (("keda", {"app": "keda-operator"}), _RABBITMQ, "TCP", 15672), (("rabbitmq-system", {}), _RABBITMQ, "TCP", 15672),
     (_RABBITMQ, _RABBITMQ, "TCP", 25672), (_RABBITMQ, _RABBITMQ, "TCP", 4369), (_DB, _DB, "TCP", 5432),
     (("cnpg-system", {}), _DB, "TCP", 8000), (_API, ("observability", {}), "TCP", 4317), (_WORKER, ("observability", {}), "TCP", 4317),
@@ -561,6 +563,8 @@ DENIED = [
     (("default", {}), _API, "TCP", 8080), (_API, _RABBITMQ, "TCP", 15672), (("keda", {}), _DB, "TCP", 5432),
     (_API, _OUTSIDE, "TCP", 443), (_WORKER, _OUTSIDE, "TCP", 443), (("default", {}), _RABBITMQ, "TCP", 5672),
     (("default", {}), _RABBITMQ, "TCP", 15672),
+    # AMQP without TLS: no one, our own pods included (tls.yaml).
+    (_API, _RABBITMQ, "TCP", 5672), (_WORKER, _RABBITMQ, "TCP", 5672),
 ]
 
 
@@ -653,4 +657,63 @@ def ingress(r: Render) -> list[str]:
                 svc = p.get("backend", {}).get("service", {})
                 if svc.get("name") != "jobstack-api" or svc.get("port", {}).get("name") != "http":
                     problems.append(f"{name}: path {path} goes to {svc}, not Service jobstack-api port http")
+    return problems
+
+
+def _mounted(pod: dict, c: dict, path: str | None) -> tuple[str, str] | None:
+    """(Secret, key) of the file at `path` in container `c`, when a Secret volume item puts it there."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        secret = volumes.get(m["name"], {}).get("secret")
+        for item in (secret or {}).get("items", []):
+            if path == m["mountPath"].rstrip("/") + "/" + item["path"]:
+                return secret["secretName"], item["key"]
+    return None
+
+
+def tls(r: Render, values: dict[str, dict[str, str]]) -> list[str]:
+    """Our services reach RabbitMQ and PostgreSQL over TLS, verifying the server's certificate
+    (issued by cert-manager for the very host they dial) against that certificate's own CA."""
+    problems = []
+    certs = {c["spec"]["secretName"]: c for c in r.of("Certificate")}
+    issuers = {i["metadata"]["name"]: i for i in r.of("Issuer")}
+
+    def ca_of(secret: str | None) -> str | None:
+        """The CA Secret that signed the certificate cert-manager writes into `secret`."""
+        ref = certs.get(secret, {}).get("spec", {}).get("issuerRef", {})
+        issuer = issuers.get(ref.get("name")) if ref.get("kind", "Issuer") == "Issuer" else None
+        return (issuer or {}).get("spec", {}).get("ca", {}).get("secretName")
+
+    def check(who: str, host: str | None, server: str | None, trust: tuple[str, str] | None, var: str) -> None:
+        if server not in certs:
+            problems.append(f"{who}: {host} serves no certificate from a cert-manager Certificate (has {server!r})")
+            return
+        if host not in certs[server]["spec"].get("dnsNames", []):
+            problems.append(f"{who}: {host} is not a dnsName of Certificate/{certs[server]['metadata']['name']}")
+        if not ca_of(server):
+            problems.append(f"{who}: Certificate/{certs[server]['metadata']['name']} is not issued by a CA Issuer")
+        elif trust is None or trust[1] != "ca.crt" or ca_of(trust[0]) != ca_of(server):
+            problems.append(f"{who}: {var} is not the ca.crt of a certificate from {server}'s CA (has {trust})")
+
+    brokers = {rc["metadata"]["name"]: rc for rc in r.rabbitmq_clusters()}
+    databases = {pg["metadata"]["name"] + "-rw": pg for pg in r.pg_clusters()}
+    for rc in brokers.values():
+        if rc["spec"].get("tls", {}).get("disableNonTLSListeners"):
+            problems.append(f"RabbitmqCluster/{rc['metadata']['name']}: disableNonTLSListeners also moves the management API (KEDA, the operators) to HTTPS")
+    for w, pod, c in r.ours():
+        who, (env, _) = label(w, c), _env(r, c, values)
+        amqp = urllib.parse.urlsplit(env.get("AMQP_URL", ""))
+        if amqp.scheme != "amqps" or amqp.port != RABBITMQ_TLS_PORTS["amqps"]:
+            problems.append(f"{who}: AMQP_URL is {amqp.scheme}://…:{amqp.port}, not amqps:// on 5671")
+        server = brokers.get(amqp.hostname, {}).get("spec", {}).get("tls", {}).get("secretName")
+        check(who, amqp.hostname, server, _mounted(pod, c, env.get("AMQP_CA_FILE")), "AMQP_CA_FILE")
+        if "DATABASE_URL" not in env:
+            continue
+        host = urllib.parse.urlsplit(env["DATABASE_URL"]).hostname or ""
+        if env.get("PGSSLMODE") != "verify-full":
+            problems.append(f"{who}: PGSSLMODE is {env.get('PGSSLMODE')!r}, not verify-full (the server's name unchecked)")
+        certificates = databases.get(host.split(".")[0], {}).get("spec", {}).get("certificates", {})
+        check(who, host, certificates.get("serverTLSSecret"), _mounted(pod, c, env.get("PGSSLROOTCERT")), "PGSSLROOTCERT")
+        if ca_of(certificates.get("serverCASecret")) != ca_of(certificates.get("serverTLSSecret")):
+            problems.append(f"{who}: the Cluster's serverCASecret is not the CA of its serverTLSSecret")
     return problems

@@ -15,6 +15,13 @@ OUR_IMAGE = re.compile(r"(^|/)jobstack[:@]")
 RABBITMQ_SECRET_KEYS = {"username", "password", "default_user.conf", "provider", "type", "host", "port", "connection_string"}
 # Its Service `<RabbitmqCluster>`: ports and labels (internal/resource/service.go, internal/metadata/label.go).
 RABBITMQ_SERVICE_PORTS = {"amqp": 5672, "management": 15672, "prometheus": 15692}
+# With spec.tls.secretName: these too, and the metrics only as `prometheus-tls`; amqp and
+# management go with disableNonTLSListeners (internal/resource/service.go L128, L202-214, L277-290).
+RABBITMQ_TLS_PORTS = {"amqps": 5671, "management-tls": 15671, "prometheus-tls": 15691}
+# The Secret cert-manager writes for a Certificate: type kubernetes.io/tls, tls.key and tls.crt,
+# and ca.crt when the issuer has a CA, as a CA Issuer does (cert-manager v1.21.1
+# pkg/controller/certificates/issuing/internal/secret.go L153-156, L221).
+CERT_SECRET_KEYS = {"tls.crt", "tls.key", "ca.crt"}
 # The Secret `<Cluster>-app` (cloudnative-pg v1.30.0 pkg/specs/secrets.go CreateSecret) and the
 # read-write Service `<Cluster>-rw` (api/v1/cluster_types.go ServiceReadWriteSuffix).
 CNPG_APP_SECRET_KEYS = {"username", "user", "password", "dbname", "host", "port", "pgpass", "uri", "jdbc-uri", "fqdn-uri", "fqdn-jdbc-uri"}
@@ -72,7 +79,12 @@ class Render:
         """Service name -> port names, rendered or made by an operator at run time."""
         out = {s["metadata"]["name"]: {p.get("name", "") for p in s["spec"]["ports"]} for s in self.of("Service")}
         for rc in self.rabbitmq_clusters():
-            out[rc["metadata"]["name"]] = set(RABBITMQ_SERVICE_PORTS)
+            tls = rc["spec"].get("tls", {})
+            if not tls.get("secretName"):
+                out[rc["metadata"]["name"]] = set(RABBITMQ_SERVICE_PORTS)
+                continue
+            plain = set() if tls.get("disableNonTLSListeners") else {"amqp", "management"}
+            out[rc["metadata"]["name"]] = plain | set(RABBITMQ_TLS_PORTS)
         for pg in self.pg_clusters():
             out[pg["metadata"]["name"] + "-rw"] = {"postgres"}
         return out
@@ -84,6 +96,8 @@ class Render:
             out[rc["metadata"]["name"] + "-default-user"] = RABBITMQ_SECRET_KEYS
         for pg in self.pg_clusters():
             out[pg["metadata"]["name"] + "-app"] = CNPG_APP_SECRET_KEYS
+        for cert in self.of("Certificate"):
+            out[cert["spec"]["secretName"]] = CERT_SECRET_KEYS
         # The Messaging Topology Operator's Secret for a User without importCredentialsSecret
         # (messaging-topology-operator v1.20.1 internal/controller/user_controller.go L66-79).
         for u in self.of("User"):

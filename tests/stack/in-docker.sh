@@ -16,6 +16,6 @@ exec docker run --rm --init -e JOBSTACK_STACK_IN_CONTAINER=1 \
     # The Python modules from Debian (pip into the system Python is refused on bookworm: PEP 668).
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      python3 python3-venv python3-yaml python3-jsonschema curl >/dev/null
+      python3 python3-venv python3-yaml python3-jsonschema curl openssl >/dev/null
     bash tests/local-services.sh >/dev/null
     exec bash tests/stack/run.sh'

@@ -12,6 +12,8 @@
 #   g. our own health checks executed as compose runs them: ready, dependency down, hung, gone
 #   h. the Jobs explorer's SQL, expanded as Grafana does, run as the read-only role the compose
 #      init file makes: on seeded jobs here, on the live run's jobs in c
+#   i. TLS: the api and worker reach a TLS-only RabbitMQ and PostgreSQL as the production overlay
+#      configures them (tests/stack/tls.sh)
 # Works as root on a fresh Debian bookworm machine (installs prometheus and the Python deps it
 # needs), is idempotent, bounded in time, and ends with one line: `N passed, N failed`.
 set -uo pipefail
@@ -97,6 +99,10 @@ if timeout 1800 cargo build -q -p api -p worker >"$STATE/build.log" 2>&1; then
   timeout 600 python3 tests/stack/check_live.py 2>&1 | tee -a "$LOG"
   # our services' compose health checks, executed as compose runs them, in every state
   timeout 300 python3 tests/stack/check_healthchecks.py 2>&1 | tee -a "$LOG"
+  # the production overlay's TLS (deploy/k8s/overlays/production/tls.yaml), on real servers
+  command -v openssl >/dev/null || apt_install openssl
+  run "TLS: api and worker over amqps:// and PostgreSQL verify-full; trusting another CA, neither becomes ready" 240 \
+    bash tests/stack/tls.sh "${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 else
   say "not ok - cargo build -p api -p worker (live checks c, d not run)"
   tail -n 30 "$STATE/build.log" | sed 's/^/#   /'

@@ -112,8 +112,8 @@ pub async fn run_with(
     let beat_stop = CancellationToken::new();
     let beat = tokio::spawn(heartbeat::run(state.clone(), beat_stop.clone()));
     let tracker = TaskTracker::new();
-    let url = state.config.amqp.url.clone();
-    supervise(&url, "worker", status.clone(), shutdown.clone(), |conn| {
+    let amqp = state.config.amqp.clone();
+    supervise(&amqp, "worker", status.clone(), shutdown.clone(), |conn| {
         session::run(
             conn,
             state.clone(),

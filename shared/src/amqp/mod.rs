@@ -14,15 +14,23 @@ pub use supervisor::{BrokerStatus, supervise};
 /// one is simply sent as several frames.
 const FRAME_MAX: u32 = 16 * 1024;
 
-/// Connects to `url`, naming the connection so it is recognisable in the management UI.
-pub async fn connect(url: &str, name: &str) -> lapin::Result<lapin::Connection> {
+/// Connects to the broker `settings` name, naming the connection so it is recognisable in the
+/// management UI. `amqps://` verifies the broker's certificate against the public roots and
+/// `AMQP_CA_FILE`'s authorities.
+pub async fn connect(settings: &Settings, name: &str) -> lapin::Result<lapin::Connection> {
     // `config::amqp_url` has already refused a URL that does not parse.
-    let mut uri: lapin::uri::AMQPUri = url
+    let mut uri: lapin::uri::AMQPUri = settings
+        .url
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
     let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
-    lapin::Connection::connect_uri(uri, props).await
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: settings.ca.clone(),
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    lapin::Connection::connect_uri_with_config(uri, props, tls, runtime).await
 }
 
 /// Runs `step` (a session's set-up: channels, declarations, consumers) unless `shutdown` comes

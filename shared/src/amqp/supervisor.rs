@@ -34,7 +34,7 @@ impl BrokerStatus {
 /// Runs `session` on fresh connections until `shutdown` is cancelled. A session returns
 /// `Ok(())` only once it has shut down cleanly; an error means "reconnect".
 pub async fn supervise<F, Fut>(
-    url: &str,
+    settings: &super::Settings,
     name: &str,
     status: BrokerStatus,
     shutdown: CancellationToken,
@@ -43,6 +43,7 @@ pub async fn supervise<F, Fut>(
     F: FnMut(lapin::Connection) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    let url = &settings.url;
     let policy = backoff::Policy {
         base: Duration::from_millis(200),
         max: Duration::from_secs(10),
@@ -53,7 +54,7 @@ pub async fn supervise<F, Fut>(
         let connect = || async {
             // A connect that hangs (a broker that accepts and never speaks) yields to shutdown.
             tokio::select! {
-                c = super::connect(url, name) => c.map(Some),
+                c = super::connect(settings, name) => c.map(Some),
                 () = shutdown.cancelled() => Ok(None),
             }
         };

@@ -184,6 +184,7 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
         ("PUBLISH_TIMEOUT_MS", "1"),
         ("LOG_FORMAT", "yaml"),
         ("AMQP_URL", "rabbitmq:5672"),
+        ("AMQP_CA_FILE", "/nonexistent/ca.crt"),
     ] {
         let out = tokio::time::timeout(
             Duration::from_secs(20),
