@@ -157,12 +157,7 @@ impl Token {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        given.len() == self.0.len()
-            && given
-                .bytes()
-                .zip(self.0.bytes())
-                .fold(0, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        crate::secret::matches(given, &self.0)
     }
 }
 

@@ -11,6 +11,8 @@
 //!   container health checks.
 //! - [`readiness`]: the `/readyz` answer, one shape for every service.
 //! - [`admin`]: the admin router (`/healthz`, `/readyz`, `/metrics`) of a service.
+//! - [`faults`]: the demo's fault switches (`/admin/faults`), behind a token.
+//! - [`secret`]: comparing secrets in constant time.
 
 pub mod admin;
 pub mod amqp;
@@ -20,5 +22,6 @@ pub mod faults;
 pub mod metrics;
 pub mod probe;
 pub mod readiness;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;

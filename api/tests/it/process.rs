@@ -121,8 +121,8 @@ impl ApiProcess {
         }
     }
 
-    /// SIGTERM, as `docker stop` sends: the api must drain, flush and exit 0. Returns stdout.
-    async fn stop(mut self) -> String {
+    /// Sends SIGTERM, as `docker stop` and the kubelet do.
+    fn sigterm(&self) {
         let pid = self.child.id().unwrap().to_string();
         assert!(
             std::process::Command::new("kill")
@@ -131,6 +131,11 @@ impl ApiProcess {
                 .unwrap()
                 .success()
         );
+    }
+
+    /// SIGTERM: the api must drain, flush and exit 0. Returns stdout.
+    async fn stop(mut self) -> String {
+        self.sigterm();
         let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
             .await
             .unwrap()
@@ -487,15 +492,8 @@ async fn a_stalled_database_does_not_stretch_the_shutdown_past_its_budget() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = api.child.id().unwrap().to_string();
     let signalled = Instant::now();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    api.sigterm();
     let budget = grace + api::startup::TEARDOWN + shared::telemetry::FLUSH_TIMEOUT;
     let exited = tokio::time::timeout(budget + Duration::from_secs(10), api.child.wait()).await;
     let took = signalled.elapsed();

@@ -106,6 +106,18 @@ impl Demo {
         }
     }
 
+    /// `GET /jobs/{id}` and the spans of the trace it made.
+    async fn read_job_traced(&self, id: &str) -> Vec<SpanData> {
+        let res = self
+            .http
+            .get(format!("{}/jobs/{id}", self.api))
+            .send()
+            .await
+            .unwrap();
+        let tp = res.headers()["traceparent"].to_str().unwrap().to_owned();
+        self.trace(&tp[3..35], "GET /jobs/{id}").await
+    }
+
     async fn metric(&self, series: &str) -> f64 {
         let text = self
             .plain
@@ -221,33 +233,19 @@ async fn each_fault_switches_on_at_run_time_shows_in_metrics_and_traces_and_swit
     let series =
         r#"http_server_request_duration_seconds_sum{method="GET",route="/jobs/{id}",status="200"}"#;
     let before = demo.metric(series).await;
-    let res = demo
-        .http
-        .get(format!("{}/jobs/{id}", demo.api))
-        .send()
-        .await
-        .unwrap();
-    let tp = res.headers()["traceparent"].to_str().unwrap().to_owned();
+    let spans = demo.read_job_traced(&id).await;
     let slow = demo.metric(series).await - before;
     assert!(
         slow >= 0.4,
         "the request took {slow} s with 400 ms on the database path"
     );
-    let spans = demo.trace(&tp[3..35], "GET /jobs/{id}").await;
     let injected = faults_of(&spans, "fault db_latency");
     assert!(
         !injected.is_empty() && injected.iter().all(|d| *d >= Duration::from_millis(400)),
         "{injected:?}"
     );
     demo.switch(&api_faults, json!({})).await;
-    let res = demo
-        .http
-        .get(format!("{}/jobs/{id}", demo.api))
-        .send()
-        .await
-        .unwrap();
-    let tp = res.headers()["traceparent"].to_str().unwrap().to_owned();
-    let spans = demo.trace(&tp[3..35], "GET /jobs/{id}").await;
+    let spans = demo.read_job_traced(&id).await;
     assert!(
         faults_of(&spans, "fault db_latency").is_empty(),
         "off: no injected latency"
