@@ -19,6 +19,14 @@ pub struct Config {
     /// No-op jobs the worker drains in each drain round.
     #[arg(long, env = "BENCH_DRAIN_JOBS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub drain_jobs: u64,
+    /// Only these sections, comma-separated (limits, enqueue, drain, storm, fanin, lateness,
+    /// flow, priority, quota, pipeline; lateness needs enqueue): a quick look at one part. The
+    /// report shows the others as not measured. Empty: every section.
+    #[arg(long, env = "BENCH_ONLY", default_value = "", value_parser = parse_sections)]
+    pub only: Sections,
+    /// Seconds of the end-to-end soak at 70 % of the knee.
+    #[arg(long, env = "BENCH_SOAK_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..=7200))]
+    pub soak_seconds: u64,
     /// Rounds of each measured enqueue and drain step; each keeps its best.
     #[arg(long, env = "BENCH_ROUNDS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
@@ -135,5 +143,59 @@ mod tests {
             "amqp://guest:***@127.0.0.1:5672/%2f"
         );
         assert_eq!(redact("http://127.0.0.1/api"), "http://127.0.0.1/api");
+    }
+}
+
+/// The bench's sections, in the order they run.
+pub const SECTIONS: [&str; 10] = [
+    "limits", "enqueue", "drain", "storm", "fanin", "lateness", "flow", "priority", "quota",
+    "pipeline",
+];
+
+/// The sections a run measures (empty: all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sections(Vec<String>);
+
+impl Sections {
+    /// Whether `name` runs.
+    pub fn has(&self, name: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|s| s == name)
+    }
+}
+
+fn parse_sections(raw: &str) -> Result<Sections, String> {
+    let names: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    if let Some(bad) = names.iter().find(|n| !SECTIONS.contains(&n.as_str())) {
+        return Err(format!(
+            "unknown section {bad:?}; one of {}",
+            SECTIONS.join(", ")
+        ));
+    }
+    if names.iter().any(|n| n == "lateness") && !names.iter().any(|n| n == "enqueue") {
+        return Err("lateness runs at half the enqueue peak: add enqueue".into());
+    }
+    Ok(Sections(names))
+}
+
+#[cfg(test)]
+mod sections_tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_named_checked_and_empty_means_all() {
+        assert!(parse_sections("").unwrap().has("drain"));
+        let only = parse_sections("pipeline, drain").unwrap();
+        assert!(only.has("pipeline") && only.has("drain") && !only.has("enqueue"));
+        assert!(
+            parse_sections("pipelines")
+                .unwrap_err()
+                .contains("unknown section")
+        );
+        assert!(parse_sections("lateness").is_err());
     }
 }

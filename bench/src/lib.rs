@@ -23,6 +23,7 @@ pub mod lateness;
 pub mod limits;
 pub mod machine;
 pub mod pg;
+pub mod pipeline;
 pub mod priority;
 pub mod procfs;
 pub mod quota;
@@ -157,21 +158,32 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
         sink: Mutex::new(None),
         noisy: Mutex::new(Vec::new()),
     };
-    let limits = limits::measure(&ctx).await?;
-    let enqueue = enqueue::measure(&ctx).await?;
-    let drain = drain::measure(&ctx).await?;
-    let storm = storm::measure(&ctx).await?;
-    let fanin = fanin::measure(&ctx).await?;
+    let only = &cfg.only;
+    let limits = section(only.has("limits"), limits::measure(&ctx)).await?;
+    let enqueue = section(only.has("enqueue"), enqueue::measure(&ctx)).await?;
+    let drain = section(only.has("drain"), drain::measure(&ctx)).await?;
+    let storm = section(only.has("storm"), storm::measure(&ctx)).await?;
+    let fanin = section(only.has("fanin"), fanin::measure(&ctx)).await?;
     // Under the load of the half-rate open loop: more than api and worker together finish.
-    let lateness = lateness::measure(&ctx, enqueue.half.target).await?;
-    let flow = flowcost::measure(&ctx).await?;
-    let priority = priority::measure(&ctx).await?;
-    let quota = quota::measure(&ctx).await?;
+    let lateness = section(
+        only.has("lateness"),
+        lateness::measure(&ctx, enqueue.half.target),
+    )
+    .await?;
+    let flow = section(only.has("flow"), flowcost::measure(&ctx)).await?;
+    let priority = section(only.has("priority"), priority::measure(&ctx)).await?;
+    let quota = section(only.has("quota"), quota::measure(&ctx)).await?;
+    let pipeline = section(
+        only.has("pipeline"),
+        pipeline::measure(&ctx, cfg.soak_seconds),
+    )
+    .await?;
     let mut drain1 = drain.drain1;
     let mut drain16 = drain.drain16;
     drain1.rss.idle = drain.idle_kib;
     drain16.rss.idle = drain.idle_kib;
     Ok(Results {
+        run: ctx.scratch.run().to_string(),
         machine,
         plan: Plan {
             seconds: cfg.seconds,
@@ -197,8 +209,21 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
         flow,
         priority,
         quota,
+        pipeline,
         noisy: ctx.noisy.into_inner().expect("not poisoned"),
     })
+}
+
+/// Runs a section's measurement when it is selected (BENCH_ONLY), else reports it unmeasured.
+async fn section<T: Default>(
+    selected: bool,
+    measure: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    if selected {
+        measure.await
+    } else {
+        Ok(T::default())
+    }
 }
 
 /// Writes BENCHMARKS.md and prints the tables.
@@ -206,6 +231,12 @@ pub fn write_report(cfg: &Config, results: &Results) -> anyhow::Result<()> {
     let written_at = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
     let doc = report::document(results, &written_at);
     std::fs::write(&cfg.out, doc).with_context(|| cfg.out.display().to_string())?;
+    let dir = cfg.out.parent().filter(|d| !d.as_os_str().is_empty());
+    report::charts::write(
+        dir.unwrap_or(std::path::Path::new(".")),
+        &results.run,
+        &results.pipeline,
+    )?;
     println!(
         "\n{}\nWritten to {}",
         report::console(results),

@@ -255,6 +255,8 @@ pub struct Drain {
 /// Everything the report shows.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
+    /// The run's id (its scratch databases' and queues' prefix), named in the charts.
+    pub run: String,
     /// Where it ran.
     pub machine: Machine,
     /// Its size.
@@ -291,6 +293,8 @@ pub struct Results {
     pub priority: Priority,
     /// Per-client quotas under a flood.
     pub quota: Quota,
+    /// The api and the worker together at rising offered rates, and the soak.
+    pub pipeline: Pipeline,
     /// Steps that started on a busy machine, with its idle share.
     pub noisy: Vec<String>,
 }
@@ -539,5 +543,86 @@ mod tests {
                 hwm: 40
             }
         );
+    }
+}
+
+/// One offered rate of the end-to-end steps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PipelineStep {
+    /// Jobs/s loadgen offered (open loop).
+    pub offered: f64,
+    /// 202 answers per second of the step.
+    pub accepted: f64,
+    /// Requests not accepted.
+    pub failed: u64,
+    /// Rows that reached `succeeded` per second of the step.
+    pub finished: f64,
+    /// Accept latency, ms.
+    pub accept_p50_ms: f64,
+    /// Accept latency, ms.
+    pub accept_p99_ms: f64,
+    /// Accept → succeeded of the step's jobs that finished within it, ms.
+    pub e2e_p50_ms: f64,
+    /// Accept → succeeded, ms.
+    pub e2e_p99_ms: f64,
+    /// Jobs accepted in the step not yet succeeded at its end.
+    pub unfinished: u64,
+    /// Messages ready in the jobs queue at the step's end.
+    pub queue_ready: u64,
+    /// Rows in the outbox at the step's end.
+    pub outbox: u64,
+}
+
+/// One sample of the soak.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SoakSample {
+    /// Seconds since the soak started.
+    pub at: f64,
+    /// Jobs that reached `succeeded` per second since the previous sample.
+    pub finished: f64,
+    /// Messages ready in the jobs queue.
+    pub queue_ready: u64,
+    /// Rows in the outbox.
+    pub outbox: u64,
+    /// The api's VmRSS, KiB.
+    pub api_rss_kib: u64,
+    /// The worker's VmRSS, KiB.
+    pub worker_rss_kib: u64,
+}
+
+/// The end-to-end steps, their knee and the soak at 70 % of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pipeline {
+    /// Seconds per step.
+    pub seconds: u64,
+    /// The worker's concurrency.
+    pub concurrency: u16,
+    /// Each offered rate, rising.
+    pub steps: Vec<PipelineStep>,
+    /// The highest offered rate that kept up within the accept bound.
+    pub knee: Option<f64>,
+    /// The soak's offered rate.
+    pub soak_rate: f64,
+    /// The soak's length.
+    pub soak_seconds: u64,
+    /// Its samples.
+    pub soak: Vec<SoakSample>,
+}
+
+impl Pipeline {
+    /// Per-minute least-squares slopes of (queue ready, outbox, api RSS MiB, worker RSS MiB)
+    /// over the soak.
+    pub fn soak_slopes(&self) -> [f64; 4] {
+        let xs: Vec<f64> = self.soak.iter().map(|s| s.at).collect();
+        let series = |f: fn(&SoakSample) -> f64| -> f64 {
+            let ys: Vec<f64> = self.soak.iter().map(f).collect();
+            crate::pipeline::slope_per_minute(&xs, &ys)
+        };
+        [
+            series(|s| s.queue_ready as f64),
+            series(|s| s.outbox as f64),
+            series(|s| s.api_rss_kib as f64 / 1024.0),
+            series(|s| s.worker_rss_kib as f64 / 1024.0),
+        ]
     }
 }

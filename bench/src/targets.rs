@@ -37,6 +37,12 @@ pub const FLOW_COST_MAX_PCT: f64 = 10.0;
 /// reference machine).
 pub const QUOTA_NEIGHBOUR_P99_MAX_RATIO: f64 = 1.5;
 
+/// The end-to-end knee (api and worker together), jobs/s.
+pub const KNEE_MIN: f64 = 3000.0;
+/// How much a soak's queue depth, outbox depth or RSS may grow per minute and still be flat:
+/// queue and outbox in messages or rows, RSS in MiB.
+pub const SOAK_FLAT_PER_MIN: [f64; 4] = [50.0, 50.0, 1.0, 1.0];
+
 /// How a figure compares with its target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -191,6 +197,8 @@ pub fn targets(r: &Results) -> Vec<Target> {
         lateness_target(&r.lateness),
         flow_target(&r.flow),
         quota_target(&r.quota),
+        knee_target(&r.pipeline),
+        soak_target(&r.pipeline),
         Target {
             goal: format!(
                 "exemplars cost ≤ {EXEMPLARS_MAX_COST_PCT:.0} % of enqueue throughput (telemetry on)"
@@ -214,6 +222,51 @@ pub fn targets(r: &Results) -> Vec<Target> {
             },
         },
     ]
+}
+
+/// The highest offered rate at which api and worker together keep up.
+fn knee_target(p: &crate::results::Pipeline) -> Target {
+    Target {
+        goal: format!(
+            "end-to-end knee ≥ {KNEE_MIN:.0} jobs/s (finished ≥ {:.0} % of accepted, accept p99 ≤ {:.0} ms)",
+            crate::pipeline::KEEPS_UP * 100.0,
+            crate::pipeline::ACCEPT_P99_MS
+        ),
+        measured: match p.knee {
+            Some(k) => format!("{k:.0} jobs/s"),
+            None if p.steps.is_empty() => "not measured".into(),
+            None => "no step kept up".into(),
+        },
+        verdict: match p.knee {
+            _ if p.steps.is_empty() => Verdict::Inconclusive("not measured"),
+            Some(k) => Verdict::of(k >= KNEE_MIN),
+            None => Verdict::Missed,
+        },
+    }
+}
+
+/// Queue depth, outbox depth and both services' RSS stay flat over the soak.
+fn soak_target(p: &crate::results::Pipeline) -> Target {
+    let slopes = p.soak_slopes();
+    let flat = slopes
+        .iter()
+        .zip(SOAK_FLAT_PER_MIN)
+        .all(|(s, max)| s.abs() <= max);
+    Target {
+        goal: format!(
+            "soak at 70 % of the knee: queue, outbox (±{:.0}/min) and RSS (±{:.0} MiB/min) flat",
+            SOAK_FLAT_PER_MIN[0], SOAK_FLAT_PER_MIN[2]
+        ),
+        measured: format!(
+            "slopes per minute over {}s at {:.0}/s: queue {:+.1}, outbox {:+.1}, api RSS {:+.2} MiB, worker RSS {:+.2} MiB",
+            p.soak_seconds, p.soak_rate, slopes[0], slopes[1], slopes[2], slopes[3]
+        ),
+        verdict: if p.soak.len() < 3 {
+            Verdict::Inconclusive("fewer than three samples")
+        } else {
+            Verdict::of(flat)
+        },
+    }
 }
 
 /// Client B's accept p99 beside A's flood stays within [`QUOTA_NEIGHBOUR_P99_MAX_RATIO`] of
@@ -371,6 +424,8 @@ mod tests {
                 "inconclusive: no schedule measured",
                 "inconclusive: no flow-control run measured",
                 "inconclusive: no quota run measured",
+                "inconclusive: not measured",
+                "inconclusive: fewer than three samples",
                 "inconclusive: no exemplars-off figure"
             ]
         );
@@ -381,6 +436,40 @@ mod tests {
             "{}",
             t[3].measured
         );
+    }
+
+    #[test]
+    fn the_knee_and_the_soak_are_judged_on_the_pipeline() {
+        use crate::results::{Pipeline, PipelineStep, SoakSample};
+        let sample = |at: f64, queue: u64, api_mib: u64| SoakSample {
+            at,
+            queue_ready: queue,
+            api_rss_kib: api_mib * 1024,
+            worker_rss_kib: 12 * 1024,
+            ..SoakSample::default()
+        };
+        let mut p = Pipeline {
+            steps: vec![PipelineStep::default()],
+            knee: Some(3500.0),
+            soak: (0..6).map(|i| sample(f64::from(i) * 10.0, 4, 30)).collect(),
+            ..Pipeline::default()
+        };
+        assert_eq!(knee_target(&p).verdict, Verdict::Met);
+        assert_eq!(soak_target(&p).verdict, Verdict::Met);
+        p.knee = Some(2500.0);
+        assert_eq!(knee_target(&p).verdict, Verdict::Missed);
+        p.knee = None;
+        assert_eq!(knee_target(&p).verdict, Verdict::Missed);
+        // The queue grows by 100 a minute: not flat.
+        p.soak = (0..6)
+            .map(|i| sample(f64::from(i) * 10.0, 4 + 17 * i as u64, 30))
+            .collect();
+        assert_eq!(soak_target(&p).verdict, Verdict::Missed);
+        // The api grows by 3 MiB a minute: not flat either.
+        p.soak = (0..6)
+            .map(|i| sample(f64::from(i) * 10.0, 4, 30 + i as u64 / 2))
+            .collect();
+        assert_eq!(soak_target(&p).verdict, Verdict::Missed);
     }
 
     #[test]

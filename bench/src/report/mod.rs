@@ -5,8 +5,10 @@
 //!   [`method`]: how it was measured; [`markdown`]: tables and number formats.
 
 mod bounds;
+pub mod charts;
 mod markdown;
 mod method;
+pub mod pipeline;
 mod tables;
 
 use std::fmt::Write as _;
@@ -47,8 +49,9 @@ pub fn document(r: &Results, written_at: &str) -> String {
     );
     let _ = write!(
         out,
-        "## Results\n\n{}\n## Targets\n\n{}\n## Where the CPU went\n\n{}\n",
+        "## Results\n\n{}\n## End to end\n\n{}\n## Targets\n\n{}\n## Where the CPU went\n\n{}\n",
         results_table(r),
+        pipeline::text(&r.pipeline),
         targets_table(r),
         cpu_table(r)
     );

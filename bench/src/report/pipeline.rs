@@ -1,0 +1,89 @@
+//! The end-to-end section: each offered rate, the knee, the soak's slopes, and the charts.
+
+use std::fmt::Write as _;
+
+use super::markdown::Table;
+use crate::pipeline::{ACCEPT_P99_MS, KEEPS_UP};
+use crate::results::Pipeline;
+
+/// The chart files, written beside the report (their names are what the report embeds).
+pub const LATENCY_CHART: &str = "bench-e2e-latency.svg";
+/// The soak's chart.
+pub const SOAK_CHART: &str = "bench-e2e-soak.svg";
+
+pub(super) fn text(p: &Pipeline) -> String {
+    let mut out = String::new();
+    if p.steps.is_empty() {
+        return "Not measured in this run.\n".into();
+    }
+    let _ = writeln!(
+        out,
+        "The api and one worker (concurrency {}) together, fed by loadgen in an open loop at each \
+         offered rate for {}s, the pipeline drained before the next rate. accept → succeeded is \
+         `finished_at - created_at` as PostgreSQL recorded it, for the step's jobs that finished \
+         within it; queue and outbox are their depths at the step's end.\n",
+        p.concurrency, p.seconds
+    );
+    let mut t = Table::new([
+        "offered/s",
+        "accepted/s",
+        "finished/s",
+        "accept p50 / p99 ms",
+        "accept → succeeded p50 / p99 ms",
+        "unfinished at the end",
+        "queue ready",
+        "outbox",
+    ]);
+    for s in &p.steps {
+        t.row([
+            format!("{:.0}", s.offered),
+            format!(
+                "{:.0}{}",
+                s.accepted,
+                if s.failed > 0 {
+                    format!(" ({} refused)", s.failed)
+                } else {
+                    String::new()
+                }
+            ),
+            format!("{:.0}", s.finished),
+            format!("{:.1} / {:.1}", s.accept_p50_ms, s.accept_p99_ms),
+            format!("{:.0} / {:.0}", s.e2e_p50_ms, s.e2e_p99_ms),
+            s.unfinished.to_string(),
+            s.queue_ready.to_string(),
+            s.outbox.to_string(),
+        ]);
+    }
+    out.push_str(&t.render());
+    let _ = writeln!(
+        out,
+        "\nThe knee (the highest offered rate whose jobs reached `succeeded` at ≥ {:.0} % of the \
+         accepted rate, with nothing refused and accept p99 ≤ {ACCEPT_P99_MS:.0} ms): **{}**.\n",
+        KEEPS_UP * 100.0,
+        p.knee
+            .map_or("none of the steps".into(), |k| format!("{k:.0} jobs/s"))
+    );
+    let _ = writeln!(out, "![latency against offered rate]({LATENCY_CHART})\n");
+    if !p.soak.is_empty() {
+        let s = p.soak_slopes();
+        let last = p.soak.last().expect("not empty");
+        let _ = writeln!(
+            out,
+            "Soak: {:.0}/s offered for {}s, sampled every 10 s. Least-squares slope per minute: \
+             queue ready {:+.1}, outbox {:+.1}, api RSS {:+.2} MiB, worker RSS {:+.2} MiB; at the \
+             end: queue {}, outbox {}, api RSS {:.1} MiB, worker RSS {:.1} MiB.\n",
+            p.soak_rate,
+            p.soak_seconds,
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            last.queue_ready,
+            last.outbox,
+            last.api_rss_kib as f64 / 1024.0,
+            last.worker_rss_kib as f64 / 1024.0,
+        );
+        let _ = writeln!(out, "![the soak over time]({SOAK_CHART})\n");
+    }
+    out
+}
