@@ -6,9 +6,12 @@ use std::path::Path;
 use anyhow::Context as _;
 use plotters::prelude::*;
 
-use crate::results::Pipeline;
+use crate::results::{Pipeline, SoakSample};
 
 const SIZE: (u32, u32) = (900, 520);
+
+/// A line of the soak chart: its label, colour and the value it reads off each sample.
+type Line<T> = (&'static str, RGBColor, fn(&SoakSample) -> T);
 
 /// Writes the charts of `p` into `dir` (the report's folder); `run` names the run in each title.
 pub fn write(dir: &Path, run: &str, p: &Pipeline) -> anyhow::Result<()> {
@@ -122,7 +125,7 @@ fn soak(path: &Path, run: &str, p: &Pipeline) -> anyhow::Result<()> {
         .configure_mesh()
         .y_desc("jobs/s, messages, rows")
         .draw()?;
-    let lines: [(&str, RGBColor, fn(&crate::results::SoakSample) -> f64); 3] = [
+    let lines: [Line<f64>; 3] = [
         ("finished/s", RGBColor(20, 80, 180), |s| s.finished),
         ("queue ready", RGBColor(200, 60, 20), |s| {
             s.queue_ready as f64
@@ -164,7 +167,7 @@ fn soak(path: &Path, run: &str, p: &Pipeline) -> anyhow::Result<()> {
         .x_desc("seconds into the soak")
         .y_desc("MiB")
         .draw()?;
-    let rss: [(&str, RGBColor, fn(&crate::results::SoakSample) -> u64); 2] = [
+    let rss: [Line<u64>; 2] = [
         ("api", RGBColor(20, 80, 180), |s| s.api_rss_kib),
         ("worker", RGBColor(200, 60, 20), |s| s.worker_rss_kib),
     ];
@@ -192,7 +195,7 @@ fn soak(path: &Path, run: &str, p: &Pipeline) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::results::{PipelineStep, SoakSample};
+    use crate::results::PipelineStep;
 
     #[test]
     fn each_chart_is_an_svg_naming_its_run_with_the_knee_marked() {
