@@ -40,6 +40,8 @@ LEAN = [
     ("edit", "Cargo.toml", ', "bench"]', "]"),
     ("edit", "Cargo.toml", "# load generator\n", "# HTTP client (tests)\n"),
     ("cut", "Cargo.toml", "hdrhistogram = ", None),
+    ("cut", "Cargo.toml", "# the bench's charts", None),
+    ("cut", "Cargo.toml", "plotters = ", None),
     ("cut", "Cargo.toml", "clap = ", None),
     ("edit", "Cargo.toml", "(bench's otlp-sink, the api's telemetry tests)", "(the api's telemetry tests)"),
     ("cut", "Makefile", ".PHONY: load", ".PHONY: k8s-check"),

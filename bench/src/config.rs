@@ -20,10 +20,13 @@ pub struct Config {
     #[arg(long, env = "BENCH_DRAIN_JOBS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub drain_jobs: u64,
     /// Only these sections, comma-separated (limits, enqueue, drain, storm, fanin, lateness,
-    /// flow, priority, quota, pipeline; lateness needs enqueue): a quick look at one part. The
+    /// flow, priority, quota, pipeline, longjobs; lateness needs enqueue): a quick look at one part. The
     /// report shows the others as not measured. Empty: every section.
     #[arg(long, env = "BENCH_ONLY", default_value = "", value_parser = parse_sections)]
     pub only: Sections,
+    /// Long jobs held in flight at once by one worker (each a minute of timers).
+    #[arg(long, env = "BENCH_LONG_JOBS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(10..=50_000))]
+    pub long_jobs: u32,
     /// Seconds of the end-to-end soak at 70 % of the knee.
     #[arg(long, env = "BENCH_SOAK_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(10..=7200))]
     pub soak_seconds: u64,
@@ -147,9 +150,9 @@ mod tests {
 }
 
 /// The bench's sections, in the order they run.
-pub const SECTIONS: [&str; 10] = [
+pub const SECTIONS: [&str; 11] = [
     "limits", "enqueue", "drain", "storm", "fanin", "lateness", "flow", "priority", "quota",
-    "pipeline",
+    "pipeline", "longjobs",
 ];
 
 /// The sections a run measures (empty: all).

@@ -172,14 +172,28 @@ impl Ctx {
         name: &str,
         concurrency: u16,
     ) -> anyhow::Result<Service> {
+        self.start_worker_with(label, name, concurrency, &[]).await
+    }
+
+    /// [`Ctx::start_worker`] with `extra` variables.
+    pub async fn start_worker_with(
+        &self,
+        label: &str,
+        name: &str,
+        concurrency: u16,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
         let port = free_port()?;
-        let launch = Launch::new(label, self.bin("worker"))
+        let mut launch = Launch::new(label, self.bin("worker"))
             .env("WORKER_LISTEN", format!("127.0.0.1:{port}"))
             .env("AMQP_URL", &self.cfg.amqp_url)
             .env("AMQP_PREFIX", name)
             .env("WORKER_CONCURRENCY", concurrency.to_string())
             .env("RUST_LOG", "warn")
             .env("LOG_FORMAT", "json");
+        for (key, value) in extra {
+            launch = launch.env(key, *value);
+        }
         Service::start(&launch, port, "/readyz", &self.work, &self.http).await
     }
 

@@ -21,6 +21,7 @@ pub mod fanin;
 pub mod flowcost;
 pub mod lateness;
 pub mod limits;
+pub mod longjobs;
 pub mod machine;
 pub mod pg;
 pub mod pipeline;
@@ -158,26 +159,28 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
         sink: Mutex::new(None),
         noisy: Mutex::new(Vec::new()),
     };
-    let only = &cfg.only;
-    let limits = section(only.has("limits"), limits::measure(&ctx)).await?;
-    let enqueue = section(only.has("enqueue"), enqueue::measure(&ctx)).await?;
-    let drain = section(only.has("drain"), drain::measure(&ctx)).await?;
-    let storm = section(only.has("storm"), storm::measure(&ctx)).await?;
-    let fanin = section(only.has("fanin"), fanin::measure(&ctx)).await?;
+    // A section BENCH_ONLY leaves out is reported as not measured.
+    macro_rules! section {
+        ($name:literal, $measure:expr) => {
+            if cfg.only.has($name) {
+                $measure.await?
+            } else {
+                Default::default()
+            }
+        };
+    }
+    let limits = section!("limits", limits::measure(&ctx));
+    let enqueue: enqueue::Found = section!("enqueue", enqueue::measure(&ctx));
+    let drain: drain::Found = section!("drain", drain::measure(&ctx));
+    let storm = section!("storm", storm::measure(&ctx));
+    let fanin = section!("fanin", fanin::measure(&ctx));
     // Under the load of the half-rate open loop: more than api and worker together finish.
-    let lateness = section(
-        only.has("lateness"),
-        lateness::measure(&ctx, enqueue.half.target),
-    )
-    .await?;
-    let flow = section(only.has("flow"), flowcost::measure(&ctx)).await?;
-    let priority = section(only.has("priority"), priority::measure(&ctx)).await?;
-    let quota = section(only.has("quota"), quota::measure(&ctx)).await?;
-    let pipeline = section(
-        only.has("pipeline"),
-        pipeline::measure(&ctx, cfg.soak_seconds),
-    )
-    .await?;
+    let lateness = section!("lateness", lateness::measure(&ctx, enqueue.half.target));
+    let flow = section!("flow", flowcost::measure(&ctx));
+    let priority = section!("priority", priority::measure(&ctx));
+    let quota = section!("quota", quota::measure(&ctx));
+    let pipeline = section!("pipeline", pipeline::measure(&ctx, cfg.soak_seconds));
+    let long_jobs = section!("longjobs", longjobs::measure(&ctx, cfg.long_jobs));
     let mut drain1 = drain.drain1;
     let mut drain16 = drain.drain16;
     drain1.rss.idle = drain.idle_kib;
@@ -210,20 +213,9 @@ pub async fn run(cfg: Config, scratch: Arc<Scratch>) -> anyhow::Result<Results> 
         priority,
         quota,
         pipeline,
+        long_jobs,
         noisy: ctx.noisy.into_inner().expect("not poisoned"),
     })
-}
-
-/// Runs a section's measurement when it is selected (BENCH_ONLY), else reports it unmeasured.
-async fn section<T: Default>(
-    selected: bool,
-    measure: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    if selected {
-        measure.await
-    } else {
-        Ok(T::default())
-    }
 }
 
 /// Writes BENCHMARKS.md and prints the tables.
@@ -236,6 +228,7 @@ pub fn write_report(cfg: &Config, results: &Results) -> anyhow::Result<()> {
         dir.unwrap_or(std::path::Path::new(".")),
         &results.run,
         &results.pipeline,
+        &results.long_jobs,
     )?;
     println!(
         "\n{}\nWritten to {}",

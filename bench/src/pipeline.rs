@@ -101,6 +101,23 @@ pub async fn measure(ctx: &Ctx, soak_seconds: u64) -> anyhow::Result<Pipeline> {
         }
     }
     let knee = knee(&steps);
+    // What the steps' overload left the api holding (memory it does not hand back).
+    let api_rss_after_steps_kib = procfs::kib(api.pid, "VmRSS");
+    drop(conn);
+    worker.stop().await?;
+    api.stop().await?;
+    ctx.pg.wait_disconnected(&name).await?;
+    ctx.scratch.remove(&ctx.pg, &ctx.rabbit, &name).await?;
+
+    // The soak on fresh services and a fresh database: a steady state from a clean start.
+    let name = ctx.scratch.name("e2esoak");
+    ctx.pg.create(&name).await?;
+    let api = ctx.start_api("api_e2esoak", &name, ApiMode::Off).await?;
+    let worker = ctx
+        .start_worker("worker_e2esoak", &name, CONCURRENCY)
+        .await?;
+    let queue = format!("{name}.jobs");
+    let mut conn = ctx.pg.open(&name).await?;
     let soak_rate = (0.7 * knee.unwrap_or(RATES[0])).round();
     let soak = soak(
         ctx,
@@ -120,6 +137,7 @@ pub async fn measure(ctx: &Ctx, soak_seconds: u64) -> anyhow::Result<Pipeline> {
     ctx.pg.wait_disconnected(&name).await?;
     ctx.scratch.remove(&ctx.pg, &ctx.rabbit, &name).await?;
     Ok(Pipeline {
+        api_rss_after_steps_kib,
         seconds,
         concurrency: CONCURRENCY,
         steps,

@@ -295,6 +295,8 @@ pub struct Results {
     pub quota: Quota,
     /// The api and the worker together at rising offered rates, and the soak.
     pub pipeline: Pipeline,
+    /// Thousands of long jobs on one worker.
+    pub long_jobs: LongJobs,
     /// Steps that started on a busy machine, with its idle share.
     pub noisy: Vec<String>,
 }
@@ -348,6 +350,16 @@ pub fn median(xs: &[f64]) -> f64 {
         0 => 0.0,
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The `q` quantile (0..=1) of `xs`, nearest rank; 0 when empty.
+pub fn percentile(xs: &[f64], q: f64) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n => v[((q * n as f64).ceil() as usize).clamp(1, n) - 1],
     }
 }
 
@@ -601,6 +613,8 @@ pub struct Pipeline {
     pub steps: Vec<PipelineStep>,
     /// The highest offered rate that kept up within the accept bound.
     pub knee: Option<f64>,
+    /// The api's VmRSS after the last step (its overload included), KiB.
+    pub api_rss_after_steps_kib: u64,
     /// The soak's offered rate.
     pub soak_rate: f64,
     /// The soak's length.
@@ -625,4 +639,52 @@ impl Pipeline {
             series(|s| s.worker_rss_kib as f64 / 1024.0),
         ]
     }
+}
+
+/// Long jobs at scale on one worker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LongJobs {
+    /// Jobs in flight at once (= the worker's slots).
+    pub jobs: u32,
+    /// Each job's length.
+    pub job_seconds: f64,
+    /// Its steps (a progress event after each).
+    pub steps: u32,
+    /// Seconds to submit them all.
+    pub submit_s: f64,
+    /// Seconds from the last submit until all ran.
+    pub all_running_s: f64,
+    /// The worker's VmRSS before any job, KiB.
+    pub idle_kib: u64,
+    /// Its highest VmRSS seen while they ran, KiB.
+    pub peak_kib: u64,
+    /// Job events per second the api applied while all ran.
+    pub events_per_s: f64,
+    /// No-op submits beside them: accept latency.
+    pub probe: LoadRun,
+    /// Cancel sent → the job recorded `cancelled`, ms.
+    pub cancel_p50_ms: f64,
+    /// The same, 99th percentile.
+    pub cancel_p99_ms: f64,
+    /// Cancels measured.
+    pub cancels: usize,
+    /// SIGTERM → the worker's exit, s.
+    pub exit_s: f64,
+    /// Its SHUTDOWN_GRACE_SECS.
+    pub grace_s: f64,
+    /// Jobs back in the queue with a checkpoint after the exit.
+    pub handed_back: u64,
+    /// Jobs still `running` 30 s after the exit (their hand-back never arrived).
+    pub left_running: u64,
+    /// Final states once a second worker finished the rest.
+    pub succeeded: u64,
+    /// Cancelled ones.
+    pub cancelled: u64,
+    /// Neither (should be 0).
+    pub other: u64,
+    /// Successes both workers counted (`jobstack_jobs_finished_total{outcome="succeeded"}`):
+    /// equal to `succeeded` when no job ran twice to success.
+    pub worker_successes: f64,
+    /// The worker's VmRSS over the run: (seconds since the first submit, KiB).
+    pub rss: Vec<(f64, u64)>,
 }

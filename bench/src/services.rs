@@ -162,12 +162,17 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// The sum over every series of one metric in Prometheus text (`name` or `name{…}`).
 pub fn metric_sum(text: &str, name: &str) -> f64 {
+    metric_sum_where(text, name, "")
+}
+
+/// [`metric_sum`] over the series whose labels contain `label` (e.g. `outcome="succeeded"`).
+pub fn metric_sum_where(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name).then(|| value.parse::<f64>().ok())?
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.contains(label)).then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
@@ -193,5 +198,9 @@ mod tests {
             0.015
         );
         assert_eq!(metric_sum(text, "missing"), 0.0);
+        assert_eq!(
+            metric_sum_where(text, "jobstack_jobs_finished_total", "outcome=\"failed\""),
+            10.0
+        );
     }
 }

@@ -40,8 +40,13 @@ pub const QUOTA_NEIGHBOUR_P99_MAX_RATIO: f64 = 1.5;
 /// The end-to-end knee (api and worker together), jobs/s.
 pub const KNEE_MIN: f64 = 3000.0;
 /// How much a soak's queue depth, outbox depth or RSS may grow per minute and still be flat:
-/// queue and outbox in messages or rows, RSS in MiB.
+/// queue and outbox in messages or rows, RSS in MiB. Shrinking is never a leak.
 pub const SOAK_FLAT_PER_MIN: [f64; 4] = [50.0, 50.0, 1.0, 1.0];
+
+/// One worker's VmRSS with BENCH_LONG_JOBS long jobs in flight, MiB.
+pub const LONG_RSS_MAX_MIB: f64 = 200.0;
+/// Cancel sent → job stopped, p99, while every long job runs, ms.
+pub const LONG_CANCEL_P99_MAX_MS: f64 = 1000.0;
 
 /// How a figure compares with its target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,7 +204,10 @@ pub fn targets(r: &Results) -> Vec<Target> {
         quota_target(&r.quota),
         knee_target(&r.pipeline),
         soak_target(&r.pipeline),
-        Target {
+    ]
+    .into_iter()
+    .chain(long_targets(&r.long_jobs))
+    .chain([Target {
             goal: format!(
                 "exemplars cost ≤ {EXEMPLARS_MAX_COST_PCT:.0} % of enqueue throughput (telemetry on)"
             ),
@@ -220,6 +228,71 @@ pub fn targets(r: &Results) -> Vec<Target> {
                 None => Verdict::Inconclusive("no exemplars-off figure"),
                 Some(c) => Verdict::of(c <= EXEMPLARS_MAX_COST_PCT),
             },
+        }])
+    .collect()
+}
+
+/// Long jobs: the worker's RSS, accept latency beside their progress, cancel latency, and the
+/// shutdown that hands every unfinished one back with none lost and none run twice.
+fn long_targets(l: &crate::results::LongJobs) -> Vec<Target> {
+    let measured = l.jobs > 0;
+    let judge = |ok: bool| {
+        if measured {
+            Verdict::of(ok)
+        } else {
+            Verdict::Inconclusive("not measured")
+        }
+    };
+    let rss = mib(l.peak_kib);
+    let total = l.succeeded + l.cancelled + l.other;
+    vec![
+        Target {
+            goal: format!(
+                "{} long jobs in flight on one worker: RSS ≤ {LONG_RSS_MAX_MIB:.0} MiB",
+                l.jobs
+            ),
+            measured: format!("{rss:.1} MiB (idle {:.1} MiB)", mib(l.idle_kib)),
+            verdict: judge(rss <= LONG_RSS_MAX_MIB),
+        },
+        Target {
+            goal: format!(
+                "accept p99 ≤ {HALF_RATE_P99_MAX_MS:.0} ms beside their progress events"
+            ),
+            measured: format!(
+                "{:.1} ms at {:.0}/s beside {:.0} events/s",
+                l.probe.p99_ms, l.probe.rate, l.events_per_s
+            ),
+            verdict: judge(l.probe.p99_ms <= HALF_RATE_P99_MAX_MS && l.probe.failed == 0),
+        },
+        Target {
+            goal: format!(
+                "cancel → stopped p99 ≤ {LONG_CANCEL_P99_MAX_MS:.0} ms while all run"
+            ),
+            measured: format!(
+                "p50/p99 {:.0} / {:.0} ms over {} cancels",
+                l.cancel_p50_ms, l.cancel_p99_ms, l.cancels
+            ),
+            verdict: judge(l.cancel_p99_ms <= LONG_CANCEL_P99_MAX_MS && l.cancels > 0),
+        },
+        Target {
+            goal: "SIGTERM hands every unfinished job back within the grace period; none lost, none run twice to success".into(),
+            measured: format!(
+                "exit after {:.1} s (grace {:.0} s), {} handed back, {} left running; then {} succeeded + {} cancelled of {total}, {} neither; successes the workers counted: {:.0}",
+                l.exit_s,
+                l.grace_s,
+                l.handed_back,
+                l.left_running,
+                l.succeeded,
+                l.cancelled,
+                l.other,
+                l.worker_successes
+            ),
+            verdict: judge(
+                l.exit_s <= l.grace_s
+                    && l.left_running == 0
+                    && l.other == 0
+                    && (l.worker_successes - l.succeeded as f64).abs() < 0.5,
+            ),
         },
     ]
 }
@@ -251,10 +324,10 @@ fn soak_target(p: &crate::results::Pipeline) -> Target {
     let flat = slopes
         .iter()
         .zip(SOAK_FLAT_PER_MIN)
-        .all(|(s, max)| s.abs() <= max);
+        .all(|(s, max)| *s <= max);
     Target {
         goal: format!(
-            "soak at 70 % of the knee: queue, outbox (±{:.0}/min) and RSS (±{:.0} MiB/min) flat",
+            "soak at 70 % of the knee: queue, outbox (≤ +{:.0}/min) and RSS (≤ +{:.0} MiB/min) flat",
             SOAK_FLAT_PER_MIN[0], SOAK_FLAT_PER_MIN[2]
         ),
         measured: format!(
@@ -426,6 +499,10 @@ mod tests {
                 "inconclusive: no quota run measured",
                 "inconclusive: not measured",
                 "inconclusive: fewer than three samples",
+                "inconclusive: not measured",
+                "inconclusive: not measured",
+                "inconclusive: not measured",
+                "inconclusive: not measured",
                 "inconclusive: no exemplars-off figure"
             ]
         );
@@ -465,11 +542,70 @@ mod tests {
             .map(|i| sample(f64::from(i) * 10.0, 4 + 17 * i as u64, 30))
             .collect();
         assert_eq!(soak_target(&p).verdict, Verdict::Missed);
-        // The api grows by 3 MiB a minute: not flat either.
+        // The queue drains by 100 a minute: shrinking is not a leak.
+        p.soak = (0..6)
+            .map(|i| sample(f64::from(i) * 10.0, 90 - 17 * i as u64, 30))
+            .collect();
+        assert_eq!(soak_target(&p).verdict, Verdict::Met);
+        // The api grows by 3 MiB a minute: not flat.
         p.soak = (0..6)
             .map(|i| sample(f64::from(i) * 10.0, 4, 30 + i as u64 / 2))
             .collect();
         assert_eq!(soak_target(&p).verdict, Verdict::Missed);
+    }
+
+    #[test]
+    fn long_jobs_are_judged_on_rss_latency_cancels_and_a_clean_shutdown() {
+        use crate::results::{LoadRun, LongJobs};
+        let good = LongJobs {
+            jobs: 10_000,
+            peak_kib: 150 * 1024,
+            probe: LoadRun {
+                rate: 100.0,
+                p99_ms: 12.0,
+                ..LoadRun::default()
+            },
+            cancel_p99_ms: 300.0,
+            cancels: 200,
+            exit_s: 4.0,
+            grace_s: 25.0,
+            handed_back: 9800,
+            succeeded: 9800,
+            cancelled: 200,
+            worker_successes: 9800.0,
+            ..LongJobs::default()
+        };
+        let verdicts = |l: &LongJobs| -> Vec<Verdict> {
+            long_targets(l).into_iter().map(|t| t.verdict).collect()
+        };
+        assert_eq!(verdicts(&good), vec![Verdict::Met; 4]);
+        let twice = LongJobs {
+            worker_successes: 9801.0,
+            ..good.clone()
+        };
+        assert_eq!(
+            verdicts(&twice)[3],
+            Verdict::Missed,
+            "a job ran twice to success"
+        );
+        let stuck = LongJobs {
+            left_running: 3,
+            ..good.clone()
+        };
+        assert_eq!(
+            verdicts(&stuck)[3],
+            Verdict::Missed,
+            "a hand-back never arrived"
+        );
+        let fat = LongJobs {
+            peak_kib: 300 * 1024,
+            cancel_p99_ms: 1500.0,
+            ..good
+        };
+        assert_eq!(
+            verdicts(&fat)[..3],
+            [Verdict::Missed, Verdict::Met, Verdict::Missed]
+        );
     }
 
     #[test]

@@ -6,15 +6,20 @@ use std::path::Path;
 use anyhow::Context as _;
 use plotters::prelude::*;
 
-use crate::results::{Pipeline, SoakSample};
+use crate::results::{LongJobs, Pipeline, SoakSample};
 
 const SIZE: (u32, u32) = (900, 520);
 
 /// A line of the soak chart: its label, colour and the value it reads off each sample.
 type Line<T> = (&'static str, RGBColor, fn(&SoakSample) -> T);
 
-/// Writes the charts of `p` into `dir` (the report's folder); `run` names the run in each title.
-pub fn write(dir: &Path, run: &str, p: &Pipeline) -> anyhow::Result<()> {
+/// Writes the charts of `p` and `long` into `dir` (the report's folder); `run` names the run in
+/// each title.
+pub fn write(dir: &Path, run: &str, p: &Pipeline, long: &LongJobs) -> anyhow::Result<()> {
+    if !long.rss.is_empty() {
+        let path = dir.join(super::pipeline::LONG_CHART);
+        long_rss(&path, run, long).with_context(|| path.display().to_string())?;
+    }
     if !p.steps.is_empty() {
         let path = dir.join(super::pipeline::LATENCY_CHART);
         latency(&path, run, p).with_context(|| path.display().to_string())?;
@@ -192,6 +197,46 @@ fn soak(path: &Path, run: &str, p: &Pipeline) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn long_rss(path: &Path, run: &str, l: &LongJobs) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let x_max = l.rss.iter().map(|s| s.0).fold(1.0, f64::max);
+    let y_max = l.rss.iter().map(|s| s.1).fold(1, u64::max) as f64 / 1024.0 * 1.2;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "worker RSS, {} jobs of {:.0} s in flight, run {run}",
+                l.jobs, l.job_seconds
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since the first submit")
+        .y_desc("MiB")
+        .draw()?;
+    let color = RGBColor(200, 60, 20);
+    chart
+        .draw_series(LineSeries::new(
+            l.rss.iter().map(|(t, k)| (*t, *k as f64 / 1024.0)),
+            color.stroke_width(2),
+        ))?
+        .label("worker VmRSS")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,7 +272,15 @@ mod tests {
         };
         let dir = std::env::temp_dir().join(format!("jobstack-charts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        write(&dir, "r-test", &p).unwrap();
+        let long = LongJobs {
+            jobs: 100,
+            job_seconds: 60.0,
+            rss: vec![(0.0, 9000), (1.0, 20_000), (2.0, 21_000)],
+            ..Default::default()
+        };
+        write(&dir, "r-test", &p, &long).unwrap();
+        let rss = std::fs::read_to_string(dir.join(super::super::pipeline::LONG_CHART)).unwrap();
+        assert!(rss.contains("run r-test") && rss.contains("100 jobs"));
         let latency =
             std::fs::read_to_string(dir.join(super::super::pipeline::LATENCY_CHART)).unwrap();
         assert!(latency.starts_with("<svg"), "{}", &latency[..40]);

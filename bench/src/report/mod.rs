@@ -49,9 +49,10 @@ pub fn document(r: &Results, written_at: &str) -> String {
     );
     let _ = write!(
         out,
-        "## Results\n\n{}\n## End to end\n\n{}\n## Targets\n\n{}\n## Where the CPU went\n\n{}\n",
+        "## Results\n\n{}\n## End to end\n\n{}\n## Long jobs at scale\n\n{}\n## Targets\n\n{}\n## Where the CPU went\n\n{}\n",
         results_table(r),
         pipeline::text(&r.pipeline),
+        pipeline::long_jobs(&r.long_jobs),
         targets_table(r),
         cpu_table(r)
     );

@@ -10,6 +10,8 @@ use crate::results::Pipeline;
 pub const LATENCY_CHART: &str = "bench-e2e-latency.svg";
 /// The soak's chart.
 pub const SOAK_CHART: &str = "bench-e2e-soak.svg";
+/// The long jobs' RSS chart.
+pub const LONG_CHART: &str = "bench-long-jobs-rss.svg";
 
 pub(super) fn text(p: &Pipeline) -> String {
     let mut out = String::new();
@@ -63,13 +65,19 @@ pub(super) fn text(p: &Pipeline) -> String {
         p.knee
             .map_or("none of the steps".into(), |k| format!("{k:.0} jobs/s"))
     );
+    let _ = writeln!(
+        out,
+        "The api's RSS after the last step: {:.1} MiB (what its overload left it holding).\n",
+        p.api_rss_after_steps_kib as f64 / 1024.0
+    );
     let _ = writeln!(out, "![latency against offered rate]({LATENCY_CHART})\n");
     if !p.soak.is_empty() {
         let s = p.soak_slopes();
         let last = p.soak.last().expect("not empty");
         let _ = writeln!(
             out,
-            "Soak: {:.0}/s offered for {}s, sampled every 10 s. Least-squares slope per minute: \
+            "Soak, on a fresh api, worker and database: {:.0}/s offered for {}s, sampled every \
+             10 s. Least-squares slope per minute: \
              queue ready {:+.1}, outbox {:+.1}, api RSS {:+.2} MiB, worker RSS {:+.2} MiB; at the \
              end: queue {}, outbox {}, api RSS {:.1} MiB, worker RSS {:.1} MiB.\n",
             p.soak_rate,
@@ -85,5 +93,55 @@ pub(super) fn text(p: &Pipeline) -> String {
         );
         let _ = writeln!(out, "![the soak over time]({SOAK_CHART})\n");
     }
+    out
+}
+
+/// The long-jobs section.
+pub(super) fn long_jobs(l: &crate::results::LongJobs) -> String {
+    if l.jobs == 0 {
+        return "Not measured in this run.\n".into();
+    }
+    let mib = |k: u64| k as f64 / 1024.0;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} `sleep` jobs of {:.0} s in {} steps (a timer and a progress event every {:.0} s) on one \
+         worker with {} slots (`WORKER_CONCURRENCY`). Submitted in {:.1} s; all running {:.1} s \
+         later. Worker RSS {:.1} MiB idle, {:.1} MiB at most with all of them in flight ({:.1} KiB \
+         per job). The api applied {:.0} job events/s meanwhile, and accepted {:.0} no-op submits/s \
+         beside them at p50/p99 {:.1} / {:.1} ms ({} not accepted). {} cancels while all ran: \
+         cancel sent → `cancelled` recorded p50/p99 {:.0} / {:.0} ms. SIGTERM with all in \
+         flight: the worker exited after {:.1} s (grace {:.0} s), {} jobs back in the queue with \
+         their checkpoint, {} left running; a second worker then finished the rest: {} \
+         succeeded, {} cancelled, {} in any other state; the two workers counted {:.0} \
+         successes.\n",
+        l.jobs,
+        l.job_seconds,
+        l.steps,
+        l.job_seconds / f64::from(l.steps.max(1)),
+        l.jobs,
+        l.submit_s,
+        l.all_running_s,
+        mib(l.idle_kib),
+        mib(l.peak_kib),
+        (l.peak_kib.saturating_sub(l.idle_kib)) as f64 / f64::from(l.jobs),
+        l.events_per_s,
+        l.probe.rate,
+        l.probe.p50_ms,
+        l.probe.p99_ms,
+        l.probe.failed,
+        l.cancels,
+        l.cancel_p50_ms,
+        l.cancel_p99_ms,
+        l.exit_s,
+        l.grace_s,
+        l.handed_back,
+        l.left_running,
+        l.succeeded,
+        l.cancelled,
+        l.other,
+        l.worker_successes,
+    );
+    let _ = writeln!(out, "![worker RSS over the long-jobs run]({LONG_CHART})\n");
     out
 }
