@@ -108,7 +108,7 @@ pub(super) fn long_jobs(l: &crate::results::LongJobs) -> String {
         "{} `sleep` jobs of {:.0} s in {} steps (a timer and a progress event every {:.0} s) on one \
          worker with {} slots (`WORKER_CONCURRENCY`). Submitted in {:.1} s; all running {:.1} s \
          later. Worker RSS {:.1} MiB idle, {:.1} MiB at most with all of them in flight ({:.1} KiB \
-         per job). The api applied {:.0} job events/s meanwhile, and accepted {:.0} no-op submits/s \
+         per job). The api applied {:.0} job events/s (progress, checkpoints) meanwhile, and accepted {:.0} no-op submits/s \
          beside them at p50/p99 {:.1} / {:.1} ms ({} not accepted). {} cancels while all ran: \
          cancel sent → `cancelled` recorded p50/p99 {:.0} / {:.0} ms. SIGTERM with all in \
          flight: the worker exited after {:.1} s (grace {:.0} s), {} jobs back in the queue with \

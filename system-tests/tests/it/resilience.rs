@@ -363,3 +363,109 @@ async fn postgres_killing_the_apis_sessions_mid_request_is_a_503_with_retry_afte
     }
     app.stop().await;
 }
+
+/// Under a steady stream of submits, the api restarts twice, one worker is killed and another
+/// stopped: every job the api accepted ends `succeeded` exactly once in PostgreSQL (one applied
+/// success each, a first generation), a retried submit (same Idempotency-Key, after a refused
+/// connection) never makes a second job, and jobs cancelled mid-stream end cancelled, never
+/// succeeded.
+#[tokio::test]
+async fn restarts_of_both_services_under_load_lose_nothing_and_finish_nothing_twice() {
+    use std::sync::{Arc, RwLock};
+    let mut app = TestApp::with(Options {
+        lease: Duration::from_secs(3),
+        concurrency: 16,
+        ..Default::default()
+    })
+    .await;
+    // Long enough to be running when cancelled, cancelled before the restarts.
+    let mut cancelled = Vec::new();
+    for _ in 0..5 {
+        cancelled.push(
+            app.create("sleep", json!({"duration_ms": 20_000, "steps": 40}))
+                .await,
+        );
+    }
+    let url = Arc::new(RwLock::new(app.url.clone()));
+    let load = {
+        let (http, url) = (app.http.clone(), url.clone());
+        tokio::spawn(async move {
+            let (mut accepted, mut retried) = (Vec::new(), 0);
+            for i in 0..400 {
+                let body = json!({"kind": "sleep", "payload": {"duration_ms": 20, "steps": 2}});
+                let id = loop {
+                    let base = url.read().unwrap().clone();
+                    let res = http
+                        .post(format!("{base}/jobs"))
+                        .header("idempotency-key", format!("load-{i}"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    if let Ok(res) = res
+                        && matches!(res.status().as_u16(), 200 | 202)
+                    {
+                        let job: serde_json::Value = res.json().await.unwrap();
+                        break job["id"].as_str().unwrap().to_owned();
+                    }
+                    // Down or restarting: the same request again, under the same key.
+                    retried += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                accepted.push(id);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (accepted, retried)
+        })
+    };
+    for id in &cancelled {
+        app.wait_for(id, Duration::from_secs(30), |j| j["status"] == "running")
+            .await;
+        assert_eq!(app.cancel(id).await.0, StatusCode::ACCEPTED);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    app.restart_api().await;
+    *url.write().unwrap() = app.url.clone();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    app.kill_worker();
+    app.start_worker().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    app.stop_worker().await;
+    app.start_worker().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    app.restart_api().await;
+    *url.write().unwrap() = app.url.clone();
+    let (accepted, retried) = load.await.unwrap();
+    assert!(retried > 0, "the restarts happened while the load ran");
+
+    let mut ids = accepted.clone();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 400, "one job per Idempotency-Key");
+    for id in &accepted {
+        let job = app.wait_final(id, Duration::from_secs(90)).await;
+        assert_eq!(
+            (job["status"].clone(), job["generation"].clone()),
+            (json!("succeeded"), json!(0)),
+            "{job}"
+        );
+    }
+    for id in &cancelled {
+        let job = app.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(job["status"], "cancelled", "{job}");
+    }
+    assert_eq!(
+        app.count_jobs().await,
+        405,
+        "nothing but the accepted jobs exists"
+    );
+    // Each accepted job's success applied exactly once; no cancelled job's at all.
+    assert_eq!(
+        app.metric_sum(
+            "jobstack_job_events_total",
+            r#"event="succeeded",result="applied""#
+        )
+        .await,
+        400.0
+    );
+    app.stop().await;
+}
