@@ -80,7 +80,7 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Found> {
 
 /// The OTLP sink the telemetry-on apis export to: answers 200 at once and counts spans, so the
 /// api pays the full cost of exporting without a collector's CPU in the way.
-async fn start_sink(ctx: &Ctx) -> anyhow::Result<Service> {
+pub(crate) async fn start_sink(ctx: &Ctx) -> anyhow::Result<Service> {
     let port = free_port()?;
     let mut launch = Launch::new("otlp-sink", ctx.bin("otlp-sink"));
     launch.args = vec!["--listen".into(), format!("127.0.0.1:{port}")];

@@ -14,7 +14,7 @@ use crate::results::{FlowCost, FlowRun};
 /// The worker's concurrency (the bench's drain figure uses the same).
 const CONCURRENCY: u16 = 16;
 /// Requests in flight from loadgen.
-const IN_FLIGHT: &str = "64";
+pub(crate) const IN_FLIGHT: &str = "64";
 
 /// One mechanism: its label, the api's `JOB_LIMITS`, loadgen's extra arguments.
 struct Mode {
@@ -79,33 +79,64 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<FlowCost> {
 
 /// One run of `mode`.
 async fn measure_one(ctx: &Ctx, i: usize, mode: &Mode, round: u32) -> anyhow::Result<FlowRun> {
-    let name = ctx.scratch.name(&format!("flow{i}_{round}"));
-    ctx.pg.create(&name).await?;
     let env: Vec<(&str, &str)> = if mode.limits.is_empty() {
         Vec::new()
     } else {
         vec![("JOB_LIMITS", mode.limits)]
     };
+    let run = closed_end_to_end(
+        ctx,
+        &format!("flow{i}"),
+        round,
+        ApiMode::Off,
+        &env,
+        &[],
+        mode.args,
+    )
+    .await?;
+    crate::log(&format!(
+        "  {} (round {round}): {:.0} accepted/s, {:.0} finished/s end to end",
+        mode.label, run.accepted, run.finished
+    ));
+    Ok(FlowRun {
+        label: mode.label.to_owned(),
+        ..run
+    })
+}
+
+/// A closed loop of IN_FLIGHT no-op submits for BENCH_SECONDS through a fresh api (`mode`,
+/// `api_env`) and worker (`worker_env`) on a fresh database; `finished` is every accepted job's
+/// end over the span from the first accept to the last end.
+pub(crate) async fn closed_end_to_end(
+    ctx: &Ctx,
+    label: &str,
+    round: u32,
+    mode: ApiMode,
+    api_env: &[(&str, &str)],
+    worker_env: &[(&str, &str)],
+    load_args: &[&str],
+) -> anyhow::Result<FlowRun> {
+    let name = ctx.scratch.name(&format!("{label}_{round}"));
+    ctx.pg.create(&name).await?;
     let api = ctx
-        .start_api_with(&format!("api_flow{i}"), &name, ApiMode::Off, &env)
+        .start_api_with(&format!("api_{label}"), &name, mode, api_env)
         .await?;
     let worker = ctx
-        .start_worker(&format!("worker_flow{i}"), &name, CONCURRENCY)
+        .start_worker_with(&format!("worker_{label}"), &name, CONCURRENCY, worker_env)
         .await?;
-    ctx.quiet(&format!("flow control: {} (round {round})", mode.label))
-        .await;
+    ctx.quiet(&format!("{label} (round {round})")).await;
     let mut conn = ctx.pg.open(&name).await?;
     let seconds = ctx.cfg.seconds;
     let args: Vec<String> = ["--rate", "max", "--max-in-flight", IN_FLIGHT, "--duration"]
         .iter()
         .map(|s| (*s).to_owned())
         .chain([format!("{seconds}s")])
-        .chain(mode.args.iter().map(|s| (*s).to_owned()))
+        .chain(load_args.iter().map(|s| (*s).to_owned()))
         .collect();
     let load = ctx
         .loadgen(
             &api,
-            &format!("load_flow{i}"),
+            &format!("load_{label}"),
             &args,
             Duration::from_secs(seconds + 60),
         )
@@ -115,7 +146,7 @@ async fn measure_one(ctx: &Ctx, i: usize, mode: &Mode, round: u32) -> anyhow::Re
         &mut conn,
         DateTime::UNIX_EPOCH,
         Duration::from_secs(120),
-        mode.label,
+        label,
     )
     .await?;
     let (jobs, span): (i64, Option<f64>) = sqlx::query_as(
@@ -125,17 +156,13 @@ async fn measure_one(ctx: &Ctx, i: usize, mode: &Mode, round: u32) -> anyhow::Re
     .fetch_one(&mut conn)
     .await?;
     let finished = span.filter(|s| *s > 0.0).map_or(0.0, |s| jobs as f64 / s);
-    crate::log(&format!(
-        "  {} (round {round}): {:.0} accepted/s, {finished:.0} finished/s end to end",
-        mode.label, load.achieved_rate
-    ));
     drop(conn);
     worker.stop().await?;
     api.stop().await?;
     ctx.pg.wait_disconnected(&name).await?;
     ctx.scratch.remove(&ctx.pg, &ctx.rabbit, &name).await?;
     Ok(FlowRun {
-        label: mode.label.to_owned(),
+        label: label.to_owned(),
         accepted: load.achieved_rate,
         finished,
         p99_ms: load.latency_ms.p99,

@@ -32,6 +32,7 @@ const SAMPLE: Duration = Duration::from_secs(10);
 
 /// The steps, the knee, the soak.
 pub async fn measure(ctx: &Ctx, soak_seconds: u64) -> anyhow::Result<Pipeline> {
+    let (telemetry_off, telemetry_on) = telemetry(ctx).await?;
     let name = ctx.scratch.name("e2e");
     ctx.pg.create(&name).await?;
     let api = ctx.start_api("api_e2e", &name, ApiMode::Off).await?;
@@ -137,6 +138,8 @@ pub async fn measure(ctx: &Ctx, soak_seconds: u64) -> anyhow::Result<Pipeline> {
     ctx.pg.wait_disconnected(&name).await?;
     ctx.scratch.remove(&ctx.pg, &ctx.rabbit, &name).await?;
     Ok(Pipeline {
+        telemetry_off,
+        telemetry_on,
         api_rss_after_steps_kib,
         seconds,
         concurrency: CONCURRENCY,
@@ -146,6 +149,45 @@ pub async fn measure(ctx: &Ctx, soak_seconds: u64) -> anyhow::Result<Pipeline> {
         soak_seconds,
         soak,
     })
+}
+
+/// Full telemetry's cost end to end: the closed loop of the flow-control figures (api and worker
+/// together) with telemetry off, and on (both services exporting every span over OTLP to the
+/// sink, JSON logs at info), alternating, BENCH_ROUNDS each: finished/s of each round.
+pub async fn telemetry(ctx: &Ctx) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let sink = crate::enqueue::start_sink(ctx).await?;
+    let endpoint = sink.url.clone();
+    let worker_env = [
+        ("RUST_LOG", "info"),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+    ];
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 1..=ctx.cfg.rounds {
+        let run =
+            crate::flowcost::closed_end_to_end(ctx, "e2e_off", round, ApiMode::Off, &[], &[], &[])
+                .await?;
+        off.push(run.finished);
+        let run = crate::flowcost::closed_end_to_end(
+            ctx,
+            "e2e_on",
+            round,
+            ApiMode::On,
+            &[],
+            &worker_env,
+            &[],
+        )
+        .await?;
+        on.push(run.finished);
+        crate::log(&format!(
+            "  end to end, closed loop (round {round}): {:.0} finished/s telemetry off, {:.0} on",
+            off[off.len() - 1],
+            on[on.len() - 1]
+        ));
+    }
+    sink.stop().await?;
+    Ok((off, on))
 }
 
 /// The highest offered rate whose step kept up (finished ≥ KEEPS_UP of accepted), refused

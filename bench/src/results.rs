@@ -615,6 +615,10 @@ pub struct Pipeline {
     pub knee: Option<f64>,
     /// The api's VmRSS after the last step (its overload included), KiB.
     pub api_rss_after_steps_kib: u64,
+    /// Closed loop end to end, finished/s of each round, telemetry off.
+    pub telemetry_off: Vec<f64>,
+    /// The same, full telemetry on both services.
+    pub telemetry_on: Vec<f64>,
     /// The soak's offered rate.
     pub soak_rate: f64,
     /// The soak's length.

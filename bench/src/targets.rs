@@ -204,6 +204,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
         quota_target(&r.quota),
         knee_target(&r.pipeline),
         soak_target(&r.pipeline),
+        e2e_telemetry_target(&r.pipeline),
     ]
     .into_iter()
     .chain(long_targets(&r.long_jobs))
@@ -314,6 +315,30 @@ fn knee_target(p: &crate::results::Pipeline) -> Target {
             _ if p.steps.is_empty() => Verdict::Inconclusive("not measured"),
             Some(k) => Verdict::of(k >= KNEE_MIN),
             None => Verdict::Missed,
+        },
+    }
+}
+
+/// Full telemetry on both services costs at most TELEMETRY_MAX_COST_PCT of end-to-end throughput
+/// (best round against best round).
+fn e2e_telemetry_target(p: &crate::results::Pipeline) -> Target {
+    let best = |xs: &[f64]| xs.iter().copied().fold(0.0, f64::max);
+    let (off, on) = (best(&p.telemetry_off), best(&p.telemetry_on));
+    let cost = telemetry_cost_pct(on, off);
+    Target {
+        goal: format!(
+            "full telemetry (both services, OTLP 100 %, logs at info) costs ≤ {TELEMETRY_MAX_COST_PCT:.0} % of end-to-end throughput"
+        ),
+        measured: match cost {
+            Some(c) => format!("{c:.1} % ({on:.0} vs {off:.0} finished/s, best of each)"),
+            None => "not measured".into(),
+        },
+        verdict: match cost {
+            None => Verdict::Inconclusive("not measured"),
+            Some(c) if c < 0.0 => {
+                Verdict::Inconclusive("on ran faster than off, the noise exceeds the cost")
+            }
+            Some(c) => Verdict::of(c <= TELEMETRY_MAX_COST_PCT),
         },
     }
 }
@@ -499,6 +524,7 @@ mod tests {
                 "inconclusive: no quota run measured",
                 "inconclusive: not measured",
                 "inconclusive: fewer than three samples",
+                "inconclusive: not measured",
                 "inconclusive: not measured",
                 "inconclusive: not measured",
                 "inconclusive: not measured",

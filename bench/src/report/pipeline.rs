@@ -70,6 +70,23 @@ pub(super) fn text(p: &Pipeline) -> String {
         "The api's RSS after the last step: {:.1} MiB (what its overload left it holding).\n",
         p.api_rss_after_steps_kib as f64 / 1024.0
     );
+    if !p.telemetry_off.is_empty() {
+        let list = |xs: &[f64]| {
+            xs.iter()
+                .map(|x| format!("{x:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "Closed loop ({} in flight, as the flow-control figures) through api and worker, \
+             finished/s per round: telemetry off {}; full telemetry on both services (every span \
+             exported over OTLP to a local sink, JSON logs at info) {}.\n",
+            crate::flowcost::IN_FLIGHT,
+            list(&p.telemetry_off),
+            list(&p.telemetry_on)
+        );
+    }
     let _ = writeln!(out, "![latency against offered rate]({LATENCY_CHART})\n");
     if !p.soak.is_empty() {
         let s = p.soak_slopes();
