@@ -104,14 +104,6 @@ pub async fn measure(ctx: &Ctx, jobs: u32) -> anyhow::Result<LongJobs> {
 
     // SIGTERM while they run: every unfinished job handed back within the grace period, with
     // its checkpoint; the api has applied every hand-back once nothing is left running.
-    let succeeded_here = |text: &str| {
-        metric_sum_where(
-            text,
-            "jobstack_jobs_finished_total",
-            "outcome=\"succeeded\"",
-        )
-    };
-    let finished_first = succeeded_here(&worker.metrics(&ctx.http).await?);
     let rss = rss.stop().await;
     let signalled = Instant::now();
     worker.stop().await?;
@@ -147,7 +139,17 @@ pub async fn measure(ctx: &Ctx, jobs: u32) -> anyhow::Result<LongJobs> {
         "long jobs after the restart",
     )
     .await?;
-    let finished_second = succeeded_here(&second.metrics(&ctx.http).await?);
+    // Every success any worker reported reached the api, which ran throughout: one applied per
+    // job, and an ignored one for a job that had already succeeded (a second run to success).
+    let api_metrics = api.metrics(&ctx.http).await?;
+    let reported = |result: &str| {
+        metric_sum_where(
+            &api_metrics,
+            "jobstack_job_events_total",
+            &format!("event=\"succeeded\",result=\"{result}\""),
+        )
+    };
+    let (applied, ignored) = (reported("applied"), reported("ignored"));
     let (succeeded, cancelled, other): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'cancelled'), \
                 count(*) FILTER (WHERE status NOT IN ('succeeded', 'cancelled')) FROM jobs",
@@ -158,6 +160,16 @@ pub async fn measure(ctx: &Ctx, jobs: u32) -> anyhow::Result<LongJobs> {
     second.stop().await?;
     api.stop().await?;
     ctx.pg.wait_disconnected(&name).await?;
+    // Every update of a job row over the whole run (events, hand-backs, cancels), and how many
+    // were heap-only: no index touched.
+    let [_, updates, hot, _] = ctx
+        .pg
+        .counters(&name)
+        .await?
+        .tables
+        .get("jobs")
+        .copied()
+        .unwrap_or_default();
     ctx.scratch.remove(&ctx.pg, &ctx.rabbit, &name).await?;
     let result = LongJobs {
         jobs,
@@ -179,11 +191,13 @@ pub async fn measure(ctx: &Ctx, jobs: u32) -> anyhow::Result<LongJobs> {
         succeeded: succeeded.max(0) as u64,
         cancelled: cancelled.max(0) as u64,
         other: other.max(0) as u64,
-        worker_successes: finished_first + finished_second,
+        worker_successes: applied + ignored,
         rss,
+        job_updates: updates.max(0) as u64,
+        job_hot_updates: hot.max(0) as u64,
     };
     crate::log(&format!(
-        "  worker RSS idle {:.1} MiB, peak {:.1} MiB; {:.0} events/s absorbed; probe accept p99 {:.1} ms; cancel p50/p99 {:.0} / {:.0} ms; {} succeeded, {} cancelled, {} neither; the workers counted {} finished",
+        "  worker RSS idle {:.1} MiB, peak {:.1} MiB; {:.0} events/s absorbed; probe accept p99 {:.1} ms; cancel p50/p99 {:.0} / {:.0} ms; {} succeeded, {} cancelled, {} neither; the workers reported {} successes",
         idle_kib as f64 / 1024.0,
         peak_kib as f64 / 1024.0,
         events_per_s,

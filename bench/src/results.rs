@@ -686,9 +686,13 @@ pub struct LongJobs {
     pub cancelled: u64,
     /// Neither (should be 0).
     pub other: u64,
-    /// Successes both workers counted (`jobstack_jobs_finished_total{outcome="succeeded"}`):
-    /// equal to `succeeded` when no job ran twice to success.
+    /// Successes the workers reported to the api (`jobstack_job_events_total{event="succeeded"}`,
+    /// applied or ignored): equal to `succeeded` when no job ran twice to success.
     pub worker_successes: f64,
     /// The worker's VmRSS over the run: (seconds since the first submit, KiB).
     pub rss: Vec<(f64, u64)>,
+    /// Updates of job rows over the run (pg_stat_user_tables).
+    pub job_updates: u64,
+    /// Of those, heap-only (HOT).
+    pub job_hot_updates: u64,
 }

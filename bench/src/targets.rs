@@ -278,7 +278,7 @@ fn long_targets(l: &crate::results::LongJobs) -> Vec<Target> {
         Target {
             goal: "SIGTERM hands every unfinished job back within the grace period; none lost, none run twice to success".into(),
             measured: format!(
-                "exit after {:.1} s (grace {:.0} s), {} handed back, {} left running; then {} succeeded + {} cancelled of {total}, {} neither; successes the workers counted: {:.0}",
+                "exit after {:.1} s (grace {:.0} s), {} handed back, {} left running; then {} succeeded + {} cancelled of {total}, {} neither; successes the workers reported: {:.0}",
                 l.exit_s,
                 l.grace_s,
                 l.handed_back,

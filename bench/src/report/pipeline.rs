@@ -130,8 +130,9 @@ pub(super) fn long_jobs(l: &crate::results::LongJobs) -> String {
          cancel sent → `cancelled` recorded p50/p99 {:.0} / {:.0} ms. SIGTERM with all in \
          flight: the worker exited after {:.1} s (grace {:.0} s), {} jobs back in the queue with \
          their checkpoint, {} left running; a second worker then finished the rest: {} \
-         succeeded, {} cancelled, {} in any other state; the two workers counted {:.0} \
-         successes.\n",
+         succeeded, {} cancelled, {} in any other state; the workers reported {:.0} \
+         successes to the api. PostgreSQL updated job rows {} times over the run ({:.1} per job), {:.0} % \
+         of them heap-only (HOT: no index touched).\n",
         l.jobs,
         l.job_seconds,
         l.steps,
@@ -158,6 +159,9 @@ pub(super) fn long_jobs(l: &crate::results::LongJobs) -> String {
         l.cancelled,
         l.other,
         l.worker_successes,
+        l.job_updates,
+        l.job_updates as f64 / f64::from(l.jobs),
+        100.0 * l.job_hot_updates as f64 / (l.job_updates.max(1)) as f64,
     );
     let _ = writeln!(out, "![worker RSS over the long-jobs run]({LONG_CHART})\n");
     out
