@@ -26,6 +26,9 @@ LEAN = [
     ("drop", "bench"),
     ("drop", "loadgen"),
     ("drop", "BENCHMARKS.md"),
+    ("drop", "bench-e2e-latency.svg"),
+    ("drop", "bench-e2e-soak.svg"),
+    ("drop", "bench-long-jobs-rss.svg"),
     # The story drives load with loadgen.
     ("drop", "tools/demo-story.sh"),
     ("cut", "Makefile", ".PHONY: demo-story", ".PHONY: load"),
