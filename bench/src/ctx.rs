@@ -91,6 +91,23 @@ pub struct Latency {
     pub p99: f64,
 }
 
+/// loadgen's arguments for an open loop: `rate` submits a second (or `max`: as fast as
+/// `in_flight` open requests allow) for `seconds`.
+pub fn paced(
+    rate: impl std::fmt::Display,
+    in_flight: impl std::fmt::Display,
+    seconds: u64,
+) -> Vec<String> {
+    vec![
+        "--rate".into(),
+        rate.to_string(),
+        "--max-in-flight".into(),
+        in_flight.to_string(),
+        "--duration".into(),
+        format!("{seconds}s"),
+    ]
+}
+
 impl LoadSummary {
     /// 202 answers.
     pub fn accepted(&self) -> u64 {
@@ -281,5 +298,24 @@ impl Ctx {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(start.elapsed().as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_open_loop_is_a_rate_a_bound_and_whole_seconds() {
+        assert_eq!(
+            super::paced(250.0, "1024", 15),
+            [
+                "--rate",
+                "250",
+                "--max-in-flight",
+                "1024",
+                "--duration",
+                "15s"
+            ]
+        );
+        assert_eq!(super::paced("max", 64, 2)[1], "max");
     }
 }

@@ -176,17 +176,7 @@ async fn half_round(ctx: &Ctx, half: &mut HalfRate, round: u32) -> anyhow::Resul
         .start_api(&format!("api_{label}"), &name, ApiMode::Off)
         .await?;
     let rate = half.target.to_string();
-    let open = |duration: String| {
-        let args = [
-            "--rate",
-            &rate,
-            "--max-in-flight",
-            &c.to_string(),
-            "--duration",
-            &duration,
-        ];
-        args.map(String::from).to_vec()
-    };
+    let open = |seconds: u64| crate::ctx::paced(&rate, c, seconds);
     crate::log(&format!(
         "enqueue off: open loop at {rate}/s (half the peak) for {secs}s"
     ));
@@ -194,7 +184,7 @@ async fn half_round(ctx: &Ctx, half: &mut HalfRate, round: u32) -> anyhow::Resul
     ctx.loadgen(
         &api,
         &format!("warmup_{label}"),
-        &open("2s".into()),
+        &open(2),
         Duration::from_secs(60),
     )
     .await?;
@@ -203,12 +193,7 @@ async fn half_round(ctx: &Ctx, half: &mut HalfRate, round: u32) -> anyhow::Resul
     ctx.quiet(&format!("half rate {round}")).await;
     let limit = Duration::from_secs(secs + 60);
     let load: LoadSummary = ctx
-        .loadgen(
-            &api,
-            &format!("open_{label}"),
-            &open(format!("{secs}s")),
-            limit,
-        )
+        .loadgen(&api, &format!("open_{label}"), &open(secs), limit)
         .await?;
     ctx.wait_relay(&api, Duration::from_secs(60)).await?;
     let (pg, _) = finish(ctx, api, &name).await?;

@@ -127,12 +127,8 @@ pub(crate) async fn closed_end_to_end(
     ctx.quiet(&format!("{label} (round {round})")).await;
     let mut conn = ctx.pg.open(&name).await?;
     let seconds = ctx.cfg.seconds;
-    let args: Vec<String> = ["--rate", "max", "--max-in-flight", IN_FLIGHT, "--duration"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain([format!("{seconds}s")])
-        .chain(load_args.iter().map(|s| (*s).to_owned()))
-        .collect();
+    let mut args = crate::ctx::paced("max", IN_FLIGHT, seconds);
+    args.extend(load_args.iter().map(|s| (*s).to_owned()));
     let load = ctx
         .loadgen(
             &api,

@@ -84,15 +84,7 @@ async fn window(ctx: &Ctx, api: &Service, db: &str, load: Option<f64>) -> anyhow
     let seconds = ctx.cfg.seconds;
     let accepted_rate = match load {
         Some(rate) => {
-            let args = [
-                "--rate",
-                &format!("{rate:.0}"),
-                "--max-in-flight",
-                "64",
-                "--duration",
-                &format!("{seconds}s"),
-            ]
-            .map(String::from);
+            let args = crate::ctx::paced(format!("{rate:.0}"), 64, seconds);
             let limit = Duration::from_secs(seconds + 60);
             ctx.loadgen(api, "sched_load", &args, limit)
                 .await?

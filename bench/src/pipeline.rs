@@ -47,16 +47,7 @@ pub async fn measure(ctx: &Ctx, soak_seconds: u64) -> anyhow::Result<Pipeline> {
     for rate in RATES {
         ctx.quiet(&format!("end to end at {rate:.0}/s")).await;
         let since = db_now(&mut conn).await?;
-        let args: Vec<String> = [
-            "--rate",
-            &format!("{rate}"),
-            "--max-in-flight",
-            MAX_IN_FLIGHT,
-        ]
-        .into_iter()
-        .map(String::from)
-        .chain(["--duration".into(), format!("{seconds}s")])
-        .collect();
+        let args = crate::ctx::paced(rate, MAX_IN_FLIGHT, seconds);
         let load = ctx
             .loadgen(
                 &api,
@@ -216,14 +207,7 @@ async fn soak(
 ) -> anyhow::Result<Vec<SoakSample>> {
     ctx.quiet(&format!("soak at {rate:.0}/s")).await;
     crate::log(&format!("  soak: {rate:.0}/s for {seconds}s"));
-    let args: Vec<String> = vec![
-        "--rate".into(),
-        format!("{rate}"),
-        "--max-in-flight".into(),
-        MAX_IN_FLIGHT.into(),
-        "--duration".into(),
-        format!("{seconds}s"),
-    ];
+    let args = crate::ctx::paced(rate, MAX_IN_FLIGHT, seconds);
     let load = ctx.loadgen(
         api,
         "load_e2e_soak",

@@ -30,18 +30,7 @@ pub async fn measure(ctx: &Ctx) -> anyhow::Result<Quota> {
     // The control: the same flood from a client without a quota, every request accepted.
     let free = key(ctx, &api.url, "unlimited", None).await?;
     let secs = ctx.cfg.seconds.max(5);
-    let args = |rate: u32| -> Vec<String> {
-        [
-            "--rate",
-            &rate.to_string(),
-            "--max-in-flight",
-            "64",
-            "--duration",
-            &format!("{secs}s"),
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let args = |rate: u32| crate::ctx::paced(rate, 64, secs);
     let limit = Duration::from_secs(secs + 60);
     crate::log(&format!(
         "quotas: client B at {STEADY}/s alone, then beside client A offering {FLOOD}/s against a quota of {QUOTA}/s ({secs}s each)"

@@ -696,3 +696,23 @@ pub struct LongJobs {
     /// Of those, heap-only (HOT).
     pub job_hot_updates: u64,
 }
+
+impl LongJobs {
+    /// What the SIGTERM with every job in flight did, and how the jobs ended: the report's
+    /// sentence and the target's figure.
+    pub fn shutdown(&self) -> String {
+        format!(
+            "the worker exited after {:.1} s (grace {:.0} s), {} jobs back in the queue with their \
+             checkpoint, {} left running; a second worker then finished the rest: {} succeeded, \
+             {} cancelled, {} in any other state; the workers reported {:.0} successes to the api",
+            self.exit_s,
+            self.grace_s,
+            self.handed_back,
+            self.left_running,
+            self.succeeded,
+            self.cancelled,
+            self.other,
+            self.worker_successes,
+        )
+    }
+}

@@ -67,15 +67,7 @@ async fn window(
     let from: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&mut conn)
         .await?;
-    let args = [
-        "--rate",
-        &RATE.to_string(),
-        "--max-in-flight",
-        "64",
-        "--duration",
-        &format!("{}s", WINDOW.as_secs()),
-    ]
-    .map(String::from);
+    let args = crate::ctx::paced(RATE, 64, WINDOW.as_secs());
     let stream = ctx.loadgen(api, label, &args, WINDOW + Duration::from_secs(60));
     let storm = submit_failing(ctx, api, failing);
     let (stream, storm) = tokio::join!(stream, storm);

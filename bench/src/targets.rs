@@ -245,7 +245,6 @@ fn long_targets(l: &crate::results::LongJobs) -> Vec<Target> {
         }
     };
     let rss = mib(l.peak_kib);
-    let total = l.succeeded + l.cancelled + l.other;
     vec![
         Target {
             goal: format!(
@@ -277,17 +276,7 @@ fn long_targets(l: &crate::results::LongJobs) -> Vec<Target> {
         },
         Target {
             goal: "SIGTERM hands every unfinished job back within the grace period; none lost, none run twice to success".into(),
-            measured: format!(
-                "exit after {:.1} s (grace {:.0} s), {} handed back, {} left running; then {} succeeded + {} cancelled of {total}, {} neither; successes the workers reported: {:.0}",
-                l.exit_s,
-                l.grace_s,
-                l.handed_back,
-                l.left_running,
-                l.succeeded,
-                l.cancelled,
-                l.other,
-                l.worker_successes
-            ),
+            measured: l.shutdown(),
             verdict: judge(
                 l.exit_s <= l.grace_s
                     && l.left_running == 0

@@ -100,7 +100,7 @@ if timeout 1800 cargo build -q -p api -p worker >"$STATE/build.log" 2>&1; then
   # our services' compose health checks, executed as compose runs them, in every state
   timeout 300 python3 tests/stack/check_healthchecks.py 2>&1 | tee -a "$LOG"
   # the production overlay's TLS (deploy/k8s/overlays/production/tls.yaml), on real servers
-  command -v openssl >/dev/null || apt_install openssl
+  { command -v openssl && command -v curl; } >/dev/null || apt_install openssl curl
   run "TLS: api and worker over amqps:// and PostgreSQL verify-full; trusting another CA, neither becomes ready" 240 \
     bash tests/stack/tls.sh "${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 else

@@ -13,6 +13,41 @@ const SIZE: (u32, u32) = (900, 520);
 /// A line of the soak chart: its label, colour and the value it reads off each sample.
 type Line<T> = (&'static str, RGBColor, fn(&SoakSample) -> T);
 
+/// A chart on the SVG backend, over any coordinates.
+type Chart<'a, CT> = ChartContext<'a, SVGBackend<'a>, CT>;
+
+/// Draws `points` as a 2-px line in `color`, labelled `label` in the legend.
+fn line<'a, CT>(
+    chart: &mut Chart<'a, CT>,
+    label: &str,
+    color: RGBColor,
+    points: impl IntoIterator<Item = CT::From>,
+) -> anyhow::Result<()>
+where
+    CT: CoordTranslate,
+    CT::From: Clone + 'static,
+{
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+    Ok(())
+}
+
+/// The legend, at `position`, on a light box.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut Chart<'a, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    Ok(())
+}
+
 /// Writes the charts of `p` and `long` into `dir` (the report's folder); `run` names the run in
 /// each title.
 pub fn write(dir: &Path, run: &str, p: &Pipeline, long: &LongJobs) -> anyhow::Result<()> {
@@ -72,12 +107,7 @@ fn latency(path: &Path, run: &str, p: &Pipeline) -> anyhow::Result<()> {
             })
             .filter(|(_, v)| v.is_finite() && *v > 0.0)
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
+        line(&mut chart, label, color, points.clone())?;
         chart.draw_series(
             points
                 .into_iter()
@@ -93,12 +123,7 @@ fn latency(path: &Path, run: &str, p: &Pipeline) -> anyhow::Result<()> {
             .label(format!("knee {knee:.0}/s"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     root.present()?;
     Ok(())
 }
@@ -138,22 +163,14 @@ fn soak(path: &Path, run: &str, p: &Pipeline) -> anyhow::Result<()> {
         ("outbox rows", RGBColor(60, 150, 60), |s| s.outbox as f64),
     ];
     for (label, color, f) in lines {
-        upper
-            .draw_series(LineSeries::new(
-                p.soak.iter().map(|s| (s.at, f(s))),
-                color.stroke_width(2),
-            ))?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
+        line(
+            &mut upper,
+            label,
+            color,
+            p.soak.iter().map(|s| (s.at, f(s))),
+        )?;
     }
-    upper
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
+    legend(&mut upper, SeriesLabelPosition::LowerRight)?;
     let rss_max = p
         .soak
         .iter()
@@ -177,22 +194,14 @@ fn soak(path: &Path, run: &str, p: &Pipeline) -> anyhow::Result<()> {
         ("worker", RGBColor(200, 60, 20), |s| s.worker_rss_kib),
     ];
     for (label, color, f) in rss {
-        lower
-            .draw_series(LineSeries::new(
-                p.soak.iter().map(|s| (s.at, f(s) as f64 / 1024.0)),
-                color.stroke_width(2),
-            ))?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
+        line(
+            &mut lower,
+            label,
+            color,
+            p.soak.iter().map(|s| (s.at, f(s) as f64 / 1024.0)),
+        )?;
     }
-    lower
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
+    legend(&mut lower, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -220,19 +229,9 @@ fn long_rss(path: &Path, run: &str, l: &LongJobs) -> anyhow::Result<()> {
         .y_desc("MiB")
         .draw()?;
     let color = RGBColor(200, 60, 20);
-    chart
-        .draw_series(LineSeries::new(
-            l.rss.iter().map(|(t, k)| (*t, *k as f64 / 1024.0)),
-            color.stroke_width(2),
-        ))?
-        .label("worker VmRSS")
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()?;
+    let points = l.rss.iter().map(|(t, k)| (*t, *k as f64 / 1024.0));
+    line(&mut chart, "worker VmRSS", color, points)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }

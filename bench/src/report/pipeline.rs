@@ -128,10 +128,7 @@ pub(super) fn long_jobs(l: &crate::results::LongJobs) -> String {
          per job). The api applied {:.0} job events/s (progress, checkpoints) meanwhile, and accepted {:.0} no-op submits/s \
          beside them at p50/p99 {:.1} / {:.1} ms ({} not accepted). {} cancels while all ran: \
          cancel sent → `cancelled` recorded p50/p99 {:.0} / {:.0} ms. SIGTERM with all in \
-         flight: the worker exited after {:.1} s (grace {:.0} s), {} jobs back in the queue with \
-         their checkpoint, {} left running; a second worker then finished the rest: {} \
-         succeeded, {} cancelled, {} in any other state; the workers reported {:.0} \
-         successes to the api. PostgreSQL updated job rows {} times over the run ({:.1} per job), {:.0} % \
+         flight: {}. PostgreSQL updated job rows {} times over the run ({:.1} per job), {:.0} % \
          of them heap-only (HOT: no index touched).\n",
         l.jobs,
         l.job_seconds,
@@ -151,14 +148,7 @@ pub(super) fn long_jobs(l: &crate::results::LongJobs) -> String {
         l.cancels,
         l.cancel_p50_ms,
         l.cancel_p99_ms,
-        l.exit_s,
-        l.grace_s,
-        l.handed_back,
-        l.left_running,
-        l.succeeded,
-        l.cancelled,
-        l.other,
-        l.worker_successes,
+        l.shutdown(),
         l.job_updates,
         l.job_updates as f64 / f64::from(l.jobs),
         100.0 * l.job_hot_updates as f64 / (l.job_updates.max(1)) as f64,
