@@ -1,10 +1,11 @@
 //! Applies job events and heartbeats from workers to the job rows.
 //!
-//! Events of one job must be applied in the order they were published, but different jobs are
-//! independent: deliveries are spread over a few lanes by job id, each lane applying what has
-//! queued up in it, in order, in one transaction. A lane that cannot reach PostgreSQL retries
-//! the same batch with backoff (the prefetch bounds what waits behind it); an event is acked
-//! only once applied or found useless. A `started` event of a job whose cancel was accepted
+//! A message carries one event or, from a busy worker, the events of many jobs (an
+//! `EventBatch`). Events of one job must be applied in the order they were published, but
+//! different jobs are independent: events are spread over a few lanes by job id, each lane
+//! applying what has queued up in it, in order, in one transaction. A lane that cannot reach
+//! PostgreSQL retries the same batch with backoff (the prefetch bounds what waits behind it); a
+//! message is acked only once each of its events is applied or found useless. A `started` event of a job whose cancel was accepted
 //! (a worker that raced the broadcast) puts the cancel back in its outbox; a failed attempt to
 //! be retried, or one handed back, puts the job back in the outbox; both wake the relay.
 //!
@@ -17,17 +18,21 @@
 //! without a span of their own; every other event gets one, a child of the worker's publish.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
-use jobs_contract::messages::{HEARTBEAT_ROUTING_KEY, Heartbeat, JobChange, JobEvent};
+use jobs_contract::messages::{
+    BatchedEvent, EventBatch, HEARTBEAT_ROUTING_KEY, Heartbeat, JobChange, JobEvent,
+};
 use lapin::Consumer;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use shared::backoff::{self, Policy};
+use shared::telemetry::propagation;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -110,13 +115,7 @@ pub async fn consume(
     for _ in 0..LANES {
         let (tx, rx) = mpsc::channel(usize::from(PREFETCH));
         lanes.push(tx);
-        workers.spawn(lane(
-            rx,
-            queue.clone(),
-            state.clone(),
-            in_flight.clone(),
-            shutdown.clone(),
-        ));
+        workers.spawn(lane(rx, state.clone(), in_flight.clone(), shutdown.clone()));
     }
     let (beats, beats_rx) = mpsc::channel(usize::from(PREFETCH));
     workers.spawn(heartbeats(
@@ -139,7 +138,8 @@ pub async fn consume(
             seq: in_flight.add(&delivery),
             delivery,
         };
-        let sent = if held.delivery.routing_key.as_str() == HEARTBEAT_ROUTING_KEY {
+        let routing_key = held.delivery.routing_key.as_str();
+        let sent = if routing_key == HEARTBEAT_ROUTING_KEY {
             match serde_json::from_slice::<Heartbeat>(&held.delivery.data) {
                 Ok(beat) => beats.send((beat, held)).await.is_ok(),
                 Err(e) => {
@@ -148,11 +148,8 @@ pub async fn consume(
                 }
             }
         } else {
-            match serde_json::from_slice::<JobEvent>(&held.delivery.data) {
-                Ok(event) => {
-                    let lane = (event.job_id.as_u128() % LANES as u128) as usize;
-                    lanes[lane].send((event, held)).await.is_ok()
-                }
+            match EventBatch::read(routing_key, &held.delivery.data) {
+                Ok(batch) => dispatch(batch, held, &queue, &lanes, &in_flight).await,
                 Err(e) => {
                     undecodable(held, "undecodable", &e, &in_flight).await;
                     true
@@ -184,6 +181,74 @@ impl Held {
     }
 }
 
+/// One event of a delivery that may carry several: the delivery is acked once the last of
+/// its events is applied (or found useless).
+struct Part {
+    delivery: Arc<(Mutex<Option<Held>>, AtomicUsize)>,
+}
+
+impl Part {
+    /// Splits `held` into `n` parts.
+    fn split(held: Held, n: usize) -> impl Iterator<Item = Self> {
+        let delivery = Arc::new((Mutex::new(Some(held)), AtomicUsize::new(n)));
+        (0..n).map(move |_| Self {
+            delivery: delivery.clone(),
+        })
+    }
+
+    /// This event is done with; the last one acks the delivery.
+    async fn done(self, in_flight: &InFlight) -> lapin::Result<()> {
+        let (held, left) = &*self.delivery;
+        if left.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return Ok(());
+        }
+        let held = held.lock().expect("not poisoned").take();
+        match held {
+            Some(held) => held.ack(in_flight).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// One event on its way to its lane.
+struct Routed {
+    event: JobEvent,
+    span: Option<tracing::Span>,
+    part: Part,
+}
+
+/// Sends each event of `batch` to its job's lane; `false` once the lanes are gone (shutdown).
+async fn dispatch(
+    batch: EventBatch,
+    held: Held,
+    queue: &str,
+    lanes: &[mpsc::Sender<Routed>],
+    in_flight: &InFlight,
+) -> bool {
+    if batch.events.is_empty() {
+        let _ = held.ack(in_flight).await;
+        return true;
+    }
+    let spans: Vec<Option<tracing::Span>> = batch
+        .events
+        .iter()
+        .map(|e| event_span(queue, e, &held.delivery))
+        .collect();
+    let parts = Part::split(held, batch.events.len());
+    for ((batched, span), part) in batch.events.into_iter().zip(spans).zip(parts) {
+        let event = batched.event;
+        let lane = (event.job_id.as_u128() % LANES as u128) as usize;
+        if lanes[lane]
+            .send(Routed { event, span, part })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}
+
 /// Nothing can make this message readable later: drop it, loudly.
 async fn undecodable(held: Held, what: &'static str, e: &serde_json::Error, in_flight: &InFlight) {
     tracing::warn!(error = %e, what, "ignoring an undecodable message on the events queue");
@@ -193,8 +258,7 @@ async fn undecodable(held: Held, what: &'static str, e: &serde_json::Error, in_f
 }
 
 async fn lane(
-    mut rx: mpsc::Receiver<(JobEvent, Held)>,
-    queue: String,
+    mut rx: mpsc::Receiver<Routed>,
     state: AppState,
     in_flight: InFlight,
     shutdown: CancellationToken,
@@ -203,12 +267,8 @@ async fn lane(
     // Under load, whatever waits in the lane is applied together: one transaction per batch
     // instead of one per event. An idle lane applies each event as it comes.
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let (events, held): (Vec<JobEvent>, Vec<Held>) = batch.drain(..).unzip();
-        let spans: Vec<Option<tracing::Span>> = events
-            .iter()
-            .zip(&held)
-            .map(|(event, h)| event_span(&queue, event, &h.delivery))
-            .collect();
+        let routed: Vec<Routed> = std::mem::take(&mut batch);
+        let events: Vec<JobEvent> = routed.iter().map(|r| r.event.clone()).collect();
         let Some(applied) = apply_with_retry(&state, &events, &shutdown).await else {
             return;
         };
@@ -224,14 +284,13 @@ async fn lane(
         if ended || applied.recancelled > 0 || applied.requeued > 0 {
             state.broker.wake_relay.notify_one();
         }
-        let outcomes = events.iter().zip(held).zip(spans).zip(applied.changed);
-        for (((event, held), span), applied) in outcomes {
+        for (routed, applied) in routed.into_iter().zip(applied.changed) {
             let result = if applied { "applied" } else { "ignored" };
-            let span = span.unwrap_or_else(tracing::Span::none);
+            let span = routed.span.unwrap_or_else(tracing::Span::none);
             span.in_scope(|| tracing::debug!(result, batch = events.len(), "job event"));
-            metrics::counter!("jobstack_job_events_total", "event" => event.change.name(), "result" => result)
+            metrics::counter!("jobstack_job_events_total", "event" => routed.event.change.name(), "result" => result)
                 .increment(1);
-            if let Err(e) = held.ack(&in_flight).await {
+            if let Err(e) = routed.part.done(&in_flight).await {
                 span.in_scope(|| {
                     tracing::warn!(error = %e, "event ack failed; it will be redelivered and ignored");
                 });
@@ -240,13 +299,22 @@ async fn lane(
     }
 }
 
-/// The consumer span of an event, a child of the worker's publish; none for progress, whose
-/// count grows with the job's length.
-fn event_span(queue: &str, event: &JobEvent, delivery: &Delivery) -> Option<tracing::Span> {
+/// The consumer span of an event, a child of the span that reported it (named in the batch,
+/// or, for an event sent alone, in the message headers); none for progress, whose count grows
+/// with the job's length.
+fn event_span(queue: &str, batched: &BatchedEvent, delivery: &Delivery) -> Option<tracing::Span> {
+    let event = &batched.event;
     if matches!(event.change, JobChange::Progress { .. }) {
         return None;
     }
-    let span = shared::amqp::consumer_span(queue, delivery);
+    let span = match &batched.traceparent {
+        Some(parent) => shared::amqp::process_span(
+            queue,
+            delivery.routing_key.as_str(),
+            propagation::from_traceparent(parent),
+        ),
+        None => shared::amqp::consumer_span(queue, delivery),
+    };
     let id = event.job_id.to_string();
     span.record("messaging.message.id", id.as_str());
     span.record("job.id", id.as_str());

@@ -1,6 +1,6 @@
 //! The whole path at once, as a service runs: the api and the worker together under open-loop
-//! load at rising offered rates (each step drained before the next), then a soak at 70 % of the
-//! knee. What a user sees is this figure, not enqueue and drain measured apart: accepting,
+//! load at rising offered rates (each step on fresh services and a fresh database), then a soak
+//! at 70 % of the knee. What a user sees is this figure, not enqueue and drain measured apart: accepting,
 //! running and recording jobs share the same cores.
 
 use std::time::{Duration, Instant};
@@ -33,73 +33,20 @@ const SAMPLE: Duration = Duration::from_secs(10);
 /// The steps, the knee, the soak.
 pub async fn measure(ctx: &Ctx, soak_seconds: u64) -> anyhow::Result<Pipeline> {
     let (telemetry_off, telemetry_on) = telemetry(ctx).await?;
-    let name = ctx.scratch.name("e2e");
-    ctx.pg.create(&name).await?;
-    let api = ctx.start_api("api_e2e", &name, ApiMode::Off).await?;
-    let worker = ctx.start_worker("worker_e2e", &name, CONCURRENCY).await?;
     let amqp = lapin::Connection::connect(&ctx.cfg.amqp_url, Default::default()).await?;
     let channel = amqp.create_channel().await?;
-    let queue = format!("{name}.jobs");
-    let mut conn = ctx.pg.open(&name).await?;
-    let seconds = ctx.cfg.seconds;
-
     let mut steps: Vec<PipelineStep> = Vec::new();
+    let mut api_rss_after_steps_kib = 0;
     for rate in RATES {
-        ctx.quiet(&format!("end to end at {rate:.0}/s")).await;
-        let since = db_now(&mut conn).await?;
-        let args = crate::ctx::paced(rate, MAX_IN_FLIGHT, seconds);
-        let load = ctx
-            .loadgen(
-                &api,
-                &format!("load_e2e_{rate:.0}"),
-                &args,
-                Duration::from_secs(seconds + 60),
-            )
-            .await?;
-        let until = db_now(&mut conn).await?;
-        let ready = ready_messages(&channel, &queue).await?;
-        let outbox = outbox_depth(&mut conn).await?;
-        let window = (until - since).as_seconds_f64();
-        let (finished, p50, p99, unfinished) = finished_in(&mut conn, since, until).await?;
-        let step = PipelineStep {
-            offered: rate,
-            accepted: load.accepted() as f64 / window,
-            failed: load.scheduled.saturating_sub(load.accepted()),
-            finished: finished as f64 / window,
-            accept_p50_ms: load.latency_ms.p50,
-            accept_p99_ms: load.latency_ms.p99,
-            e2e_p50_ms: p50,
-            e2e_p99_ms: p99,
-            unfinished,
-            queue_ready: ready,
-            outbox,
-        };
-        crate::log(&format!(
-            "  {rate:.0}/s offered: {:.0} accepted/s, {:.0} finished/s, accept p50/p99 {:.1} / {:.1} ms, accept→succeeded p50/p99 {:.0} / {:.0} ms, {unfinished} unfinished, queue {ready}, outbox {outbox}",
-            step.accepted, step.finished, step.accept_p50_ms, step.accept_p99_ms, p50, p99
-        ));
+        let (step, api_rss_kib) = step(ctx, &channel, rate).await?;
+        api_rss_after_steps_kib = api_rss_kib;
         let behind = step.finished < 0.5 * step.accepted || step.accept_p99_ms > 1000.0;
         steps.push(step);
-        // Each step starts on an empty pipeline.
-        crate::pg::Pg::wait_ended(
-            &mut conn,
-            since,
-            Duration::from_secs(300),
-            "end-to-end step",
-        )
-        .await?;
         if behind {
             break;
         }
     }
     let knee = knee(&steps);
-    // What the steps' overload left the api holding (memory it does not hand back).
-    let api_rss_after_steps_kib = procfs::kib(api.pid, "VmRSS");
-    drop(conn);
-    worker.stop().await?;
-    api.stop().await?;
-    ctx.pg.wait_disconnected(&name).await?;
-    ctx.scratch.remove(&ctx.pg, &ctx.rabbit, &name).await?;
 
     // The soak on fresh services and a fresh database: a steady state from a clean start.
     let name = ctx.scratch.name("e2esoak");
@@ -132,7 +79,7 @@ pub async fn measure(ctx: &Ctx, soak_seconds: u64) -> anyhow::Result<Pipeline> {
         telemetry_off,
         telemetry_on,
         api_rss_after_steps_kib,
-        seconds,
+        seconds: ctx.cfg.seconds,
         concurrency: CONCURRENCY,
         steps,
         knee,
@@ -140,6 +87,75 @@ pub async fn measure(ctx: &Ctx, soak_seconds: u64) -> anyhow::Result<Pipeline> {
         soak_seconds,
         soak,
     })
+}
+
+/// One offered rate on a fresh api, worker and database (what an earlier step left behind —
+/// a grown jobs table, the memory an overload made the api take — must not weigh on this one),
+/// drained at its end; with the api's RSS then.
+async fn step(
+    ctx: &Ctx,
+    channel: &lapin::Channel,
+    rate: f64,
+) -> anyhow::Result<(PipelineStep, u64)> {
+    let name = ctx.scratch.name(&format!("e2e{rate:.0}"));
+    ctx.pg.create(&name).await?;
+    let api = ctx
+        .start_api(&format!("api_e2e_{rate:.0}"), &name, ApiMode::Off)
+        .await?;
+    let worker = ctx
+        .start_worker(&format!("worker_e2e_{rate:.0}"), &name, CONCURRENCY)
+        .await?;
+    let mut conn = ctx.pg.open(&name).await?;
+    let seconds = ctx.cfg.seconds;
+    ctx.quiet(&format!("end to end at {rate:.0}/s")).await;
+    let since = db_now(&mut conn).await?;
+    let args = crate::ctx::paced(rate, MAX_IN_FLIGHT, seconds);
+    let load = ctx
+        .loadgen(
+            &api,
+            &format!("load_e2e_{rate:.0}"),
+            &args,
+            Duration::from_secs(seconds + 60),
+        )
+        .await?;
+    let until = db_now(&mut conn).await?;
+    let ready = ready_messages(channel, &format!("{name}.jobs")).await?;
+    let events = ready_messages(channel, &format!("{name}.api.events")).await?;
+    let outbox = outbox_depth(&mut conn).await?;
+    let window = (until - since).as_seconds_f64();
+    let (finished, p50, p99, unfinished) = finished_in(&mut conn, since, until).await?;
+    let step = PipelineStep {
+        offered: rate,
+        accepted: load.accepted() as f64 / window,
+        failed: load.scheduled.saturating_sub(load.accepted()),
+        finished: finished as f64 / window,
+        accept_p50_ms: load.latency_ms.p50,
+        accept_p99_ms: load.latency_ms.p99,
+        e2e_p50_ms: p50,
+        e2e_p99_ms: p99,
+        unfinished,
+        queue_ready: ready,
+        events_ready: events,
+        outbox,
+    };
+    crate::log(&format!(
+        "  {rate:.0}/s offered: {:.0} accepted/s, {:.0} finished/s, accept p50/p99 {:.1} / {:.1} ms, accept→succeeded p50/p99 {:.0} / {:.0} ms, {unfinished} unfinished, jobs queue {ready}, events queue {events}, outbox {outbox}",
+        step.accepted, step.finished, step.accept_p50_ms, step.accept_p99_ms, p50, p99
+    ));
+    crate::pg::Pg::wait_ended(
+        &mut conn,
+        since,
+        Duration::from_secs(300),
+        "end-to-end step",
+    )
+    .await?;
+    let api_rss_kib = procfs::kib(api.pid, "VmRSS");
+    drop(conn);
+    worker.stop().await?;
+    api.stop().await?;
+    ctx.pg.wait_disconnected(&name).await?;
+    ctx.scratch.remove(&ctx.pg, &ctx.rabbit, &name).await?;
+    Ok((step, api_rss_kib))
 }
 
 /// Full telemetry's cost end to end: the closed loop of the flow-control figures (api and worker
@@ -256,8 +272,8 @@ async fn db_now(conn: &mut PgConnection) -> anyhow::Result<DateTime<Utc>> {
         .await?)
 }
 
-/// Messages ready in the jobs queue (a passive declare: exact, not the management API's
-/// five-second statistics). Prefetched messages are the worker's, not counted.
+/// Messages ready in `queue` (a passive declare: exact, not the management API's five-second
+/// statistics). Prefetched messages are the consumer's, not counted.
 async fn ready_messages(channel: &lapin::Channel, queue: &str) -> anyhow::Result<u64> {
     let q = channel
         .queue_declare(

@@ -581,6 +581,8 @@ pub struct PipelineStep {
     pub unfinished: u64,
     /// Messages ready in the jobs queue at the step's end.
     pub queue_ready: u64,
+    /// Messages ready in the api's events queue at the step's end (events not yet taken).
+    pub events_ready: u64,
     /// Rows in the outbox at the step's end.
     pub outbox: u64,
 }

@@ -1,4 +1,4 @@
-//! What travels over RabbitMQ, as JSON bodies: a job to run, an event about a job, a worker's
+//! What travels over RabbitMQ, as JSON bodies: a job to run, events about jobs, a worker's
 //! heartbeat, a control message to every worker. The W3C trace context travels beside them, in
 //! the AMQP headers.
 //!
@@ -187,6 +187,65 @@ impl JobChange {
     ];
 }
 
+/// The routing key of [`EventBatch`]es on the events exchange (the api's queue is bound `job.#`).
+pub const EVENTS_ROUTING_KEY: &str = "job.events";
+
+/// Job events reported at about the same moment, by any of a worker's jobs, in one message: a
+/// busy worker pays one confirmed publish, one delivery and one ack for many events instead of
+/// one each. The api applies each event as if it had come alone, and acks the message once
+/// every event in it is applied (or found useless).
+///
+/// A worker of the first releases sends each event as a message of its own (a [`JobEvent`]
+/// under `job.<event>`, its trace context in the headers); [`EventBatch::read`] reads both.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct EventBatch {
+    /// The events, in the order they were reported (one job's events keep their order).
+    pub events: Vec<BatchedEvent>,
+}
+
+/// One event in an [`EventBatch`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BatchedEvent {
+    /// The span that reported it (a W3C `traceparent`): a message's headers name one span, so
+    /// each event of a batch names its own, and the api's span for it is that span's child.
+    /// None for events reported without a span (progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The event.
+    pub event: JobEvent,
+}
+
+impl EventBatch {
+    /// Reads a message of the events queue other than a heartbeat: a batch under
+    /// [`EVENTS_ROUTING_KEY`], else one event of its own (its span is in the message headers).
+    pub fn read(routing_key: &str, body: &[u8]) -> serde_json::Result<Self> {
+        if routing_key == EVENTS_ROUTING_KEY {
+            return serde_json::from_slice(body);
+        }
+        let event = serde_json::from_slice(body)?;
+        Ok(Self {
+            events: vec![BatchedEvent {
+                traceparent: None,
+                event,
+            }],
+        })
+    }
+
+    /// The body of a batch of events already serialized one by one (each a [`BatchedEvent`]),
+    /// without reading them back.
+    pub fn body<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+        let mut body = b"{\"events\":[".to_vec();
+        for (i, event) in events.into_iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(event);
+        }
+        body.extend_from_slice(b"]}");
+        body
+    }
+}
+
 /// The routing key of [`Heartbeat`]s on the events exchange (the api's queue is bound `job.#`).
 pub const HEARTBEAT_ROUTING_KEY: &str = "job.heartbeat";
 
@@ -254,6 +313,60 @@ mod tests {
         assert_eq!(v["retrying"], true);
         assert_eq!(v["attempt"], 2);
         assert_eq!(serde_json::from_value::<JobEvent>(v).unwrap(), e);
+    }
+
+    fn event(id: u128, change: JobChange) -> JobEvent {
+        JobEvent {
+            job_id: Uuid::from_u128(id),
+            attempt: 1,
+            generation: 0,
+            at: DateTime::from_timestamp(0, 0).unwrap(),
+            started_at: None,
+            change,
+        }
+    }
+
+    #[test]
+    fn a_batch_assembled_from_its_parts_reads_back_whole() {
+        let parts = [
+            BatchedEvent {
+                traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+                event: event(
+                    1,
+                    JobChange::Succeeded {
+                        result: serde_json::json!({"n": 1}),
+                    },
+                ),
+            },
+            BatchedEvent {
+                traceparent: None,
+                event: event(2, JobChange::Progress { progress: 0.5 }),
+            },
+        ];
+        let bytes: Vec<Vec<u8>> = parts
+            .iter()
+            .map(|p| serde_json::to_vec(p).unwrap())
+            .collect();
+        let body = EventBatch::body(bytes.iter().map(Vec::as_slice));
+        let batch = EventBatch::read(EVENTS_ROUTING_KEY, &body).unwrap();
+        assert_eq!(batch.events, parts);
+        let empty = EventBatch::body(std::iter::empty());
+        assert_eq!(
+            EventBatch::read(EVENTS_ROUTING_KEY, &empty).unwrap(),
+            EventBatch::default()
+        );
+    }
+
+    #[test]
+    fn an_event_of_its_own_reads_as_a_batch_of_one() {
+        let e = event(7, JobChange::Cancelled);
+        let batch = EventBatch::read("job.cancelled", &serde_json::to_vec(&e).unwrap()).unwrap();
+        assert_eq!(batch.events.len(), 1);
+        assert_eq!(batch.events[0].event, e);
+        assert_eq!(batch.events[0].traceparent, None);
+        // A single event is no batch, and a batch no single event.
+        assert!(EventBatch::read(EVENTS_ROUTING_KEY, &serde_json::to_vec(&e).unwrap()).is_err());
+        assert!(EventBatch::read("job.cancelled", br#"{"events":[]}"#).is_err());
     }
 
     #[test]

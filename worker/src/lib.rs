@@ -10,7 +10,8 @@
 //! - [`runner`]: one delivery from decode to its outcome.
 //! - [`attempts`]: the attempts running here (their stops and leases) and the cancelled jobs.
 //! - [`heartbeat`]: renewing the leases of running attempts, and stopping those it cannot.
-//! - [`link`]: the current session's publisher, for jobs that outlive their session.
+//! - [`link`]: the current session's publisher, for jobs that outlive their session, and the
+//!   coalescing of every job's events into few messages.
 //! - [`intake`]: how many job messages to take: as many as the slots long jobs leave free.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`.
 
@@ -64,13 +65,14 @@ pub struct WorkerState {
 impl WorkerState {
     /// Bundles the settings and kinds.
     pub fn new(config: Config, registry: Registry) -> Self {
+        let topology = config.topology();
         Self {
             slots: Arc::new(Semaphore::new(usize::from(config.concurrency))),
-            topology: config.topology(),
+            link: Link::new(topology.events_exchange()),
+            topology,
             config,
             registry,
             attempts: Attempts::default(),
-            link: Link::default(),
             faults: Faults::default(),
         }
     }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use jobs_contract::kinds::PayloadError;
-use jobs_contract::messages::{JobChange, JobEvent, JobMessage, MAX_RESULT_BYTES};
+use jobs_contract::messages::{BatchedEvent, JobChange, JobEvent, JobMessage, MAX_RESULT_BYTES};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::Value;
@@ -486,25 +486,25 @@ impl Reporter {
         }
     }
 
-    /// Publishes `change` and waits for its confirm, trying again until `deadline`.
+    /// Reports `change` and waits for its confirm, trying again until `deadline`.
     async fn send(
         &self,
         change: JobChange,
         deadline: tokio::time::Instant,
     ) -> Result<(), PublishError> {
-        let (msg, span) = self.event(change, true);
-        self.link.publish_until(msg, &span, deadline).await
+        let (event, span) = self.event(change, true);
+        self.link
+            .report_until(event, deadline)
+            .instrument(span)
+            .await
     }
 
-    /// Publishes a progress report without waiting for its confirm, and without a span: its
-    /// loss is harmless (a later event implies it), and a span per report would grow the trace
-    /// with the job's length.
+    /// Reports progress without waiting for its confirm, and without a span: its loss is
+    /// harmless (a later event implies it), and a span per report would grow the trace with
+    /// the job's length.
     async fn notify(&self, change: JobChange) -> Result<(), PublishError> {
-        let Some(publisher) = self.link.current() else {
-            return Err(PublishError::NoSession);
-        };
-        let (msg, span) = self.event(change, false);
-        publisher.publish_detached(msg, span).await
+        let (event, _) = self.event(change, false);
+        self.link.notify(event).await
     }
 
     /// Saves checkpoints as events, each confirmed (within the publish timeout).
@@ -522,25 +522,27 @@ impl Reporter {
         })
     }
 
-    fn event(&self, change: JobChange, traced: bool) -> (Outgoing, tracing::Span) {
-        let routing_key = format!("job.{}", change.name());
-        let event = JobEvent {
-            job_id: self.job_id,
-            attempt: self.attempt,
-            generation: self.generation,
-            at: Utc::now(),
-            started_at: Some(self.started_at),
-            change,
-        };
-        let body = serde_json::to_vec(&event).expect("events serialize");
-        let id = self.job_id.to_string();
+    /// The event as it travels in a batch, and the span that reports it (none when untraced).
+    fn event(&self, change: JobChange, traced: bool) -> (Vec<u8>, tracing::Span) {
         let span = if traced {
-            producer_span(&self.exchange, &routing_key, &id)
+            let routing_key = format!("job.{}", change.name());
+            producer_span(&self.exchange, &routing_key, &self.job_id.to_string())
         } else {
             tracing::Span::none()
         };
-        let msg = Outgoing::new(&self.exchange, &routing_key, body, &id, &span);
-        (msg, span)
+        let event = BatchedEvent {
+            traceparent: propagation::traceparent(&span),
+            event: JobEvent {
+                job_id: self.job_id,
+                attempt: self.attempt,
+                generation: self.generation,
+                at: Utc::now(),
+                started_at: Some(self.started_at),
+                change,
+            },
+        };
+        let bytes = serde_json::to_vec(&event).expect("events serialize");
+        (bytes, span)
     }
 }
 

@@ -21,9 +21,10 @@ pub(super) fn text(p: &Pipeline) -> String {
     let _ = writeln!(
         out,
         "The api and one worker (concurrency {}) together, fed by loadgen in an open loop at each \
-         offered rate for {}s, the pipeline drained before the next rate. accept → succeeded is \
-         `finished_at - created_at` as PostgreSQL recorded it, for the step's jobs that finished \
-         within it; queue and outbox are their depths at the step's end.\n",
+         offered rate for {}s, each rate on a fresh api, worker and database. accept → succeeded \
+         is `finished_at - created_at` as PostgreSQL recorded it, for the step's jobs that \
+         finished within it; the queues (messages ready: the worker's jobs, the api's events) and \
+         the outbox are their depths at the step's end.\n",
         p.concurrency, p.seconds
     );
     let mut t = Table::new([
@@ -33,7 +34,8 @@ pub(super) fn text(p: &Pipeline) -> String {
         "accept p50 / p99 ms",
         "accept → succeeded p50 / p99 ms",
         "unfinished at the end",
-        "queue ready",
+        "jobs queue ready",
+        "events queue ready",
         "outbox",
     ]);
     for s in &p.steps {
@@ -53,6 +55,7 @@ pub(super) fn text(p: &Pipeline) -> String {
             format!("{:.0} / {:.0}", s.e2e_p50_ms, s.e2e_p99_ms),
             s.unfinished.to_string(),
             s.queue_ready.to_string(),
+            s.events_ready.to_string(),
             s.outbox.to_string(),
         ]);
     }

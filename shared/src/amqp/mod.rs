@@ -91,6 +91,20 @@ pub fn producer_span(exchange: &str, routing_key: &str, message_id: &str) -> tra
 /// headers). `messaging.message.id` and the `job.*` fields are declared empty for the caller to
 /// record once it has decoded the message.
 pub fn consumer_span(queue: &str, delivery: &lapin::message::Delivery) -> tracing::Span {
+    process_span(
+        queue,
+        delivery.routing_key.as_str(),
+        crate::telemetry::propagation::extract_amqp(delivery.properties.headers().as_ref()),
+    )
+}
+
+/// [`consumer_span`] for a part of a message whose sender named its own span for each part (a
+/// batch of events): a child of `parent`.
+pub fn process_span(
+    queue: &str,
+    routing_key: &str,
+    parent: opentelemetry::Context,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "amqp.process",
         otel.name = format!("process {queue}"),
@@ -98,7 +112,7 @@ pub fn consumer_span(queue: &str, delivery: &lapin::message::Delivery) -> tracin
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",
         messaging.destination.name = queue,
-        messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+        messaging.rabbitmq.destination.routing_key = routing_key,
         messaging.message.id = tracing::field::Empty,
         job.id = tracing::field::Empty,
         job.kind = tracing::field::Empty,
@@ -106,9 +120,6 @@ pub fn consumer_span(queue: &str, delivery: &lapin::message::Delivery) -> tracin
         job.event = tracing::field::Empty,
     );
     // Before the span is first entered, or the parent is ignored.
-    crate::telemetry::propagation::set_parent(
-        &span,
-        crate::telemetry::propagation::extract_amqp(delivery.properties.headers().as_ref()),
-    );
+    crate::telemetry::propagation::set_parent(&span, parent);
     span
 }

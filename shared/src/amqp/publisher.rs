@@ -7,15 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::Instrument as _;
-
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 
 /// Why a publish did not count.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The broker refused the message.
     #[error("broker nacked the message")]
@@ -159,33 +157,25 @@ impl Publisher {
         results
     }
 
-    /// Sends a message without waiting for its confirm, for messages whose loss is harmless
-    /// (progress reports): the sender moves on at once, and the confirm is still awaited in the
-    /// background for the metrics. Messages of one channel keep their order, so a later
-    /// confirmed message is never overtaken by this one.
-    pub async fn publish_detached(
+    /// Sends a message now and returns the wait for its confirm, to be awaited later or
+    /// elsewhere: the sender moves on at once. Messages of one channel keep the order they were
+    /// sent in, whoever awaits their confirms, so a message sent later never overtakes this one.
+    pub async fn send_ordered(
         &self,
         msg: Outgoing,
-        span: tracing::Span,
-    ) -> Result<(), PublishError> {
+    ) -> Result<impl Future<Output = Result<(), PublishError>> + Send + 'static, PublishError> {
         let start = Instant::now();
         let exchange = msg.exchange.clone();
-        let confirm = match tokio::time::timeout(self.timeout, self.send(msg)).await {
-            Ok(sent) => sent?,
-            Err(_) => return Err(PublishError::Timeout(self.timeout)),
-        };
         let timeout = self.timeout;
-        tokio::spawn(
-            async move {
-                let result = confirmed(tokio::time::timeout(timeout, confirm).await, timeout);
-                record(&exchange, start, &result);
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "detached publish not confirmed");
-                }
-            }
-            .instrument(span),
-        );
-        Ok(())
+        let confirm = match tokio::time::timeout(timeout, self.send(msg)).await {
+            Ok(sent) => sent?,
+            Err(_) => return Err(PublishError::Timeout(timeout)),
+        };
+        Ok(async move {
+            let result = confirmed(tokio::time::timeout(timeout, confirm).await, timeout);
+            record(&exchange, start, &result);
+            result
+        })
     }
 
     async fn send(&self, msg: Outgoing) -> lapin::Result<lapin::PublisherConfirm> {

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use jobs_contract::messages::{
+    BatchedEvent, EVENTS_ROUTING_KEY, EventBatch, JobChange, JobEvent, JobMessage,
+};
 use lapin::BasicProperties;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -258,6 +261,115 @@ async fn duplicate_and_stale_events_change_nothing() {
     })
     .await;
     assert_eq!(app.job(&id).await, done, "a finished job never changes");
+    app.stop().await;
+}
+
+/// A busy worker sends the events of many jobs in one message: each is applied as if it had
+/// come alone (in its job's order; a late one ignored), and the message is acked, so nothing of
+/// it comes back once the api lets go of its deliveries.
+#[tokio::test]
+async fn a_batch_of_events_of_several_jobs_is_applied_as_each_alone_and_acked() {
+    let mut app = TestApp::api_only().await;
+    let a = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    let b = app
+        .create("sleep", json!({"duration_ms": 10, "steps": 1}))
+        .await;
+    // The attempts as the relay published them (no worker takes them here).
+    let ch = app.channel().await;
+    let t = app.api_config.topology();
+    let mut published: Vec<JobMessage> = Vec::new();
+    let start = std::time::Instant::now();
+    while published.len() < 2 {
+        assert!(
+            start.elapsed() < LONG,
+            "only {} jobs published",
+            published.len()
+        );
+        let got = ch
+            .basic_get(
+                t.jobs_queue().as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap();
+        match got {
+            Some(m) => published.push(serde_json::from_slice(&m.delivery.data).unwrap()),
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let event = |id: &str, change: JobChange| {
+        let msg = published.iter().find(|m| m.id.to_string() == id).unwrap();
+        let event = JobEvent {
+            job_id: msg.id,
+            attempt: msg.attempt,
+            generation: msg.generation,
+            at: chrono::Utc::now(),
+            started_at: Some(chrono::Utc::now()),
+            change,
+        };
+        serde_json::to_vec(&BatchedEvent {
+            traceparent: None,
+            event,
+        })
+        .unwrap()
+    };
+    let result = json!({"n": 1});
+    let parts = [
+        event(&b, JobChange::Started { traceparent: None }),
+        event(
+            &a,
+            JobChange::Succeeded {
+                result: result.clone(),
+            },
+        ),
+        event(&b, JobChange::Progress { progress: 0.5 }),
+        // After its success: ignored.
+        event(
+            &a,
+            JobChange::Failed {
+                error: "late".into(),
+                retrying: false,
+            },
+        ),
+    ];
+    app.publish_raw(
+        &t.events_exchange(),
+        EVENTS_ROUTING_KEY,
+        &EventBatch::body(parts.iter().map(Vec::as_slice)),
+        BasicProperties::default(),
+    )
+    .await;
+    app.wait_for(&a, LONG, |j| j["status"] == "succeeded").await;
+    assert_eq!(app.job(&a).await["result"], result);
+    app.wait_for(&b, LONG, |j| {
+        j["status"] == "running" && j["progress"].as_f64() == Some(0.5)
+    })
+    .await;
+    app.wait_until(LONG, "the late failure ignored", || async {
+        app.metric_sum("jobstack_job_events_total", r#"result="ignored""#)
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(app.job(&a).await["status"], "succeeded");
+    // With the api stopped, what it had not acked would be back in the queue.
+    app.stop_api().await;
+    let left = ch
+        .queue_declare(
+            t.events_queue().as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert_eq!(left, 0, "the batch was acked");
+    app.start_api().await;
     app.stop().await;
 }
 

@@ -4,11 +4,12 @@
 //! read. `TestWorker` owns its AMQP prefix and removes its queues and exchanges on drop, also
 //! when an assertion fails.
 
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use jobs_contract::Topology;
-use jobs_contract::messages::{JobChange, JobEvent, JobMessage};
+use jobs_contract::messages::{EventBatch, HEARTBEAT_ROUTING_KEY, JobChange, JobEvent, JobMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
@@ -26,6 +27,10 @@ struct TestWorker {
     _conn: Connection,
     ch: Channel,
     events: lapin::Consumer,
+    /// Events read from a message and not yet returned (a message may carry several).
+    unread: VecDeque<JobEvent>,
+    /// Messages read from the events queue.
+    messages: usize,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
     /// Dropped after the worker is stopped: removes the queues and exchanges.
@@ -33,8 +38,14 @@ struct TestWorker {
 }
 
 impl TestWorker {
-    /// A running worker whose attempts are capped at `deadline`.
+    /// A running worker with two slots whose attempts are capped at `deadline`.
     async fn spawn(deadline: Duration) -> Self {
+        Self::spawn_with(deadline, 2, &[]).await
+    }
+
+    /// A running worker with `concurrency` slots whose attempts are capped at `deadline`, and
+    /// `backlog` waiting in its queue when it starts.
+    async fn spawn_with(deadline: Duration, concurrency: u16, backlog: &[JobMessage]) -> Self {
         test_support::metrics::require_process_per_test();
         let prefix = format!("tw{}", &Uuid::new_v4().simple().to_string()[..12]);
         let topology = Topology::new(&prefix);
@@ -48,6 +59,23 @@ impl TestWorker {
             .unwrap();
         // Declared here first, so the events queue exists before the first event.
         topology.declare(&ch).await.unwrap();
+        let mut confirms = Vec::new();
+        for job in backlog {
+            let body = serde_json::to_vec(job).unwrap();
+            let props = BasicProperties::default().with_delivery_mode(2);
+            let exchange = topology.jobs_exchange();
+            let sent = ch.basic_publish(
+                exchange.as_str().into(),
+                job.kind.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            );
+            confirms.push(sent.await.unwrap());
+        }
+        for confirm in confirms {
+            confirm.await.unwrap();
+        }
         let events = ch
             .basic_consume(
                 topology.events_queue().into(),
@@ -61,7 +89,7 @@ impl TestWorker {
         config.amqp.url = rabbitmq();
         config.amqp.prefix = prefix;
         config.deadline = Some(deadline);
-        config.concurrency = 2;
+        config.concurrency = concurrency;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
@@ -85,6 +113,8 @@ impl TestWorker {
             _conn: conn,
             ch,
             events,
+            unread: VecDeque::new(),
+            messages: 0,
             stop,
             task,
             _removal: removal,
@@ -133,17 +163,33 @@ impl TestWorker {
             .unwrap();
     }
 
+    /// The next event the worker reported, of any job.
+    async fn next_event(&mut self) -> Option<JobEvent> {
+        while self.unread.is_empty() {
+            let delivery = tokio::time::timeout(Duration::from_secs(30), self.events.next())
+                .await
+                .ok()??
+                .unwrap();
+            delivery.acker.ack(Default::default()).await.unwrap();
+            if delivery.routing_key.as_str() == HEARTBEAT_ROUTING_KEY {
+                continue;
+            }
+            self.messages += 1;
+            let batch = EventBatch::read(delivery.routing_key.as_str(), &delivery.data).unwrap();
+            self.unread
+                .extend(batch.events.into_iter().map(|b| b.event));
+        }
+        self.unread.pop_front()
+    }
+
     /// Every event of `id`'s attempt until its last one (success, cancel or failure).
     async fn until_settled(&mut self, id: Uuid) -> Vec<JobEvent> {
         let mut seen = Vec::new();
         loop {
-            let delivery = tokio::time::timeout(Duration::from_secs(30), self.events.next())
+            let event = self
+                .next_event()
                 .await
-                .unwrap_or_else(|_| panic!("no final event for {id}; saw {seen:#?}"))
-                .unwrap()
-                .unwrap();
-            delivery.acker.ack(Default::default()).await.unwrap();
-            let event: JobEvent = serde_json::from_slice(&delivery.data).unwrap();
+                .unwrap_or_else(|| panic!("no final event for {id}; saw {seen:#?}"));
             if event.job_id != id {
                 continue;
             }
@@ -303,4 +349,36 @@ async fn a_quick_success_sends_one_event_that_says_when_it_started() {
         JobChange::Succeeded { .. }
     ));
     assert!(events.iter().all(|e| e.started_at == events[0].started_at));
+}
+
+/// A busy worker's outcomes share messages: one publish, one delivery and one ack at the api for
+/// many jobs, each job's outcome still reported exactly once.
+#[tokio::test]
+async fn a_busy_workers_events_share_messages() {
+    // Waiting when the worker starts: a worker fed one job at a time has nothing to share.
+    let backlog: Vec<JobMessage> = (0..300)
+        .map(|_| crate::message("sleep", json!({"duration_ms": 0, "steps": 1})))
+        .collect();
+    let ids: Vec<Uuid> = backlog.iter().map(|j| j.id).collect();
+    let mut w = TestWorker::spawn_with(Duration::from_secs(30), 32, &backlog).await;
+    let mut succeeded: HashMap<Uuid, usize> = HashMap::new();
+    while succeeded.len() < ids.len() {
+        let event = w
+            .next_event()
+            .await
+            .unwrap_or_else(|| panic!("{} of {} outcomes", succeeded.len(), ids.len()));
+        if matches!(event.change, JobChange::Succeeded { .. }) {
+            *succeeded.entry(event.job_id).or_default() += 1;
+        }
+    }
+    assert!(
+        ids.iter().all(|id| succeeded.get(id) == Some(&1)),
+        "{succeeded:?}"
+    );
+    assert!(
+        w.messages < ids.len(),
+        "{} messages for {} outcomes: none shared",
+        w.messages,
+        ids.len()
+    );
 }
