@@ -5,9 +5,10 @@
 //! different jobs are independent: events are spread over a few lanes by job id, each lane
 //! applying what has queued up in it, in order, in one transaction. A lane that cannot reach
 //! PostgreSQL retries the same batch with backoff (the prefetch bounds what waits behind it); a
-//! message is acked only once each of its events is applied or found useless. A `started` event of a job whose cancel was accepted
-//! (a worker that raced the broadcast) puts the cancel back in its outbox; a failed attempt to
-//! be retried, or one handed back, puts the job back in the outbox; both wake the relay.
+//! message is acked only once each of its events is applied or found useless. A `started`
+//! event of a job whose cancel was accepted (a worker that raced the broadcast) puts the cancel
+//! back in its outbox; a failed attempt to be retried, or one handed back, puts the job back in
+//! the outbox; both wake the relay.
 //!
 //! A worker's heartbeat (one message naming every attempt it runs) renews those attempts'
 //! leases in one statement, off the lanes: it carries no order with the events. What has been

@@ -1,6 +1,6 @@
 //! What travels over RabbitMQ, as JSON bodies: a job to run, events about jobs, a worker's
 //! heartbeat, a control message to every worker. The W3C trace context travels beside them, in
-//! the AMQP headers.
+//! the AMQP headers (in a batch of events, beside each event).
 //!
 //! Every field added after the first release has a default, so a message written by an older
 //! service still reads.

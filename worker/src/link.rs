@@ -3,13 +3,13 @@
 //! progress, checkpoints, its outcome — go out on whichever session is up when they are sent:
 //! the current session's publisher, or none while the worker reconnects.
 //!
-//! Job events are coalesced. Every job reports into one queue; each session's coalescer sends
-//! whatever has queued up since its last send as one message (an [`EventBatch`]), in the order
-//! reported, without waiting for the previous message's confirm. An idle worker's event goes out
-//! alone, at once; a busy one's share a message with the events of many other jobs: one
-//! confirmed publish, one delivery and one ack at the api for all of them, where each cost its
-//! own before. A reporter that must know its event is safe (an outcome, before its job's
-//! message is acked) still waits for the confirm of the message that carried it.
+//! Job events are coalesced (group commit, as the api's inserts). Every job reports into one
+//! queue; each session's coalescer sends what has queued up as one message (an [`EventBatch`]),
+//! in the order reported, while up to [`IN_FLIGHT`] messages await their confirms. An idle
+//! worker's event goes out alone, at once; a busy one's share a message with the events of many
+//! other jobs: one confirmed publish, one delivery and one ack at the api for all of them, where
+//! each cost its own before. A reporter that must know its event is safe (an outcome, before its
+//! job's message is acked) still waits for the confirm of the message that carried it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,22 +145,26 @@ impl Link {
                 event: event.clone(),
                 confirmed: Some(confirmed),
             };
-            self.reports
-                .send(report)
-                .await
-                .map_err(|_| PublishError::NoSession)?;
-            // Its session ended with the event still queued: the next session sends it.
+            let sent = async {
+                self.reports
+                    .send(report)
+                    .await
+                    .map_err(|_| PublishError::NoSession)?;
+                // No answer: its session ended with the event still queued, to be sent again.
+                answer.await.unwrap_or(Err(PublishError::NoSession))
+            };
             tokio::select! {
-                answered = answer => answered.unwrap_or(Err(PublishError::NoSession)),
+                sent = sent => sent,
                 () = tokio::time::sleep_until(deadline) => Err(PublishError::Timeout(started.elapsed())),
             }
         })
         .await
     }
 
-    /// Sends `event` with the others reported meanwhile, without waiting for its confirm: for
-    /// events whose loss is harmless (progress: a later event implies it).
-    pub async fn notify(&self, event: Vec<u8>) -> Result<(), PublishError> {
+    /// Sends `event` with the others reported meanwhile, without waiting for its confirm, nor
+    /// for room in the queue: for events whose loss is harmless (progress: a later event
+    /// implies it), which must never hold up the job that reports them.
+    pub fn notify(&self, event: Vec<u8>) -> Result<(), PublishError> {
         if self.current().is_none() {
             return Err(PublishError::NoSession);
         }
@@ -169,9 +173,8 @@ impl Link {
             confirmed: None,
         };
         self.reports
-            .send(report)
-            .await
-            .map_err(|_| PublishError::NoSession)
+            .try_send(report)
+            .map_err(|_| PublishError::Timeout(Duration::ZERO))
     }
 
     /// Runs `publish` once a session is up, again after a pause when it fails, until `deadline`.

@@ -326,7 +326,7 @@ impl Attempt {
                     marked = (progress * PROGRESS_MARKS).floor();
                     tracing::info!(progress, "job progress");
                 }
-                if let Err(e) = self.reporter.notify(JobChange::Progress { progress }).await {
+                if let Err(e) = self.reporter.notify(JobChange::Progress { progress }) {
                     tracing::debug!(error = %e, "progress event not published");
                 }
             }
@@ -502,9 +502,9 @@ impl Reporter {
     /// Reports progress without waiting for its confirm, and without a span: its loss is
     /// harmless (a later event implies it), and a span per report would grow the trace with
     /// the job's length.
-    async fn notify(&self, change: JobChange) -> Result<(), PublishError> {
+    fn notify(&self, change: JobChange) -> Result<(), PublishError> {
         let (event, _) = self.event(change, false);
-        self.link.notify(event).await
+        self.link.notify(event)
     }
 
     /// Saves checkpoints as events, each confirmed (within the publish timeout).
