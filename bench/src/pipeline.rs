@@ -1,7 +1,7 @@
 //! The whole path at once, as a service runs: the api and the worker together under open-loop
 //! load at rising offered rates (each step on fresh services and a fresh database), then a soak
-//! at 70 % of the knee. What a user sees is this figure, not enqueue and drain measured apart: accepting,
-//! running and recording jobs share the same cores.
+//! at 70 % of the knee. What a user sees is this figure, not enqueue and drain measured apart:
+//! accepting, running and recording jobs share the same cores.
 
 use std::time::{Duration, Instant};
 
