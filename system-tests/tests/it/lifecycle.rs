@@ -189,7 +189,20 @@ async fn cancel_a_queued_job() {
         format!("job {id} already cancelled").as_str()
     );
     // A worker arriving later never runs it, whether its message was still in the outbox or
-    // already in the queue when the cancel came.
+    // already in the queue when the cancel came: once the cancel is broadcast (the relay sends
+    // it after the 202; a worker that connects before it takes the job and learns of the cancel
+    // from the stream, too late for a job that short).
+    let db = app.db().await;
+    app.wait_until(LONG, "the cancel broadcast", || async {
+        let pending: bool =
+            sqlx::query_scalar("SELECT cancel_outbox FROM jobs WHERE id = $1::uuid")
+                .bind(&id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        !pending
+    })
+    .await;
     app.start_worker().await;
     assert_never_ran(&app, "hash", "the cancelled job reached a handler").await;
     assert_eq!(app.job(&id).await["status"], "cancelled");
