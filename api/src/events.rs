@@ -19,7 +19,6 @@
 //! without a span of their own; every other event gets one, a child of the worker's publish.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -184,27 +183,18 @@ impl Held {
 
 /// One event of a delivery that may carry several: the delivery is acked once the last of
 /// its events is applied (or found useless).
-struct Part {
-    delivery: Arc<(Mutex<Option<Held>>, AtomicUsize)>,
-}
+struct Part(Arc<Held>);
 
 impl Part {
     /// Splits `held` into `n` parts.
     fn split(held: Held, n: usize) -> impl Iterator<Item = Self> {
-        let delivery = Arc::new((Mutex::new(Some(held)), AtomicUsize::new(n)));
-        (0..n).map(move |_| Self {
-            delivery: delivery.clone(),
-        })
+        let held = Arc::new(held);
+        (0..n).map(move |_| Self(held.clone()))
     }
 
     /// This event is done with; the last one acks the delivery.
     async fn done(self, in_flight: &InFlight) -> lapin::Result<()> {
-        let (held, left) = &*self.delivery;
-        if left.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return Ok(());
-        }
-        let held = held.lock().expect("not poisoned").take();
-        match held {
+        match Arc::into_inner(self.0) {
             Some(held) => held.ack(in_flight).await,
             None => Ok(()),
         }

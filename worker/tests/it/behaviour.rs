@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use jobs_contract::Topology;
-use jobs_contract::messages::{EventBatch, HEARTBEAT_ROUTING_KEY, JobChange, JobEvent, JobMessage};
+use jobs_contract::messages::{HEARTBEAT_ROUTING_KEY, JobChange, JobEvent, JobMessage};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use serde_json::{Value, json};
@@ -175,9 +175,7 @@ impl TestWorker {
                 continue;
             }
             self.messages += 1;
-            let batch = EventBatch::read(delivery.routing_key.as_str(), &delivery.data).unwrap();
-            self.unread
-                .extend(batch.events.into_iter().map(|b| b.event));
+            self.unread.extend(crate::job_events(&delivery));
         }
         self.unread.pop_front()
     }
