@@ -9,8 +9,9 @@
 //! batch's fsync overlaps the next one's statement.
 //!
 //! Why: a one-row transaction costs PostgreSQL a WAL flush and a round trip per job; a batch
-//! pays them once. Requests with an `Idempotency-Key` take their own transaction instead
-//! (`store::insert_keyed`): their conflicts are settled by a row lock on the key.
+//! pays them once. Requests with an `Idempotency-Key` share batches too: a batch claims its
+//! keys first, in key order, and each request is answered as if it had been alone (see
+//! [`store::insert`]).
 
 use std::sync::Arc;
 
@@ -19,7 +20,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{self, NewJob, Stored};
+use crate::store::{self, Inserted, Key, NewJob, Submission};
 
 /// Most jobs one transaction inserts.
 pub const MAX_BATCH: usize = 128;
@@ -43,7 +44,7 @@ const IN_FLIGHT: usize = 4;
 /// concurrency bounds it well before).
 const QUEUE: usize = 4096;
 
-type Reply = oneshot::Sender<Result<Stored, BatchError>>;
+type Reply = oneshot::Sender<Result<Inserted, BatchError>>;
 
 /// Why a job was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,7 @@ impl BatchError {
 /// Hands jobs to the committer.
 #[derive(Debug, Clone)]
 pub struct Committer {
-    queue: mpsc::Sender<(NewJob, Reply)>,
+    queue: mpsc::Sender<(Submission, Reply)>,
 }
 
 /// Stops the committer.
@@ -98,12 +99,12 @@ impl Committer {
         (Self { queue }, Closer { stop, task })
     }
 
-    /// Stores `job`; returns its row once committed (or the row of the unique job it
-    /// duplicates).
-    pub async fn accept(&self, job: NewJob) -> Result<Stored, AcceptError> {
+    /// Stores `job` with its `Idempotency-Key`, if any; answers once committed: its row (or
+    /// the row of the unique job it duplicates), or what its key stands for.
+    pub async fn accept(&self, job: NewJob, key: Option<Key>) -> Result<Inserted, AcceptError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((job, reply))
+            .send((Submission { job, key }, reply))
             .await
             .map_err(|_| AcceptError::ShuttingDown)?;
         answer
@@ -115,7 +116,7 @@ impl Committer {
 
 async fn run(
     db: PgPool,
-    mut rx: mpsc::Receiver<(NewJob, Reply)>,
+    mut rx: mpsc::Receiver<(Submission, Reply)>,
     wake_relay: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -141,10 +142,10 @@ async fn run(
         if received == 0 {
             break;
         }
-        let (jobs, replies): (Vec<NewJob>, Vec<Reply>) = batch.drain(..).unzip();
+        let (subs, replies): (Vec<Submission>, Vec<Reply>) = batch.drain(..).unzip();
         let (db, wake_relay) = (db.clone(), wake_relay.clone());
         tokio::spawn(async move {
-            let committed = store::insert(&db, &jobs).await;
+            let committed = store::insert(&db, &subs).await;
             drop(permit);
             match committed {
                 Ok(rows) => {
@@ -190,7 +191,7 @@ mod tests {
             .await
             .expect("the committer stops");
         let refused = committer
-            .accept(NewJob::now("sleep", serde_json::json!({}), 1))
+            .accept(NewJob::now("sleep", serde_json::json!({}), 1), None)
             .await;
         assert!(
             matches!(refused, Err(AcceptError::ShuttingDown)),

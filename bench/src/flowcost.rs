@@ -1,8 +1,9 @@
 //! What flow control costs when no limit is hit: the same closed loop of no-op jobs through api
 //! and worker together, once unlimited and once with each mechanism switched on at a level the
 //! load never reaches (a priority on every job, a unique key on every job, a concurrency limit
-//! per kind and per key, a rate limit). Peers report halving their throughput with such
-//! features on (river#1145); the target here is under 10 %.
+//! per kind and per key, a rate limit), and with an `Idempotency-Key` on every request (keyed
+//! requests share the group commit). Peers report halving their throughput with such features
+//! on (river#1145); the target here is under 10 %.
 
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ struct Mode {
     args: &'static [&'static str],
 }
 
-const MODES: [Mode; 6] = [
+const MODES: [Mode; 7] = [
     Mode {
         label: "unlimited",
         limits: "",
@@ -38,6 +39,11 @@ const MODES: [Mode; 6] = [
         label: "a unique_key on every job",
         limits: "",
         args: &["--unique"],
+    },
+    Mode {
+        label: "an Idempotency-Key on every request",
+        limits: "",
+        args: &["--idempotency-keys"],
     },
     Mode {
         label: "concurrency limit per kind (100000)",

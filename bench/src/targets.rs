@@ -377,7 +377,8 @@ fn quota_target(q: &crate::results::Quota) -> Target {
     }
 }
 
-/// Every flow-control mechanism costs at most [`FLOW_COST_MAX_PCT`] when no limit is hit.
+/// Every flow-control mechanism, and an `Idempotency-Key` on every request, costs at most
+/// [`FLOW_COST_MAX_PCT`] when no limit is hit.
 fn flow_target(f: &crate::results::FlowCost) -> Target {
     let costs = f.costs();
     let worst = costs
@@ -390,7 +391,7 @@ fn flow_target(f: &crate::results::FlowCost) -> Target {
         .collect();
     Target {
         goal: format!(
-            "each flow-control mechanism costs ≤ {FLOW_COST_MAX_PCT:.0} % of end-to-end throughput when no limit is hit"
+            "each flow-control mechanism, and an Idempotency-Key on every request, costs ≤ {FLOW_COST_MAX_PCT:.0} % of end-to-end throughput when no limit is hit"
         ),
         measured: named.join("; "),
         verdict: if costs.is_empty() {

@@ -1,5 +1,7 @@
 //! The two calls the generator makes: `POST /jobs` and `GET /jobs/{id}`, each in its own trace.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -48,6 +50,22 @@ pub struct JobView {
 pub struct Api {
     client: reqwest::Client,
     jobs: String,
+    /// Where this run's `Idempotency-Key`s come from, when it sends them.
+    keys: Option<Arc<Keys>>,
+}
+
+/// Distinct `Idempotency-Key`s: this run's own prefix (its start, so two runs never share a
+/// key), then a count.
+#[derive(Debug)]
+struct Keys {
+    run: String,
+    next: AtomicU64,
+}
+
+impl Keys {
+    fn next(&self) -> String {
+        format!("{}-{}", self.run, self.next.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 impl Api {
@@ -81,13 +99,33 @@ impl Api {
         Ok(Self {
             client,
             jobs: format!("{base}/jobs"),
+            keys: None,
         })
+    }
+
+    /// Sends a distinct `Idempotency-Key` with every `POST /jobs` (when `on`).
+    pub fn with_idempotency_keys(self, on: bool) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            keys: on.then(|| {
+                Arc::new(Keys {
+                    run: format!("loadgen-{:x}", started.as_nanos()),
+                    next: AtomicU64::new(0),
+                })
+            }),
+            ..self
+        }
     }
 
     /// `POST /jobs`; on 202 also returns the new job's id (from `Location`).
     pub async fn create(&self, body: &Value) -> (Outcome, Option<String>) {
         let span = ClientSpan::start("POST", "/jobs", &self.jobs);
         let mut req = self.client.post(&self.jobs).json(body);
+        if let Some(keys) = &self.keys {
+            req = req.header("idempotency-key", keys.next());
+        }
         for (k, v) in &span.headers {
             req = req.header(k.as_str(), v.as_str());
         }

@@ -63,6 +63,10 @@ pub struct Args {
     /// A distinct `unique_key` on every job (exercises the unique claim without a duplicate).
     #[arg(long)]
     pub unique: bool,
+    /// A distinct `Idempotency-Key` header on every request (exercises the key's claim
+    /// without a replay).
+    #[arg(long)]
+    pub idempotency_keys: bool,
     /// Follow every accepted job (GET /jobs/{id}) to its end state and report end-to-end latency.
     #[arg(long)]
     pub track: bool,

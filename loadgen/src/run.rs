@@ -34,7 +34,8 @@ pub fn runtime(threads: u32) -> tokio::runtime::Runtime {
 /// Runs `plan` against the api named in `args`.
 pub async fn run(args: &Args, plan: Plan) -> anyhow::Result<Summary> {
     let cap = args.max_in_flight as usize;
-    let api = Api::new(&args.url, args.api_key.as_deref(), args.timeout, cap)?;
+    let api = Api::new(&args.url, args.api_key.as_deref(), args.timeout, cap)?
+        .with_idempotency_keys(args.idempotency_keys);
     let stats = Stats::shared();
     let start = Instant::now();
     let end = start + plan.duration;

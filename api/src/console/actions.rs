@@ -17,7 +17,7 @@ use super::{Session, encode, render};
 use crate::AppState;
 use crate::access::{Access, Audit};
 use crate::lifecycle::Status;
-use crate::store::{self, Cancel, Redrive, RedriveOne};
+use crate::store::{self, Cancel, Inserted, Redrive, RedriveOne, Stored};
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
     tracing::warn!(error = %e, "console action failed");
@@ -67,13 +67,17 @@ pub(super) async fn submit(
         },
         Err(e) => return refused(e.to_string()),
     };
-    match state.committer.accept(job).await {
-        Ok(store::Stored::New(job) | store::Stored::Duplicate(job)) => {
+    match state.committer.accept(job, None).await {
+        Ok(
+            Inserted::Created(Stored::New(job) | Stored::Duplicate(job)) | Inserted::Replayed(job),
+        ) => {
             metrics::counter!("jobstack_jobs_created_total", "kind" => job.kind.clone())
                 .increment(1);
             tracing::info!(job.id = %job.id, job.kind = %job.kind, "job accepted from the console");
             Redirect::to(&format!("/ui/jobs/{}", job.id)).into_response()
         }
+        // Only a request with an Idempotency-Key meets one, and the form sends none.
+        Ok(Inserted::KeyReused) => refused("this Idempotency-Key was already used".into()),
         Err(e) => refused(e.to_string()),
     }
 }
@@ -97,7 +101,10 @@ pub(super) async fn cancel(
     let page = format!("/ui/jobs/{id}");
     match store::cancel(&state.db, id, &audit).await {
         Ok(Cancel::Accepted(_)) => {
-            state.broker.wake_relay.notify_one();
+            state
+                .broker
+                .broadcast_cancels(state.config.amqp.publish_timeout)
+                .await;
             audit.logged(1);
             back(&page, "cancel accepted")
         }
@@ -220,6 +227,10 @@ pub(super) async fn bulk(
                 Err(e) => return unavailable(e),
             }
         }
+        state
+            .broker
+            .broadcast_cancels(state.config.amqp.publish_timeout)
+            .await;
         audit.logged(cancelled);
         format!("{cancelled} job(s) cancelled")
     } else {

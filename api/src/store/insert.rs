@@ -1,7 +1,8 @@
 //! Accepting jobs: a job row and its outbox entry in one transaction, so that the commit is what
-//! makes a 202 durable. Grouped ([`insert`], the group commit's batches) or with an
-//! `Idempotency-Key` ([`insert_keyed`]).
+//! makes a 202 durable: the group commit's batches ([`insert`]), with their `Idempotency-Key`s,
+//! and schedules' fires ([`insert_fired`]).
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -87,17 +88,26 @@ pub struct Fire {
 }
 
 /// An `Idempotency-Key` and what it stands for.
-#[derive(Debug)]
-pub struct Key<'a> {
-    /// The key as sent.
-    pub key: &'a str,
+#[derive(Debug, Clone)]
+pub struct Key {
+    /// The key as stored (scoped to its client).
+    pub key: String,
     /// A digest of the request it came with.
-    pub fingerprint: &'a str,
+    pub fingerprint: String,
     /// How long it answers with its job.
     pub ttl: Duration,
 }
 
-/// What an insert with a key did.
+/// A job to accept, and the `Idempotency-Key` it came with, if any.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// The job.
+    pub job: NewJob,
+    /// Its key.
+    pub key: Option<Key>,
+}
+
+/// What accepting a submission did.
 #[derive(Debug)]
 pub enum Inserted {
     /// A new job, or the duplicate a unique claim answered with.
@@ -108,14 +118,159 @@ pub enum Inserted {
     KeyReused,
 }
 
-/// Inserts jobs in one transaction (one statement), each with its outbox entry; what became of
-/// each comes back in the order given.
-pub async fn insert(db: &PgPool, jobs: &[NewJob]) -> sqlx::Result<Vec<Stored>> {
-    let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
+/// Accepts `subs` in one transaction: each job with its outbox entry and its key, if it has
+/// one; what became of each comes back in the order given, as if each had been alone.
+///
+/// A key is claimed by the first submission that brings it while it is free (new, or
+/// expired); every other submission with that key (later in this batch, or in a later one)
+/// answers with the claimant's job if its body is the same, and is refused if not. Keys are
+/// claimed in key order, so two batches sharing keys wait for each other and never deadlock;
+/// a batch that meets a key another transaction holds waits for that one's end, then sees its
+/// job.
+pub async fn insert(db: &PgPool, subs: &[Submission]) -> sqlx::Result<Vec<Inserted>> {
+    let ids: Vec<Uuid> = subs.iter().map(|_| Uuid::now_v7()).collect();
+    // The first submission of each key, in key order.
+    let mut firsts: BTreeMap<&str, (usize, &Key)> = BTreeMap::new();
+    for (i, sub) in subs.iter().enumerate() {
+        if let Some(key) = &sub.key {
+            firsts.entry(key.key.as_str()).or_insert((i, key));
+        }
+    }
     let mut tx = db.begin().await?;
-    let stored = insert_unique(&mut tx, &ids, jobs).await?;
+    let claimed = claim_keys(&mut tx, &firsts, &ids).await?;
+    // Who inserts a job: a submission without a key, and the one that claimed its key.
+    let inserts: Vec<bool> = subs
+        .iter()
+        .enumerate()
+        .map(|(i, sub)| match &sub.key {
+            None => true,
+            Some(key) => claimed.contains(&key.key) && firsts[key.key.as_str()].0 == i,
+        })
+        .collect();
+    let (job_ids, jobs): (Vec<Uuid>, Vec<NewJob>) = subs
+        .iter()
+        .zip(&ids)
+        .zip(&inserts)
+        .filter(|(_, inserts)| **inserts)
+        .map(|((sub, id), _)| (*id, sub.job.clone()))
+        .unzip();
+    let stored = insert_unique(&mut tx, &job_ids, &jobs).await?;
+
+    // What each key answers with from now on: its claimant's fingerprint, and its job.
+    let mut records: HashMap<&str, (String, JobRow)> = HashMap::new();
+    let mut duplicated: (Vec<&str>, Vec<Uuid>) = (Vec::new(), Vec::new());
+    let claimants = subs.iter().zip(&inserts).filter(|(_, inserts)| **inserts);
+    for ((sub, _), stored) in claimants.zip(&stored) {
+        let Some(key) = &sub.key else { continue };
+        let row = match stored {
+            Stored::New(row) => row,
+            Stored::Duplicate(holder) => {
+                // No job was made: the key answers with the unique job it duplicates.
+                duplicated.0.push(key.key.as_str());
+                duplicated.1.push(holder.id);
+                holder
+            }
+        };
+        records.insert(&key.key, (key.fingerprint.clone(), row.clone()));
+    }
+    if !duplicated.0.is_empty() {
+        sqlx::query(
+            "UPDATE idempotency_keys AS k SET job_id = d.job_id \
+             FROM unnest($1::text[], $2::uuid[]) AS d(key, job_id) WHERE k.key = d.key",
+        )
+        .bind(&duplicated.0)
+        .bind(&duplicated.1)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let held: Vec<&str> = firsts
+        .keys()
+        .copied()
+        .filter(|key| !claimed.contains(*key))
+        .collect();
+    if !held.is_empty() {
+        let found: Vec<(String, String, Uuid)> = sqlx::query_as(
+            "SELECT key, fingerprint, job_id FROM idempotency_keys WHERE key = ANY($1)",
+        )
+        .bind(&held)
+        .fetch_all(&mut *tx)
+        .await?;
+        let job_ids: Vec<Uuid> = found.iter().map(|(_, _, id)| *id).collect();
+        let rows = read::fetch_many(&mut tx, &job_ids).await?;
+        for (key, fingerprint, job_id) in found {
+            let key = held
+                .iter()
+                .copied()
+                .find(|k| *k == key)
+                .ok_or(sqlx::Error::RowNotFound)?;
+            // A key's job is there: deleting a job deletes its keys (`ON DELETE CASCADE`).
+            let row = rows
+                .iter()
+                .find(|r| r.id == job_id)
+                .ok_or(sqlx::Error::RowNotFound)?;
+            records.insert(key, (fingerprint, row.clone()));
+        }
+    }
     tx.commit().await?;
-    Ok(stored)
+
+    let mut stored = stored.into_iter();
+    subs.iter()
+        .zip(inserts)
+        .map(|(sub, inserted)| match &sub.key {
+            Some(key) if !inserted => {
+                let (fingerprint, row) = records
+                    .get(key.key.as_str())
+                    .ok_or(sqlx::Error::RowNotFound)?;
+                Ok(if *fingerprint == key.fingerprint {
+                    Inserted::Replayed(row.clone())
+                } else {
+                    Inserted::KeyReused
+                })
+            }
+            _ => stored
+                .next()
+                .map(Inserted::Created)
+                .ok_or(sqlx::Error::RowNotFound),
+        })
+        .collect()
+}
+
+/// Claims each key of `firsts` that is free (new, or expired) for the job its first
+/// submission will insert; returns the keys claimed. In key order, row lock by row lock: a key
+/// another transaction holds waits for that one to end.
+async fn claim_keys(
+    tx: &mut Transaction<'_, Postgres>,
+    firsts: &BTreeMap<&str, (usize, &Key)>,
+    ids: &[Uuid],
+) -> sqlx::Result<HashSet<String>> {
+    if firsts.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let keys: Vec<&str> = firsts.keys().copied().collect();
+    let fingerprints: Vec<&str> = firsts
+        .values()
+        .map(|(_, k)| k.fingerprint.as_str())
+        .collect();
+    let job_ids: Vec<Uuid> = firsts.values().map(|(i, _)| ids[*i]).collect();
+    let ttls: Vec<f64> = firsts.values().map(|(_, k)| k.ttl.as_secs_f64()).collect();
+    // Checked at commit (the foreign key is deferred): the key goes in before its job.
+    let claimed: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (key, fingerprint, job_id, expires_at) \
+         SELECT key, fingerprint, job_id, now() + make_interval(secs => ttl) \
+         FROM unnest($1::text[], $2::text[], $3::uuid[], $4::float8[]) \
+              WITH ORDINALITY AS k(key, fingerprint, job_id, ttl, n) ORDER BY n \
+         ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+             job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at \
+         WHERE idempotency_keys.expires_at <= now() \
+         RETURNING key",
+    )
+    .bind(&keys)
+    .bind(&fingerprints)
+    .bind(&job_ids)
+    .bind(&ttls)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(claimed.into_iter().collect())
 }
 
 /// Inserts `jobs` as `ids`; a job whose unique claim another job holds is not inserted and
@@ -189,52 +344,6 @@ async fn insert_unique(
         }
     }
     Ok(stored)
-}
-
-/// Inserts a job and its idempotency key in one transaction, or finds the key's job. A
-/// concurrent request with the same key waits on the first one's row lock, then finds its job.
-pub async fn insert_keyed(db: &PgPool, job: &NewJob, key: &Key<'_>) -> sqlx::Result<Inserted> {
-    let id = Uuid::now_v7();
-    let mut tx = db.begin().await?;
-    let claimed: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO idempotency_keys (key, fingerprint, job_id, expires_at) \
-         VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
-         ON CONFLICT (key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
-             job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at \
-         WHERE idempotency_keys.expires_at <= now() \
-         RETURNING job_id",
-    )
-    .bind(key.key)
-    .bind(key.fingerprint)
-    .bind(id)
-    .bind(key.ttl.as_secs_f64())
-    .fetch_optional(&mut *tx)
-    .await?;
-    if claimed.is_none() {
-        let (fingerprint, job_id): (String, Uuid) =
-            sqlx::query_as("SELECT fingerprint, job_id FROM idempotency_keys WHERE key = $1")
-                .bind(key.key)
-                .fetch_one(&mut *tx)
-                .await?;
-        if fingerprint != key.fingerprint {
-            return Ok(Inserted::KeyReused);
-        }
-        return Ok(Inserted::Replayed(read::fetch(&mut tx, job_id).await?));
-    }
-    let job = insert_unique(&mut tx, &[id], std::slice::from_ref(job))
-        .await?
-        .pop()
-        .expect("one job asked");
-    if let Stored::Duplicate(holder) = &job {
-        // No job was made: the key answers with the unique job it duplicates from now on.
-        sqlx::query("UPDATE idempotency_keys SET job_id = $2 WHERE key = $1")
-            .bind(key.key)
-            .bind(holder.id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(Inserted::Created(job))
 }
 
 /// Inserts the jobs of schedule fires in `tx`, each with its outbox entry; a fire that already

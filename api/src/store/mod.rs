@@ -38,7 +38,7 @@ use crate::lifecycle::{Current, PastGeneration, Status};
 
 pub use cancel::{Cancel, cancel};
 pub use events::{Applied, apply_events};
-pub use insert::{Claim, Fire, Inserted, Key, NewJob, Stored, insert, insert_fired, insert_keyed};
+pub use insert::{Claim, Fire, Inserted, Key, NewJob, Stored, Submission, insert, insert_fired};
 pub use read::{Cursor, Filter, get, held, list};
 pub use redrive::{Redrive, RedriveOne, redrive, redrive_one};
 pub use retention::{Pruned, RETENTION_LOCK, prune};

@@ -63,6 +63,21 @@ pub(super) async fn fetch(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> sqlx:
     get(&mut **tx, id).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
+/// Jobs known to exist (referenced in this transaction), in no particular order.
+pub(super) async fn fetch_many(
+    tx: &mut Transaction<'_, Postgres>,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+}
+
 /// Where a page starts: just after this (created_at, id), newest first.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cursor {

@@ -54,32 +54,22 @@ pub(super) async fn submit(
         client: Some(caller.client.clone()),
         ..validate(&state, &req)?
     };
-    let (stored, replayed) = match key {
-        None => (state.committer.accept(job).await?, false),
-        Some(key) => {
-            let fingerprint = idempotency::fingerprint(&req);
-            // Each client has its own keys: another client's same key is another request, and
-            // never answers with this client's job.
-            let key = idempotency::scoped(&caller.client, &key);
-            let key = store::Key {
-                key: &key,
-                fingerprint: &fingerprint,
-                ttl: state.config.idempotency_ttl,
-            };
-            match store::insert_keyed(&state.db, &job, &key).await? {
-                Inserted::Created(stored) => {
-                    state.broker.wake_relay.notify_one();
-                    (stored, false)
-                }
-                Inserted::Replayed(job) => (Stored::New(job), true),
-                Inserted::KeyReused => {
-                    return Err(ApiError::Unprocessable(
-                        "this Idempotency-Key was already used with a different request body; \
-                         use a new key for a new job"
-                            .into(),
-                    ));
-                }
-            }
+    // Each client has its own keys: another client's same key is another request, and never
+    // answers with this client's job.
+    let key = key.map(|key| store::Key {
+        key: idempotency::scoped(&caller.client, &key),
+        fingerprint: idempotency::fingerprint(&req),
+        ttl: state.config.idempotency_ttl,
+    });
+    let (stored, replayed) = match state.committer.accept(job, key).await? {
+        Inserted::Created(stored) => (stored, false),
+        Inserted::Replayed(job) => (Stored::New(job), true),
+        Inserted::KeyReused => {
+            return Err(ApiError::Unprocessable(
+                "this Idempotency-Key was already used with a different request body; use a \
+                 new key for a new job"
+                    .into(),
+            ));
         }
     };
     let mut headers = HeaderMap::new();
