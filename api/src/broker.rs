@@ -18,6 +18,23 @@ pub struct Broker {
     /// Wakes the relay after a job or a cancel is committed, so it need not wait for its next
     /// poll.
     pub wake_relay: Arc<tokio::sync::Notify>,
+    /// The relay's rounds over the cancel outbox, which a cancel's request waits for.
+    pub cancel_rounds: Arc<relay::CancelRounds>,
+}
+
+impl Broker {
+    /// After a commit of cancels: wakes the relay and, while the broker is up, waits (at most
+    /// `bound`) until they are in the control stream; see [`relay::CancelRounds`].
+    pub async fn broadcast_cancels(&self, bound: std::time::Duration) {
+        if !self.status.is_up() {
+            // The relay broadcasts them once the broker is back; nothing to wait for now.
+            self.wake_relay.notify_one();
+            return;
+        }
+        if !self.cancel_rounds.next(&self.wake_relay, bound).await {
+            tracing::debug!("cancel answered before the relay's broadcast of it");
+        }
+    }
 }
 
 /// Runs one session on `conn` until `shutdown` (`Ok`) or a broker failure (`Err`: reconnect).
@@ -50,7 +67,7 @@ pub async fn session(
         publisher,
         config.dispatch(),
         state.flow.clone(),
-        state.broker.wake_relay.clone(),
+        state.broker.clone(),
         config.relay_interval,
         shutdown.clone(),
     );

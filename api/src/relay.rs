@@ -14,6 +14,7 @@
 //! `worker::session`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -22,10 +23,11 @@ use jobs_contract::messages::{Checkpoint, ControlMessage, JobMessage};
 use shared::amqp::{Outgoing, Publisher, producer_span};
 use shared::telemetry::propagation;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::broker::Broker;
 use crate::flow::{Flow, gate};
 use crate::store::outbox;
 
@@ -37,15 +39,67 @@ const BATCH: i64 = 256;
 /// relay may be woken thousands of times a second.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The relay's rounds over the cancel outbox. A request that accepted a cancel waits for a
+/// round that began after its commit to end: its 202 then comes once the cancel is in the
+/// control stream (while the broker is up), so a worker that takes the job after the answer,
+/// even one that connects only then, skips it. Without the wait, a job's message handed out
+/// between the 202 and the relay's next round would run (its outcome ignored, the job staying
+/// `cancelled`, but its handler run).
+#[derive(Debug)]
+pub struct CancelRounds {
+    begun: AtomicU64,
+    ended: watch::Sender<u64>,
+}
+
+impl Default for CancelRounds {
+    fn default() -> Self {
+        Self {
+            begun: AtomicU64::new(0),
+            ended: watch::channel(0).0,
+        }
+    }
+}
+
+impl CancelRounds {
+    /// A round begins: its number.
+    fn begin(&self) -> u64 {
+        self.begun.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Round `round` published every cancel it found.
+    fn end(&self, round: u64) {
+        self.ended.send_if_modified(|ended| {
+            let later = round > *ended;
+            if later {
+                *ended = round;
+            }
+            later
+        });
+    }
+
+    /// Wakes the relay and waits, at most `bound`, for a round that begins from now to end;
+    /// whether one did (not if the broker or PostgreSQL failed it, or another api replica's
+    /// relay holds the cancel).
+    pub async fn next(&self, wake: &Notify, bound: Duration) -> bool {
+        let mut ended = self.ended.subscribe();
+        let after = self.begun.load(Ordering::SeqCst);
+        wake.notify_one();
+        tokio::time::timeout(bound, ended.wait_for(|ended| *ended > after))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
+    }
+}
+
 /// Publishes outbox entries and cancels until `shutdown`, then flushes once more; returns an
-/// error when the broker failed us (the caller reconnects). `wake` is notified after each
-/// accepted job or cancel.
+/// error when the broker failed us (the caller reconnects). `broker.wake_relay` is notified
+/// after each accepted job or cancel; each round over the cancels is counted in
+/// `broker.cancel_rounds`.
 pub async fn run(
     db: PgPool,
     publisher: Publisher,
     dispatch: Dispatch,
     flow: Arc<Flow>,
-    wake: Arc<Notify>,
+    broker: Broker,
     interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -59,9 +113,15 @@ pub async fn run(
     }
     loop {
         for relay in [Relay::Jobs, Relay::Cancels] {
+            let round = matches!(relay, Relay::Cancels).then(|| broker.cancel_rounds.begin());
             loop {
                 match relay_batch(relay, &db, &publisher, &dispatch, &flow).await {
-                    Ok(n) if n < BATCH as usize => break,
+                    Ok(n) if n < BATCH as usize => {
+                        if let Some(round) = round {
+                            broker.cancel_rounds.end(round);
+                        }
+                        break;
+                    }
                     Ok(_) => continue,
                     Err(Failure::Database(e)) => {
                         tracing::warn!(error = %e, "outbox relay cannot reach PostgreSQL; will retry");
@@ -89,7 +149,7 @@ pub async fn run(
             _ => interval,
         };
         tokio::select! {
-            () = wake.notified() => {},
+            () = broker.wake_relay.notified() => {},
             () = tokio::time::sleep(nap) => {},
             () = shutdown.cancelled() => {},
         }

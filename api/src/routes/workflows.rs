@@ -278,7 +278,10 @@ pub(super) async fn cancel(
             cancelled += 1;
         }
     }
-    state.broker.wake_relay.notify_one();
+    state
+        .broker
+        .broadcast_cancels(state.config.amqp.publish_timeout)
+        .await;
     audit.logged(cancelled);
     tracing::info!(workflow.id = %id, cancelled, "workflow cancel accepted");
     Ok((

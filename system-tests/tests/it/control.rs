@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, TestApp, assert_never_ran};
+use crate::helpers::{Options, TestApp, assert_never_ran, wait_metric};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -16,13 +16,6 @@ fn at(job: &Value, field: &str) -> DateTime<Utc> {
         .as_str()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{field} of {job}"))
-}
-
-async fn wait_metric(app: &TestApp, series: &str, labels: &str, at_least: f64) {
-    app.wait_until(LONG, series, || async {
-        app.metric_sum(series, labels).await >= at_least
-    })
-    .await;
 }
 
 #[tokio::test]

@@ -603,6 +603,14 @@ pub(crate) async fn cleanup(api_config: &Config) {
     test_support::cleanup::drop_database(&format!("jobstack_{}", api_config.amqp.prefix)).await;
 }
 
+/// Waits (30 s at most) until the api's `series` with `labels` sums to `at_least`.
+pub(crate) async fn wait_metric(app: &TestApp, series: &str, labels: &str, at_least: f64) {
+    app.wait_until(Duration::from_secs(30), series, || async {
+        app.metric_sum(series, labels).await >= at_least
+    })
+    .await;
+}
+
 /// Runs a job submitted after the cancelled one (the relay and the queue keep order, so the
 /// worker has taken the cancelled one by then) and asserts no `kind` handler ever started.
 pub(crate) async fn assert_never_ran(app: &TestApp, kind: &str, why: &str) {

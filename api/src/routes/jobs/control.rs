@@ -50,7 +50,10 @@ pub(super) async fn cancel(
         Cancel::Accepted(job) => job,
     };
     // Committed: the relay broadcasts it if a worker may hold the job.
-    state.broker.wake_relay.notify_one();
+    state
+        .broker
+        .broadcast_cancels(state.config.amqp.publish_timeout)
+        .await;
     audit.logged(1);
     tracing::info!(job.id = %id, status = %job.status, "cancel accepted");
     Ok((StatusCode::ACCEPTED, Json(Job::from(job))))
