@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use api::Config;
 use shared::telemetry::{self, Settings};
 
+/// jemalloc, whose background threads give memory freed after a burst back to the OS within
+/// seconds: with glibc's malloc an api that took 4000 requests/s for 20 s held 300 MiB (its
+/// peak) long after the burst, and 33 MiB once trimmed.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(request) = api::access::cli::requested(&args) {
