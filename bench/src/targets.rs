@@ -10,7 +10,9 @@ pub const ENQUEUE_MIN_SHARE: f64 = 0.60;
 /// p99 at half the peak rate, ms.
 pub const HALF_RATE_P99_MAX_MS: f64 = 20.0;
 /// Worker drain at concurrency 16, as a share of raw consume + ack at prefetch 16.
-pub const DRAIN_MIN_SHARE: f64 = 0.40;
+pub const DRAIN_MIN_SHARE: f64 = 0.50;
+/// Share of the job-row updates that workers' events make which are heap-only (HOT).
+pub const HOT_MIN_SHARE: f64 = 0.90;
 /// Throughput full telemetry may cost, percent.
 pub const TELEMETRY_MAX_COST_PCT: f64 = 10.0;
 /// Throughput exemplars may cost, percent (telemetry on, with vs without them).
@@ -205,6 +207,7 @@ pub fn targets(r: &Results) -> Vec<Target> {
         knee_target(&r.pipeline),
         soak_target(&r.pipeline),
         e2e_telemetry_target(&r.pipeline),
+        hot_target(&r.drain16, &r.long_jobs),
     ]
     .into_iter()
     .chain(long_targets(&r.long_jobs))
@@ -235,6 +238,37 @@ pub fn targets(r: &Results) -> Vec<Target> {
 
 /// Long jobs: the worker's RSS, accept latency beside their progress, cancel latency, and the
 /// shutdown that hands every unfinished one back with none lost and none run twice.
+/// The job-row updates of the drain at 16 (an outcome per job) and of the long-jobs run
+/// (progress, checkpoints, hand-backs, outcomes) are at least [`HOT_MIN_SHARE`] heap-only.
+fn hot_target(drain: &crate::results::Drain, long: &crate::results::LongJobs) -> Target {
+    let drain_share = drain
+        .pg
+        .tables
+        .iter()
+        .find(|t| t.table == "jobs" && t.updates > 0.0)
+        .map(|t| t.hot / t.updates);
+    let long_share =
+        (long.job_updates > 0).then(|| long.job_hot_updates as f64 / long.job_updates as f64);
+    let show = |share: Option<f64>| {
+        share.map_or("not measured".to_owned(), |s| format!("{:.0} %", s * 100.0))
+    };
+    Target {
+        goal: format!(
+            "≥ {:.0} % of the job-row updates workers' events make are HOT",
+            HOT_MIN_SHARE * 100.0
+        ),
+        measured: format!(
+            "drain at 16: {}; long jobs: {}",
+            show(drain_share),
+            show(long_share)
+        ),
+        verdict: match (drain_share, long_share) {
+            (Some(d), Some(l)) => Verdict::of(d >= HOT_MIN_SHARE && l >= HOT_MIN_SHARE),
+            _ => Verdict::Inconclusive("not measured"),
+        },
+    }
+}
+
 fn long_targets(l: &crate::results::LongJobs) -> Vec<Target> {
     let measured = l.jobs > 0;
     let judge = |ok: bool| {
@@ -493,6 +527,33 @@ mod tests {
     }
 
     #[test]
+    fn hot_counts_the_drain_and_the_long_jobs_both() {
+        let mut drain = crate::results::Drain::default();
+        drain.pg.tables.push(crate::results::TableWork {
+            table: "jobs".into(),
+            updates: 1.0,
+            hot: 0.95,
+            ..Default::default()
+        });
+        let mut long = crate::results::LongJobs {
+            jobs: 10,
+            job_updates: 100,
+            job_hot_updates: 89,
+            ..Default::default()
+        };
+        let t = hot_target(&drain, &long);
+        assert_eq!(t.measured, "drain at 16: 95 %; long jobs: 89 %");
+        assert_eq!(t.verdict, Verdict::Missed);
+        long.job_hot_updates = 90;
+        assert_eq!(hot_target(&drain, &long).verdict, Verdict::Met);
+        drain.pg.tables.clear();
+        assert_eq!(
+            hot_target(&drain, &long).verdict,
+            Verdict::Inconclusive("not measured")
+        );
+    }
+
+    #[test]
     fn each_target_is_judged_on_its_own_figures() {
         let t = targets(&results());
         let verdicts: Vec<String> = t.iter().map(|t| t.verdict.to_string()).collect();
@@ -514,6 +575,7 @@ mod tests {
                 "inconclusive: no quota run measured",
                 "inconclusive: not measured",
                 "inconclusive: fewer than three samples",
+                "inconclusive: not measured",
                 "inconclusive: not measured",
                 "inconclusive: not measured",
                 "inconclusive: not measured",

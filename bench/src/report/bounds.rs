@@ -148,9 +148,9 @@ mod tests {
             text.contains("1000 µs of\n  machine CPU per accepted job: PostgreSQL 0, api 250"),
             "{text}"
         );
-        // 40 % of 10 000/s: 500 µs per job.
+        // 50 % of 10 000/s: 400 µs per job.
         assert!(
-            text.contains("(4000 jobs/s) on 2 cores leaves 500 µs per job"),
+            text.contains("(5000 jobs/s) on 2 cores leaves 400 µs per job"),
             "{text}"
         );
     }
