@@ -1,18 +1,21 @@
 //! Applies job events and heartbeats from workers to the job rows.
 //!
 //! A message carries one event or, from a busy worker, the events of many jobs (an
-//! `EventBatch`). Events of one job must be applied in the order they were published, but
-//! different jobs are independent: events are spread over a few lanes by job id, each lane
-//! applying what has queued up in it, in order, in one transaction. A lane that cannot reach
-//! PostgreSQL retries the same batch with backoff (the prefetch bounds what waits behind it); a
-//! message is acked only once each of its events is applied or found useless. A `started`
+//! `EventBatch`). Events of one job must be applied in the order they were published. One
+//! applier takes them in the order they came and applies whatever has queued up meanwhile in one
+//! transaction: an idle api applies each event as it comes, a busy one hundreds per commit. Not
+//! several appliers in parallel: on a busy machine, parallel appliers make smaller transactions,
+//! and their commits cost PostgreSQL more CPU than the parallelism saves (measured: see
+//! docs/adr/0003-event-batches.md). An applier that cannot reach PostgreSQL retries the same
+//! batch with backoff (the prefetch bounds what waits behind it); a message is acked only once
+//! each of its events is applied or found useless. A `started`
 //! event of a job whose cancel was accepted (a worker that raced the broadcast) puts the cancel
 //! back in its outbox; a failed attempt to be retried, or one handed back, puts the job back in
 //! the outbox; both wake the relay.
 //!
 //! A worker's heartbeat (one message naming every attempt it runs) renews those attempts'
-//! leases in one statement, off the lanes: it carries no order with the events. What has been
-//! received and not yet applied is counted, so that the lease reaper never gives up an
+//! leases in one statement, beside the applier: it carries no order with the events. What has
+//! been received and not yet applied is counted, so that the lease reaper never gives up an
 //! attempt whose sign of life is still on its way in (see [`crate::leases`]).
 //!
 //! Traces stay bounded however long a job runs: progress events and heartbeats are applied
@@ -39,11 +42,10 @@ use tokio_util::sync::CancellationToken;
 use crate::store::events::Timing;
 use crate::{AppState, store};
 
-const LANES: usize = 8;
 /// Unacked events the broker may push to us at once.
 const PREFETCH: u16 = 512;
-/// Most events one lane applies in one transaction.
-const BATCH: usize = 64;
+/// Most events applied in one transaction.
+const BATCH: usize = 256;
 
 /// When each delivery this session holds was published (by its worker's clock, the AMQP
 /// `timestamp`, whole seconds), until it is applied (or found useless) and acked: the lease
@@ -110,13 +112,14 @@ pub async fn consume(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let queue = state.config.topology().events_queue();
-    let mut lanes = Vec::with_capacity(LANES);
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..LANES {
-        let (tx, rx) = mpsc::channel(usize::from(PREFETCH));
-        lanes.push(tx);
-        workers.spawn(lane(rx, state.clone(), in_flight.clone(), shutdown.clone()));
-    }
+    let (applier, applier_rx) = mpsc::channel(usize::from(PREFETCH));
+    workers.spawn(apply(
+        applier_rx,
+        state.clone(),
+        in_flight.clone(),
+        shutdown.clone(),
+    ));
     let (beats, beats_rx) = mpsc::channel(usize::from(PREFETCH));
     workers.spawn(heartbeats(
         beats_rx,
@@ -149,7 +152,7 @@ pub async fn consume(
             }
         } else {
             match EventBatch::read(routing_key, &held.delivery.data) {
-                Ok(batch) => dispatch(batch, held, &queue, &lanes, &in_flight).await,
+                Ok(batch) => dispatch(batch, held, &queue, &applier, &in_flight).await,
                 Err(e) => {
                     undecodable(held, "undecodable", &e, &in_flight).await;
                     true
@@ -160,7 +163,7 @@ pub async fn consume(
             break Ok(());
         }
     };
-    drop((lanes, beats));
+    drop((applier, beats));
     // Unacked events go back to the queue when the channel closes; no need to wait long.
     let _ = tokio::time::timeout(Duration::from_secs(2), workers.join_all()).await;
     result
@@ -201,19 +204,19 @@ impl Part {
     }
 }
 
-/// One event on its way to its lane.
+/// One event on its way to the applier.
 struct Routed {
     event: JobEvent,
     span: Option<tracing::Span>,
     part: Part,
 }
 
-/// Sends each event of `batch` to its job's lane; `false` once the lanes are gone (shutdown).
+/// Sends each event of `batch` to the applier; `false` once it is gone (shutdown).
 async fn dispatch(
     batch: EventBatch,
     held: Held,
     queue: &str,
-    lanes: &[mpsc::Sender<Routed>],
+    applier: &mpsc::Sender<Routed>,
     in_flight: &InFlight,
 ) -> bool {
     if batch.events.is_empty() {
@@ -228,12 +231,7 @@ async fn dispatch(
     let parts = Part::split(held, batch.events.len());
     for ((batched, span), part) in batch.events.into_iter().zip(spans).zip(parts) {
         let event = batched.event;
-        let lane = (event.job_id.as_u128() % LANES as u128) as usize;
-        if lanes[lane]
-            .send(Routed { event, span, part })
-            .await
-            .is_err()
-        {
+        if applier.send(Routed { event, span, part }).await.is_err() {
             return false;
         }
     }
@@ -248,15 +246,17 @@ async fn undecodable(held: Held, what: &'static str, e: &serde_json::Error, in_f
     let _ = held.ack(in_flight).await;
 }
 
-async fn lane(
+/// Applies the events `rx` brings, in order, each batch in one transaction, and acks their
+/// messages.
+async fn apply(
     mut rx: mpsc::Receiver<Routed>,
     state: AppState,
     in_flight: InFlight,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    // Under load, whatever waits in the lane is applied together: one transaction per batch
-    // instead of one per event. An idle lane applies each event as it comes.
+    // Under load, whatever waited while the last batch was applied is applied together: one
+    // transaction per batch instead of one per event.
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let routed: Vec<Routed> = std::mem::take(&mut batch);
         let events: Vec<JobEvent> = routed.iter().map(|r| r.event.clone()).collect();
