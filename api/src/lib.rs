@@ -59,8 +59,9 @@ pub struct AppState {
     pub db: PgPool,
     /// The broker session's status, and the relay's wake-up.
     pub broker: broker::Broker,
-    /// The job kinds, to validate payloads before anything is stored.
-    pub kinds: Catalog,
+    /// The job kinds, to validate payloads before anything is stored (shared: the state is
+    /// cloned for every request).
+    pub kinds: Arc<Catalog>,
     /// Every kind's limits and uniqueness in this deployment.
     pub flow: Arc<flow::Flow>,
     /// Commits accepted jobs in groups.

@@ -168,7 +168,7 @@ async fn start(
         config: Arc::new(config),
         db,
         broker,
-        kinds,
+        kinds: Arc::new(kinds),
         flow: Arc::new(flow),
         committer,
         schedules_changed: Arc::default(),

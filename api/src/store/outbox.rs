@@ -154,9 +154,12 @@ pub async fn lock_cancels(
     tx: &mut Transaction<'_, Postgres>,
     limit: i64,
 ) -> sqlx::Result<Vec<PendingCancel>> {
+    // `ORDER BY id` is the partial index `jobs_cancel_outbox`'s order: without it, a jobs
+    // table not yet analysed (a new deployment's first minutes, at thousands of jobs a second)
+    // is scanned whole on every round of the relay (12 ms at 27,000 jobs, against 0.05).
     sqlx::query_as(
         "SELECT id, generation, traceparent FROM jobs WHERE cancel_outbox \
-         LIMIT $1 FOR UPDATE SKIP LOCKED",
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)
     .fetch_all(&mut **tx)
