@@ -1,20 +1,21 @@
 //! Applies job events and heartbeats from workers to the job rows.
 //!
 //! A message carries one event or, from a busy worker, the events of many jobs (an
-//! `EventBatch`). Events of one job must be applied in the order they were published. One
-//! applier takes them in the order they came and applies whatever has queued up meanwhile in one
-//! transaction: an idle api applies each event as it comes, a busy one hundreds per commit. Not
-//! several appliers in parallel: on a busy machine, parallel appliers make smaller transactions,
-//! and their commits cost PostgreSQL more CPU than the parallelism saves (measured: see
-//! docs/adr/0003-event-batches.md). An applier that cannot reach PostgreSQL retries the same
-//! batch with backoff (the prefetch bounds what waits behind it); a message is acked only once
-//! each of its events is applied or found useless. A `started`
-//! event of a job whose cancel was accepted (a worker that raced the broadcast) puts the cancel
-//! back in its outbox; a failed attempt to be retried, or one handed back, puts the job back in
-//! the outbox; both wake the relay.
+//! `EventBatch`). Events of one job must be applied in the order they were published; different
+//! jobs are independent. So events go to one of `APPLIERS` appliers by job id, each taking
+//! them in the order they came and applying whatever has queued up meanwhile in one
+//! transaction: an idle api applies each event as it comes, a busy one hundreds per commit. Two,
+//! not one and not eight (measured: docs/adr/0003-event-batches.md): many appliers make small
+//! transactions whose commits cost a busy machine more CPU than their parallelism saves; one
+//! caps what is applied at what one PostgreSQL backend can write (10,000 long jobs report more
+//! progress and checkpoints than that). An applier retries a batch PostgreSQL refused with
+//! backoff (the prefetch bounds what waits behind it); a message is acked only once each of its
+//! events is applied or found useless. A `started` event of a job whose cancel was accepted (a
+//! worker that raced the broadcast) puts the cancel back in its outbox; a failed attempt to be
+//! retried, or one handed back, puts the job back in the outbox; both wake the relay.
 //!
 //! A worker's heartbeat (one message naming every attempt it runs) renews those attempts'
-//! leases in one statement, beside the applier: it carries no order with the events. What has
+//! leases in one statement, beside the appliers: it carries no order with the events. What has
 //! been received and not yet applied is counted, so that the lease reaper never gives up an
 //! attempt whose sign of life is still on its way in (see [`crate::leases`]).
 //!
@@ -42,6 +43,8 @@ use tokio_util::sync::CancellationToken;
 use crate::store::events::Timing;
 use crate::{AppState, store};
 
+/// Appliers, each applying the events of its share of the jobs in order.
+const APPLIERS: usize = 2;
 /// Unacked events the broker may push to us at once.
 const PREFETCH: u16 = 512;
 /// Most events applied in one transaction.
@@ -113,13 +116,17 @@ pub async fn consume(
 ) -> anyhow::Result<()> {
     let queue = state.config.topology().events_queue();
     let mut workers = tokio::task::JoinSet::new();
-    let (applier, applier_rx) = mpsc::channel(usize::from(PREFETCH));
-    workers.spawn(apply(
-        applier_rx,
-        state.clone(),
-        in_flight.clone(),
-        shutdown.clone(),
-    ));
+    let mut appliers = Vec::with_capacity(APPLIERS);
+    for _ in 0..APPLIERS {
+        let (tx, rx) = mpsc::channel(usize::from(PREFETCH));
+        appliers.push(tx);
+        workers.spawn(apply(
+            rx,
+            state.clone(),
+            in_flight.clone(),
+            shutdown.clone(),
+        ));
+    }
     let (beats, beats_rx) = mpsc::channel(usize::from(PREFETCH));
     workers.spawn(heartbeats(
         beats_rx,
@@ -152,7 +159,7 @@ pub async fn consume(
             }
         } else {
             match EventBatch::read(routing_key, &held.delivery.data) {
-                Ok(batch) => dispatch(batch, held, &queue, &applier, &in_flight).await,
+                Ok(batch) => dispatch(batch, held, &queue, &appliers, &in_flight).await,
                 Err(e) => {
                     undecodable(held, "undecodable", &e, &in_flight).await;
                     true
@@ -163,7 +170,7 @@ pub async fn consume(
             break Ok(());
         }
     };
-    drop((applier, beats));
+    drop((appliers, beats));
     // Unacked events go back to the queue when the channel closes; no need to wait long.
     let _ = tokio::time::timeout(Duration::from_secs(2), workers.join_all()).await;
     result
@@ -204,19 +211,19 @@ impl Part {
     }
 }
 
-/// One event on its way to the applier.
+/// One event on its way to its job's applier.
 struct Routed {
     event: JobEvent,
     span: Option<tracing::Span>,
     part: Part,
 }
 
-/// Sends each event of `batch` to the applier; `false` once it is gone (shutdown).
+/// Sends each event of `batch` to its job's applier; `false` once they are gone (shutdown).
 async fn dispatch(
     batch: EventBatch,
     held: Held,
     queue: &str,
-    applier: &mpsc::Sender<Routed>,
+    appliers: &[mpsc::Sender<Routed>],
     in_flight: &InFlight,
 ) -> bool {
     if batch.events.is_empty() {
@@ -231,6 +238,7 @@ async fn dispatch(
     let parts = Part::split(held, batch.events.len());
     for ((batched, span), part) in batch.events.into_iter().zip(spans).zip(parts) {
         let event = batched.event;
+        let applier = &appliers[(event.job_id.as_u128() % APPLIERS as u128) as usize];
         if applier.send(Routed { event, span, part }).await.is_err() {
             return false;
         }
@@ -247,7 +255,7 @@ async fn undecodable(held: Held, what: &'static str, e: &serde_json::Error, in_f
 }
 
 /// Applies the events `rx` brings, in order, each batch in one transaction, and acks their
-/// messages.
+/// messages (the last event of a message acks it).
 async fn apply(
     mut rx: mpsc::Receiver<Routed>,
     state: AppState,
@@ -255,8 +263,6 @@ async fn apply(
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    // Under load, whatever waited while the last batch was applied is applied together: one
-    // transaction per batch instead of one per event.
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let routed: Vec<Routed> = std::mem::take(&mut batch);
         let events: Vec<JobEvent> = routed.iter().map(|r| r.event.clone()).collect();

@@ -62,7 +62,7 @@ pub struct Scheduler {
     /// How late a fire time may be and still count as on time (`SCHEDULE_MISFIRE_GRACE_SECS`).
     pub grace: Duration,
     /// The kinds this build runs: a stored schedule of a kind it dropped is disabled, not fired.
-    pub kinds: std::sync::Arc<jobs_contract::Catalog>,
+    pub kinds: Arc<jobs_contract::Catalog>,
     /// Woken after a tick made jobs.
     pub wake_relay: Arc<Notify>,
     /// Notified when a schedule changes through the api.
