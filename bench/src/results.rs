@@ -700,6 +700,11 @@ pub struct LongJobs {
 }
 
 impl LongJobs {
+    /// The share of its job-row updates that were heap-only (HOT), if it updated any.
+    pub fn hot_share(&self) -> Option<f64> {
+        (self.job_updates > 0).then(|| self.job_hot_updates as f64 / self.job_updates as f64)
+    }
+
     /// What the SIGTERM with every job in flight did, and how the jobs ended: the report's
     /// sentence and the target's figure.
     pub fn shutdown(&self) -> String {

@@ -236,8 +236,6 @@ pub fn targets(r: &Results) -> Vec<Target> {
     .collect()
 }
 
-/// Long jobs: the worker's RSS, accept latency beside their progress, cancel latency, and the
-/// shutdown that hands every unfinished one back with none lost and none run twice.
 /// The job-row updates of the drain at 16 (an outcome per job) and of the long-jobs run
 /// (progress, checkpoints, hand-backs, outcomes) are at least [`HOT_MIN_SHARE`] heap-only.
 fn hot_target(drain: &crate::results::Drain, long: &crate::results::LongJobs) -> Target {
@@ -247,8 +245,7 @@ fn hot_target(drain: &crate::results::Drain, long: &crate::results::LongJobs) ->
         .iter()
         .find(|t| t.table == "jobs" && t.updates > 0.0)
         .map(|t| t.hot / t.updates);
-    let long_share =
-        (long.job_updates > 0).then(|| long.job_hot_updates as f64 / long.job_updates as f64);
+    let long_share = long.hot_share();
     let show = |share: Option<f64>| {
         share.map_or("not measured".to_owned(), |s| format!("{:.0} %", s * 100.0))
     };
@@ -269,6 +266,8 @@ fn hot_target(drain: &crate::results::Drain, long: &crate::results::LongJobs) ->
     }
 }
 
+/// Long jobs: the worker's RSS, accept latency beside their progress, cancel latency, and the
+/// shutdown that hands every unfinished one back with none lost and none run twice.
 fn long_targets(l: &crate::results::LongJobs) -> Vec<Target> {
     let measured = l.jobs > 0;
     let judge = |ok: bool| {

@@ -154,7 +154,7 @@ pub(super) fn long_jobs(l: &crate::results::LongJobs) -> String {
         l.shutdown(),
         l.job_updates,
         l.job_updates as f64 / f64::from(l.jobs),
-        100.0 * l.job_hot_updates as f64 / (l.job_updates.max(1)) as f64,
+        100.0 * l.hot_share().unwrap_or(0.0),
     );
     let _ = writeln!(out, "![worker RSS over the long-jobs run]({LONG_CHART})\n");
     out
