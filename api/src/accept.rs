@@ -2,7 +2,8 @@
 //!
 //! Each request hands its job to the committer and waits for its answer. The committer takes
 //! whatever is waiting — at least one job, at most [`MAX_BATCH`] — and inserts it with one
-//! statement in one transaction, then answers each request: its row once committed, or the
+//! statement in one transaction (a batch with nothing to claim is that statement alone, with
+//! no BEGIN and COMMIT around it), then answers each request: its row once committed, or the
 //! error that stopped the batch (a 503 for an outage; never a 202 for an uncommitted row). No
 //! timer: a lone request is committed at once, and under load a batch is what queued up while
 //! the batches before it were committing. Up to [`IN_FLIGHT`] batches commit at a time, so one

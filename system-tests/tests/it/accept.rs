@@ -9,10 +9,12 @@ use serde_json::{Value, json};
 
 use crate::helpers::{Options, TestApp, postgres_addr, wait_metric};
 
+/// `n` requests at once, the `i`-th with `duration_ms` `i` (so an answer can be told apart);
+/// the answers in the order of the requests.
 async fn post_many(app: &TestApp, n: usize) -> Vec<(StatusCode, Value)> {
-    let body = json!({"kind": "sleep", "payload": {"duration_ms": 10, "steps": 1}});
-    let posts = (0..n).map(|_| async {
-        let (status, _, job) = app.post(body.clone()).await;
+    let posts = (0..n).map(|i| async move {
+        let body = json!({"kind": "sleep", "payload": {"duration_ms": i, "steps": 1}});
+        let (status, _, job) = app.post(body).await;
         (status, job)
     });
     futures_util::future::join_all(posts).await
@@ -30,6 +32,12 @@ async fn concurrent_requests_share_transactions_and_each_gets_its_own_row() {
         })
         .collect();
     assert_eq!(ids.len(), 300, "one distinct job per request");
+    for (i, (_, job)) in answers.iter().enumerate() {
+        assert_eq!(
+            job["payload"]["duration_ms"], i,
+            "request {i} answered with another's job"
+        );
+    }
     assert_eq!(app.count_jobs().await, 300);
     for (_, job) in answers.iter().step_by(37) {
         let id = job["id"].as_str().unwrap();
