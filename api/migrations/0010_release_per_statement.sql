@@ -3,7 +3,7 @@
 -- each write a new version of one row that the next write had to walk to, and that the other
 -- event applier had to wait for until this one committed. Batches of a hundred ended children
 -- took 60-80 ms to apply, and the parent started 24-110 ms after its last child ended (median
--- 56 ms, 6 rounds of the bench's fan-in; per statement: 19-29, median 23.7, same run). Now a
+-- 56 ms over 6 rounds of a 999-child fan-in; per statement: 19-29, median 23.7, same run). Now a
 -- statement that ends jobs counts, per dependent, the dependencies it ended, and writes each
 -- dependent once; its own writes (a cancelled dependent) fire it again, so a cancel still
 -- cascades. Same semantics as 0007's: a success, or a failure under 'ignore', leaves one fewer
@@ -13,7 +13,10 @@
 --
 -- A statement trigger sees what changed through transition tables, which PostgreSQL does not
 -- allow beside a column list (`UPDATE OF status`): it fires for every UPDATE of jobs, and
--- returns at once unless that statement ended a workflow's job.
+-- returns at once unless that statement ended a workflow's job. PostgreSQL keeps each
+-- statement's old and new rows for it; measured on the drain (one UPDATE per batch of events),
+-- that cost nothing visible (5000 no-op jobs at concurrency 16: 2931, 2376 jobs/s before,
+-- 3115, 3177 after, alternating).
 DROP TRIGGER jobs_release_dependents ON jobs;
 DROP FUNCTION jobs_release_dependents();
 
