@@ -141,12 +141,8 @@ pub async fn insert(db: &PgPool, subs: &[Submission]) -> sqlx::Result<Vec<Insert
         // atomic by itself, so it needs no transaction around it (one round trip to
         // PostgreSQL instead of three, which a busy machine makes each cost a wake-up).
         let jobs: Vec<NewJob> = subs.iter().map(|sub| sub.job.clone()).collect();
-        let rows = insert_rows(&mut *db.acquire().await?, &ids, &jobs).await?;
-        return in_order(rows, &ids).map(|rows| {
-            rows.into_iter()
-                .map(|row| Inserted::Created(Stored::New(row)))
-                .collect()
-        });
+        let stored = insert_unique(&mut *db.acquire().await?, &ids, &jobs).await?;
+        return Ok(stored.into_iter().map(Inserted::Created).collect());
     }
     let mut tx = db.begin().await?;
     let claimed = claim_keys(&mut tx, &firsts, &ids).await?;
@@ -292,13 +288,14 @@ async fn claim_keys(
 /// claims that lapsed (the job holding it ended, or its period passed) are given up and those
 /// jobs inserted again; the others answer with the claim's holder. Two requests racing for one
 /// lapsed claim: the second's insert waits for the first's transaction and then conflicts with
-/// the first one's new job, which holds the claim from then on.
+/// the first one's new job, which holds the claim from then on. With a unique claim among
+/// `jobs`, `conn` must be in a transaction; without one, the insert is the only statement.
 async fn insert_unique(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     ids: &[Uuid],
     jobs: &[NewJob],
 ) -> sqlx::Result<Vec<Stored>> {
-    let mut rows = insert_rows(tx, ids, jobs).await?;
+    let mut rows = insert_rows(conn, ids, jobs).await?;
     if rows.len() < jobs.len() {
         let (left_ids, left_jobs): (Vec<Uuid>, Vec<NewJob>) = ids
             .iter()
@@ -316,11 +313,11 @@ async fn insert_unique(
         )
         .bind(&claims)
         .bind(&Status::FINAL[..])
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?
         .rows_affected();
         if released > 0 {
-            rows.extend(insert_rows(tx, &left_ids, &left_jobs).await?);
+            rows.extend(insert_rows(conn, &left_ids, &left_jobs).await?);
         }
     }
     let claims: Vec<&str> = ids
@@ -338,7 +335,7 @@ async fn insert_unique(
             " FROM jobs WHERE unique_key = ANY($1)"
         ))
         .bind(&claims)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *conn)
         .await?
     };
     // RETURNING promises no order: put the rows back in the order asked.
@@ -459,17 +456,4 @@ async fn insert_rows(
     .bind(&clients)
     .fetch_all(conn)
     .await
-}
-
-/// `rows` in the order of `ids` (RETURNING promises no order); every id must have its row.
-fn in_order(mut rows: Vec<JobRow>, ids: &[Uuid]) -> sqlx::Result<Vec<JobRow>> {
-    ids.iter()
-        .map(|id| {
-            let at = rows
-                .iter()
-                .position(|row| row.id == *id)
-                .ok_or(sqlx::Error::RowNotFound)?;
-            Ok(rows.swap_remove(at))
-        })
-        .collect()
 }
