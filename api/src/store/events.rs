@@ -87,13 +87,13 @@ pub async fn apply_events(
             changed[i] = c;
         }
         if let Some(u) = folded.update {
-            updates.push((*id, u));
+            updates.push((*id, cur.status, u));
         }
     }
     let done = Applied {
         changed,
         recancelled: recancel.len(),
-        requeued: updates.iter().filter(|(_, u)| u.next.is_some()).count(),
+        requeued: updates.iter().filter(|(_, _, u)| u.next.is_some()).count(),
     };
     if !updates.is_empty()
         && events
@@ -113,8 +113,9 @@ pub async fn apply_events(
     Ok(done)
 }
 
-/// Writes what the state machine decided for each job (rows locked by the caller): one
-/// statement for all of them. A job that goes back in the outbox gets its entry, due after its
+/// Writes what the state machine decided for each job (rows locked by the caller; each with
+/// the status it had): one statement for all of them. A job that starts running enters the
+/// `running` table, one that stops leaves it (migration 0011 says why it is a table). A job that goes back in the outbox gets its entry, due after its
 /// back-off (a retry) or now (an attempt handed back); a running attempt's lease is renewed
 /// from now, or ended. Nothing else here touches the outbox: an entry left behind by a relay
 /// that crashed between the broker's confirm and its commit is the relay's to drop (it skips
@@ -122,46 +123,51 @@ pub async fn apply_events(
 /// the jobs' ones, would deadlock with the relay, which locks in the other order.
 pub(super) async fn write(
     tx: &mut Transaction<'_, Postgres>,
-    updates: &[(Uuid, Update)],
+    updates: &[(Uuid, Status, Update)],
     timing: &Timing<'_>,
 ) -> sqlx::Result<()> {
     if updates.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = updates.iter().map(|(id, _)| *id).collect();
-    let statuses: Vec<Status> = updates.iter().map(|(_, u)| u.status).collect();
-    let attempts: Vec<i32> = updates.iter().map(|(_, u)| u.attempts as i32).collect();
-    let failures: Vec<i32> = updates.iter().map(|(_, u)| u.failures as i32).collect();
-    let superseded: Vec<i32> = updates.iter().map(|(_, u)| u.superseded as i32).collect();
-    let progress: Vec<f64> = updates.iter().map(|(_, u)| u.progress).collect();
-    let started: Vec<Option<DateTime<Utc>>> = updates.iter().map(|(_, u)| u.started_at).collect();
-    let finished: Vec<Option<DateTime<Utc>>> = updates.iter().map(|(_, u)| u.finished_at).collect();
-    let results: Vec<Option<Value>> = updates.iter().map(|(_, u)| u.result.clone()).collect();
-    let errors: Vec<Option<String>> = updates.iter().map(|(_, u)| u.error.clone()).collect();
+    let ids: Vec<Uuid> = updates.iter().map(|(id, _, _)| *id).collect();
+    let statuses: Vec<Status> = updates.iter().map(|(_, _, u)| u.status).collect();
+    let attempts: Vec<i32> = updates.iter().map(|(_, _, u)| u.attempts as i32).collect();
+    let failures: Vec<i32> = updates.iter().map(|(_, _, u)| u.failures as i32).collect();
+    let superseded: Vec<i32> = updates
+        .iter()
+        .map(|(_, _, u)| u.superseded as i32)
+        .collect();
+    let progress: Vec<f64> = updates.iter().map(|(_, _, u)| u.progress).collect();
+    let started: Vec<Option<DateTime<Utc>>> =
+        updates.iter().map(|(_, _, u)| u.started_at).collect();
+    let finished: Vec<Option<DateTime<Utc>>> =
+        updates.iter().map(|(_, _, u)| u.finished_at).collect();
+    let results: Vec<Option<Value>> = updates.iter().map(|(_, _, u)| u.result.clone()).collect();
+    let errors: Vec<Option<String>> = updates.iter().map(|(_, _, u)| u.error.clone()).collect();
     let checkpoints: Vec<Option<Value>> = updates
         .iter()
-        .map(|(_, u)| u.checkpoint.as_ref().map(|c| c.0.clone()))
+        .map(|(_, _, u)| u.checkpoint.as_ref().map(|c| c.0.clone()))
         .collect();
     let checkpoint_attempts: Vec<Option<i32>> = updates
         .iter()
-        .map(|(_, u)| u.checkpoint.as_ref().map(|c| c.1 as i32))
+        .map(|(_, _, u)| u.checkpoint.as_ref().map(|c| c.1 as i32))
         .collect();
     let checkpoint_ats: Vec<Option<DateTime<Utc>>> = updates
         .iter()
-        .map(|(_, u)| u.checkpoint.as_ref().map(|c| c.2))
+        .map(|(_, _, u)| u.checkpoint.as_ref().map(|c| c.2))
         .collect();
     let spans: Vec<Option<String>> = updates
         .iter()
-        .map(|(_, u)| u.attempt_span.clone())
+        .map(|(_, _, u)| u.attempt_span.clone())
         .collect();
     // The lease, in seconds from now: renewed for the lease period, or ended (NULL).
     let leases: Vec<Option<f64>> = updates
         .iter()
-        .map(|(_, u)| (u.lease == Lease::Renew).then_some(timing.lease.as_secs_f64()))
+        .map(|(_, _, u)| (u.lease == Lease::Renew).then_some(timing.lease.as_secs_f64()))
         .collect();
     let due_in: Vec<Option<f64>> = updates
         .iter()
-        .map(|(_, u)| match u.next {
+        .map(|(_, _, u)| match u.next {
             Some(Next::Retry) => Some((timing.backoff)(u.failures).as_secs_f64()),
             Some(Next::Now) => Some(0.0),
             Some(Next::At(at)) => {
@@ -170,9 +176,16 @@ pub(super) async fn write(
             None => None,
         })
         .collect();
+    // +1 enters `running`, -1 leaves it, 0 neither.
+    let running: Vec<i32> = updates
+        .iter()
+        .map(|(_, was, u)| {
+            i32::from(u.status == Status::Running) - i32::from(*was == Status::Running)
+        })
+        .collect();
     let snoozed: Vec<i32> = updates
         .iter()
-        .map(|(_, u)| i32::from(matches!(u.next, Some(Next::At(_)))))
+        .map(|(_, _, u)| i32::from(matches!(u.next, Some(Next::At(_)))))
         .collect();
     sqlx::query(
         "WITH u AS ( \
@@ -192,11 +205,14 @@ pub(super) async fn write(
              FROM unnest($1::uuid[], $2::job_status[], $3::int4[], $4::int4[], $5::int4[], \
                          $6::float8[], $7::timestamptz[], $8::timestamptz[], $9::jsonb[], \
                          $10::text[], $11::jsonb[], $12::int4[], $13::timestamptz[], \
-                         $14::text[], $15::float8[], $16::float8[], $17::int4[]) \
+                         $14::text[], $15::float8[], $16::float8[], $17::int4[], $18::int4[]) \
                   AS u(id, status, attempts, failures, superseded, progress, started_at, \
                        finished_at, result, error, checkpoint, checkpoint_attempt, \
-                       checkpoint_at, span, lease, due_in, snoozed) \
-             WHERE j.id = u.id RETURNING j.id, j.run_at, j.priority, u.due_in) \
+                       checkpoint_at, span, lease, due_in, snoozed, running) \
+             WHERE j.id = u.id RETURNING j.id, j.run_at, j.priority, u.due_in, u.running), \
+         entered AS (INSERT INTO running (job_id) SELECT id FROM u WHERE running > 0 \
+                     ON CONFLICT (job_id) DO NOTHING), \
+         left_ AS (DELETE FROM running WHERE job_id IN (SELECT id FROM u WHERE running < 0)) \
          INSERT INTO outbox (job_id, run_at, priority) SELECT id, run_at, priority FROM u \
          WHERE due_in IS NOT NULL \
          ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at, held = NULL",
@@ -218,6 +234,7 @@ pub(super) async fn write(
     .bind(&leases)
     .bind(&due_in)
     .bind(&snoozed)
+    .bind(&running)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -4,7 +4,8 @@
 //! attempt lives on its lease (`jobs.lease_expires_at`), which every event of the attempt and
 //! every heartbeat of its worker renews. An attempt whose lease lapsed is superseded (nothing
 //! it reports later changes the job) and counts as a failure; the job runs again from its last
-//! checkpoint after its back-off (see `lifecycle::expire`).
+//! checkpoint after its back-off (see `lifecycle::expire`). Running attempts are found through
+//! the `running` table (migration 0011), not an index on `jobs.status`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -78,7 +79,8 @@ pub async fn expire(
     let rows: Vec<(StateRow, String)> = sqlx::query_as::<_, StateRowWithKind>(concat!(
         "SELECT ",
         state_columns!(),
-        ", kind FROM jobs WHERE status = $1 AND lease_expires_at < least(now(), $3) \
+        ", kind FROM jobs WHERE id IN (SELECT job_id FROM running) AND status = $1 \
+           AND lease_expires_at < least(now(), $3) \
          ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED"
     ))
     .bind(Status::Running)
@@ -101,7 +103,7 @@ pub async fn expire(
                 attempt: cur.attempts,
                 status: u.status,
             });
-            updates.push((row.id, u));
+            updates.push((row.id, cur.status, u));
         }
     }
     write(&mut tx, &updates, timing).await?;
@@ -119,7 +121,8 @@ struct StateRowWithKind {
 /// Running attempts, by kind: how many, and the oldest sign of life among them.
 pub async fn running(db: &PgPool) -> sqlx::Result<HashMap<String, (i64, Option<DateTime<Utc>>)>> {
     let rows: Vec<(String, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT kind, count(*), min(heartbeat_at) FROM jobs WHERE status = $1 GROUP BY kind",
+        "SELECT kind, count(*), min(heartbeat_at) FROM jobs \
+         WHERE id IN (SELECT job_id FROM running) AND status = $1 GROUP BY kind",
     )
     .bind(Status::Running)
     .fetch_all(db)

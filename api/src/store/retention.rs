@@ -42,10 +42,13 @@ pub async fn prune(db: &PgPool, retention: Option<Duration>, batch: i64) -> sqlx
 }
 
 /// A job has a `finished_at` exactly when it is final (a constraint, `jobs_finished_iff_final`),
-/// so the age alone selects finished jobs, on the `jobs_finished` index.
+/// so the age alone selects finished jobs. No index holds `finished_at` (it would make the
+/// update that ends a job a non-HOT one, migration 0011): a job finished before the cutoff was
+/// created before it, so the oldest are found on `jobs_newest`.
 const PRUNE_JOBS: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
-     WHERE finished_at < now() - make_interval(secs => $1) \
-     ORDER BY finished_at LIMIT $2)";
+     WHERE created_at < now() - make_interval(secs => $1) \
+       AND finished_at < now() - make_interval(secs => $1) \
+     ORDER BY created_at LIMIT $2)";
 
 const PRUNE_KEYS: &str = "DELETE FROM idempotency_keys WHERE key IN (SELECT key \
      FROM idempotency_keys WHERE expires_at < now() - make_interval(secs => $1) \

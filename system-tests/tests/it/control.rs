@@ -432,7 +432,8 @@ async fn retention_prunes_old_finished_jobs_and_keeps_running_ones() {
     app.wait_for(&running, LONG, |j| j["status"] == "running")
         .await;
     let db = app.db().await;
-    // Two days old: past the one-day retention. The running one is as old, but not finished.
+    // Two days old: past the one-day retention. The running one is as old, but not finished;
+    // the recent one as old, but finished just now (a long or delayed job).
     sqlx::query(
         "UPDATE jobs SET finished_at = now() - interval '2 days', \
              created_at = now() - interval '2 days' WHERE id = $1::uuid",
@@ -441,11 +442,13 @@ async fn retention_prunes_old_finished_jobs_and_keeps_running_ones() {
     .execute(&db)
     .await
     .unwrap();
-    sqlx::query("UPDATE jobs SET created_at = now() - interval '2 days' WHERE id = $1::uuid")
-        .bind(&running)
-        .execute(&db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET created_at = now() - interval '2 days' WHERE id = ANY($1::uuid[])",
+    )
+    .bind([&running, &recent])
+    .execute(&db)
+    .await
+    .unwrap();
     wait_metric(
         &app,
         "jobstack_retention_pruned_total",
@@ -501,10 +504,13 @@ async fn retention_runs_in_one_replica_at_a_time_and_expires_keys() {
     assert_eq!(keys, ["demo/kept"]);
 
     // Batches of one: both old jobs, and the key of one with it.
-    sqlx::query("UPDATE jobs SET status = 'succeeded', finished_at = now() - interval '2 days'")
-        .execute(&db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET status = 'succeeded', created_at = now() - interval '50 hours', \
+         finished_at = now() - interval '2 days'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
     let pruned = api::store::prune(&db, day, 1).await.unwrap();
     assert_eq!(pruned.jobs, 2);
     assert_eq!(app.count_jobs().await, 0);
@@ -515,10 +521,13 @@ async fn retention_runs_in_one_replica_at_a_time_and_expires_keys() {
     assert_eq!(keys, 0);
     // Keep forever: nothing is pruned however old.
     post_keyed(&app, "again", &key).await;
-    sqlx::query("UPDATE jobs SET status = 'succeeded', finished_at = now() - interval '3000 days'")
-        .execute(&db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET status = 'succeeded', created_at = now() - interval '3001 days', \
+         finished_at = now() - interval '3000 days'",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
     assert_eq!(api::store::prune(&db, None, 10).await.unwrap().jobs, 0);
     assert_eq!(app.count_jobs().await, 1);
     app.stop().await;

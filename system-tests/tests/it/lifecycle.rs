@@ -55,6 +55,68 @@ async fn sleep_job_goes_queued_running_succeeded_with_rising_progress() {
     app.stop().await;
 }
 
+/// A job's state changes (started, progress, ended) are HOT updates (migration 0011): they
+/// change no indexed column and find room on the row's page, so PostgreSQL adds no index entry
+/// for them. An index on `status`, or on any column an event changes, makes them all non-HOT.
+/// And a job is in the `running` table exactly while its status is running.
+#[tokio::test]
+async fn state_changes_are_hot_updates_and_running_holds_the_running_jobs() {
+    let app = TestApp::spawn().await;
+    let n = 200;
+    let posts = (0..n)
+        .map(|_| app.post(json!({"kind": "sleep", "payload": {"duration_ms": 300, "steps": 3}})));
+    let ids: Vec<String> = futures_util::future::join_all(posts)
+        .await
+        .into_iter()
+        .map(|(status, _, job)| {
+            assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+            job["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let db = app.db().await;
+    // One statement, so both counts come from one snapshot.
+    let running = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT (SELECT count(*) FROM running), \
+                    (SELECT count(*) FROM jobs WHERE status = 'running')",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    app.wait_until(LONG, "jobs running", || async {
+        let (listed, running) = running().await;
+        assert_eq!(listed, running, "the running table holds the running jobs");
+        running > 0
+    })
+    .await;
+    for id in &ids {
+        assert_eq!(app.wait_final(id, LONG).await["status"], "succeeded");
+    }
+    assert_eq!(running().await, (0, 0), "ended jobs left the running table");
+
+    // A backend hands its counters to the statistics shortly after it goes idle: wait until
+    // they hold at least one update per job.
+    let counts = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'jobs'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    app.wait_until(LONG, "the jobs' updates in the statistics", || async {
+        counts().await.0 >= n
+    })
+    .await;
+    let (updates, hot) = counts().await;
+    assert!(
+        hot as f64 >= 0.8 * updates as f64,
+        "{hot} of {updates} updates of jobs were HOT"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn hash_job_returns_a_digest() {
     let app = TestApp::spawn().await;

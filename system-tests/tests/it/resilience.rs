@@ -475,5 +475,12 @@ async fn restarts_of_both_services_under_load_lose_nothing_and_finish_nothing_tw
         .await,
         400.0
     );
+    // The killed worker's attempts were found through the running table (their leases
+    // lapsed); every job has ended, so none is left in it.
+    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM running")
+        .fetch_one(&app.db().await)
+        .await
+        .unwrap();
+    assert_eq!(running, 0, "only running jobs are in the running table");
     app.stop().await;
 }
