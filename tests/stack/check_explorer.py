@@ -249,6 +249,10 @@ FROM (VALUES
   ('sleep', '{"duration_ms":300000,"steps":100}', 'cancelled', 0.1, 1, NULL, NULL, 500, 499, 470, NULL),
   ('sleep', '{"duration_ms":50,"steps":1}',  'scheduled', 0.0, 0, NULL, NULL, 10, NULL, NULL, 3600)
 ) AS v(kind, payload, status, progress, attempts, result, error, created, started, finished, run_in);
+-- What the api keeps beside a job's row: a running job's entry in running, a scheduled one's
+-- in the outbox.
+INSERT INTO running (job_id) SELECT id FROM jobs WHERE status = 'running';
+INSERT INTO outbox (job_id, run_at) SELECT id, run_at FROM jobs WHERE status = 'scheduled';
 INSERT INTO workflows (id, name, trace_id) VALUES (gen_random_uuid(), 'seeded', md5('seeded'));
 """
 
