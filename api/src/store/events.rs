@@ -115,9 +115,9 @@ pub async fn apply_events(
 
 /// Writes what the state machine decided for each job (rows locked by the caller; each with
 /// the status it had): one statement for all of them. A job that starts running enters the
-/// `running` table, one that stops leaves it (migration 0011 says why it is a table). A job that goes back in the outbox gets its entry, due after its
-/// back-off (a retry) or now (an attempt handed back); a running attempt's lease is renewed
-/// from now, or ended. Nothing else here touches the outbox: an entry left behind by a relay
+/// `running` table, one that stops leaves it (migration 0011 says why it is a table). A job
+/// that goes back in the outbox gets its entry, due after its back-off (a retry) or now (an
+/// attempt handed back); a running attempt's lease is renewed from now, or ended. Nothing else here touches the outbox: an entry left behind by a relay
 /// that crashed between the broker's confirm and its commit is the relay's to drop (it skips
 /// entries of jobs that have started or ended), and taking the outbox's row locks here, after
 /// the jobs' ones, would deadlock with the relay, which locks in the other order.
@@ -187,6 +187,10 @@ pub(super) async fn write(
         .iter()
         .map(|(_, _, u)| i32::from(matches!(u.next, Some(Next::At(_)))))
         .collect();
+    // Planned at each execution (an unnamed statement), never from a cached generic plan: one
+    // made while the table was small joins by scanning it, and kept as it grows, each batch then
+    // reads the whole table (a 600 s soak at 700 jobs/s slowed to a crawl). A fresh plan knows
+    // the batch's size and the table's.
     sqlx::query(
         "WITH u AS ( \
              UPDATE jobs AS j SET status = u.status, attempts = u.attempts, \
@@ -235,6 +239,7 @@ pub(super) async fn write(
     .bind(&due_in)
     .bind(&snoozed)
     .bind(&running)
+    .persistent(false)
     .execute(&mut **tx)
     .await?;
     Ok(())

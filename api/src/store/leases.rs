@@ -46,6 +46,8 @@ pub async fn renew(db: &PgPool, running: &[Lease], lease: Duration) -> sqlx::Res
     .bind(&generations)
     .bind(lease.as_secs_f64())
     .bind(Status::Running)
+    // Planned afresh each time, as `events::write` is (it says why).
+    .persistent(false)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -79,13 +81,16 @@ pub async fn expire(
     let rows: Vec<(StateRow, String)> = sqlx::query_as::<_, StateRowWithKind>(concat!(
         "SELECT ",
         state_columns!(),
-        ", kind FROM jobs WHERE id IN (SELECT job_id FROM running) AND status = $1 \
+        ", kind FROM running JOIN jobs ON id = job_id WHERE status = $1 \
            AND lease_expires_at < least(now(), $3) \
-         ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED"
+         ORDER BY lease_expires_at LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED"
     ))
     .bind(Status::Running)
     .bind(limit)
     .bind(before)
+    // Planned afresh each time, with the sizes of both tables as they are now: from the few
+    // rows of `running`, never by scanning `jobs`.
+    .persistent(false)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
@@ -121,10 +126,11 @@ struct StateRowWithKind {
 /// Running attempts, by kind: how many, and the oldest sign of life among them.
 pub async fn running(db: &PgPool) -> sqlx::Result<HashMap<String, (i64, Option<DateTime<Utc>>)>> {
     let rows: Vec<(String, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT kind, count(*), min(heartbeat_at) FROM jobs \
-         WHERE id IN (SELECT job_id FROM running) AND status = $1 GROUP BY kind",
+        "SELECT kind, count(*), min(heartbeat_at) FROM running JOIN jobs ON id = job_id \
+         WHERE status = $1 GROUP BY kind",
     )
     .bind(Status::Running)
+    .persistent(false)
     .fetch_all(db)
     .await?;
     Ok(rows
