@@ -464,6 +464,18 @@ async fn retention_prunes_old_finished_jobs_and_keeps_running_ones() {
     app.stop().await;
 }
 
+/// Marks every job succeeded `days` ago (and created an hour before that, as a real job was).
+async fn succeed_every_job(db: &sqlx::PgPool, days: i32) {
+    sqlx::query(
+        "UPDATE jobs SET status = 'succeeded', finished_at = now() - make_interval(days => $1), \
+         created_at = now() - make_interval(days => $1, hours => 1)",
+    )
+    .bind(days)
+    .execute(db)
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn retention_runs_in_one_replica_at_a_time_and_expires_keys() {
     let app = TestApp::api_only().await;
@@ -504,13 +516,7 @@ async fn retention_runs_in_one_replica_at_a_time_and_expires_keys() {
     assert_eq!(keys, ["demo/kept"]);
 
     // Batches of one: both old jobs, and the key of one with it.
-    sqlx::query(
-        "UPDATE jobs SET status = 'succeeded', created_at = now() - interval '50 hours', \
-         finished_at = now() - interval '2 days'",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    succeed_every_job(&db, 2).await;
     let pruned = api::store::prune(&db, day, 1).await.unwrap();
     assert_eq!(pruned.jobs, 2);
     assert_eq!(app.count_jobs().await, 0);
@@ -521,13 +527,7 @@ async fn retention_runs_in_one_replica_at_a_time_and_expires_keys() {
     assert_eq!(keys, 0);
     // Keep forever: nothing is pruned however old.
     post_keyed(&app, "again", &key).await;
-    sqlx::query(
-        "UPDATE jobs SET status = 'succeeded', created_at = now() - interval '3001 days', \
-         finished_at = now() - interval '3000 days'",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    succeed_every_job(&db, 3000).await;
     assert_eq!(api::store::prune(&db, None, 10).await.unwrap().jobs, 0);
     assert_eq!(app.count_jobs().await, 1);
     app.stop().await;
